@@ -1,0 +1,210 @@
+"""M-BEIR-CoT Parquet shards -> task-homogeneous training batches.
+
+Mixing rule (documented, seeded): per epoch, each task family (dataset, task_id) is shuffled and cut into
+batches; the batches of all families are then shuffled together. Every row appears once per epoch and each
+family's share of steps is proportional to its size. The sampler's position is saveable for exact resume.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from trainer.interface import CandidateInput, QueryInput
+from trainer.student import format_query_text
+
+ROW_COLUMNS = ["id", "dataset", "task_id", "instruction", "query_txt", "query_img_path", "pos_txt",
+               "pos_img_path", "cand_modality", "route", "target"]
+IMAGE_COLUMNS = ["query_image", "pos_image"]  # optional Hugging Face Image structs {bytes, path}
+
+
+def list_shards(data: str) -> list[str]:
+    """Parquet files under DATA: DATA/data/*.parquet when present, else DATA/*.parquet, or a glob / file."""
+    fs, _, _ = fsspec.get_fs_token_paths(data)
+    protocol = data.split("://", 1)[0] + "://" if "://" in data else ""
+    if data.endswith(".parquet") or any(ch in data for ch in "*?["):
+        paths = fs.glob(data)
+    else:
+        root = data.rstrip("/")
+        paths = fs.glob(root + "/data/*.parquet") or fs.glob(root + "/*.parquet")
+    paths = sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in paths)
+    if not paths:
+        raise FileNotFoundError(f"no Parquet shards under {data!r}")
+    return paths
+
+
+@dataclass
+class Example:
+    query: QueryInput
+    target: str
+    candidate: CandidateInput
+    route: str
+    row_id: str
+
+
+class ShardIndex:
+    """Maps a global row index to (shard, row group, offset) and reads rows by row group with an LRU cache."""
+
+    def __init__(self, paths: list[str], cache_groups: int = 16):
+        self.paths = paths
+        self._files: dict[int, pq.ParquetFile] = {}
+        self._cache: OrderedDict[tuple[int, int], list[dict]] = OrderedDict()
+        self._cache_groups = cache_groups
+        locs, fams = [], []
+        for f in range(len(paths)):
+            pf = self._file(f)
+            for g in range(pf.num_row_groups):
+                t = pf.read_row_group(g, columns=["dataset", "task_id"])
+                n = t.num_rows
+                locs.append(np.stack([np.full(n, f), np.full(n, g), np.arange(n)], axis=1))
+                fams += [f"{d}/{k}" for d, k in zip(t.column("dataset").to_pylist(),
+                                                     t.column("task_id").to_pylist(), strict=True)]
+        self.locations = np.concatenate(locs) if locs else np.zeros((0, 3), dtype=np.int64)
+        self.families = np.array(fams)
+        self.columns = [c for c in ROW_COLUMNS + IMAGE_COLUMNS if c in self._file(0).schema_arrow.names]
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def _file(self, f: int) -> pq.ParquetFile:
+        if f not in self._files:
+            self._files[f] = pq.ParquetFile(fsspec.open(self.paths[f], "rb").open())
+        return self._files[f]
+
+    def _group(self, f: int, g: int) -> list[dict]:
+        key = (f, g)
+        if key not in self._cache:
+            self._cache[key] = self._file(f).read_row_group(g, columns=self.columns).to_pylist()
+            if len(self._cache) > self._cache_groups:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
+    def rows(self, indices: list[int]) -> list[dict]:
+        return [self._group(int(f), int(g))[int(r)] for f, g, r in self.locations[indices]]
+
+    def family_indices(self) -> dict[str, np.ndarray]:
+        return {fam: np.flatnonzero(self.families == fam) for fam in sorted(set(self.families.tolist()))}
+
+
+class TaskBatchSampler:
+    """Yields lists of global row indices, each from one task family; state_dict() gives an exact position."""
+
+    def __init__(self, families: dict[str, np.ndarray], batch_size: int, seed: int = 0, min_batch: int = 2):
+        self.families = families
+        self.batch_size = batch_size
+        self.seed = seed
+        self.min_batch = min_batch  # a 1-row batch has no in-batch negative: drop such leftovers
+        self.epoch = 0
+        self.cursor = 0
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        batches = []
+        for fam in sorted(self.families):
+            idx = rng.permutation(self.families[fam])
+            batches += [idx[s:s + self.batch_size].tolist() for s in range(0, len(idx), self.batch_size)
+                        if len(idx[s:s + self.batch_size]) >= self.min_batch]
+        order = rng.permutation(len(batches))
+        return [batches[i] for i in order]
+
+    def __len__(self) -> int:
+        return len(self.plan(0))
+
+    def __iter__(self):
+        """Endless: walks epochs from the saved position."""
+        while True:
+            plan = self.plan(self.epoch)
+            while self.cursor < len(plan):
+                self.cursor += 1
+                yield plan[self.cursor - 1]
+            self.epoch, self.cursor = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["seed"] != self.seed or state["batch_size"] != self.batch_size:
+            raise ValueError(f"sampler state {state} does not match seed={self.seed} batch={self.batch_size}")
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
+
+
+class ImageLoader:
+    """Opens images from embedded {bytes, path} structs or from paths relative to the M-BEIR root."""
+
+    def __init__(self, mbeir_root: str | None):
+        self.root = mbeir_root
+
+    def __call__(self, struct: dict | None, rel_path: str | None) -> Image.Image:
+        if struct and struct.get("bytes"):
+            data = struct["bytes"]
+        else:
+            if not rel_path:
+                raise FileNotFoundError("no image path")
+            if self.root is None:
+                raise FileNotFoundError(f"image {rel_path!r} needs --mbeir_root")
+            with fsspec.open(posixpath.join(self.root, rel_path), "rb") as fh:
+                data = fh.read()
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img.convert("RGB")
+
+
+class RowDecoder:
+    """Row dict -> Example, or None with the skip reason counted (bad rows are never fatal)."""
+
+    def __init__(self, images: ImageLoader):
+        self.images = images
+        self.skipped: Counter[str] = Counter()
+
+    def __call__(self, row: dict[str, Any]) -> Example | None:
+        target = (row.get("target") or "").strip()
+        if not target or target == "":
+            self.skipped["empty_target"] += 1
+            return None
+        try:
+            q_img = c_img = None
+            if row.get("query_img_path") or (row.get("query_image") or {}).get("bytes"):
+                q_img = self.images(row.get("query_image"), row.get("query_img_path"))
+            if row.get("pos_img_path") or (row.get("pos_image") or {}).get("bytes"):
+                c_img = self.images(row.get("pos_image"), row.get("pos_img_path"))
+        except (OSError, ValueError) as e:
+            self.skipped["missing_image" if isinstance(e, FileNotFoundError) else "bad_image"] += 1
+            return None
+        text = format_query_text(row.get("instruction") or "", row.get("query_txt"))
+        if q_img is None and not text:
+            self.skipped["empty_query"] += 1
+            return None
+        if c_img is None and not row.get("pos_txt"):
+            self.skipped["empty_candidate"] += 1
+            return None
+        return Example(QueryInput(text, q_img, row["dataset"], int(row["task_id"])), target,
+                       CandidateInput(row.get("pos_txt"), c_img, row.get("cand_modality") or "text"),
+                       row.get("route", ""), row.get("id", ""))
+
+
+class TrainData:
+    """Parquet shards + sampler + decoder: iterate lists of Examples, one task family per list."""
+
+    def __init__(self, data: str, batch_size: int, seed: int = 0, mbeir_root: str | None = None,
+                 rank: int = 0, world_size: int = 1):
+        self.index = ShardIndex(list_shards(data))
+        self.sampler = TaskBatchSampler(self.index.family_indices(), batch_size * world_size, seed)
+        self.decode = RowDecoder(ImageLoader(mbeir_root))
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for global_batch in self.sampler:
+            mine = global_batch[self.rank::self.world_size]
+            yield [ex for ex in map(self.decode, self.index.rows(mine)) if ex is not None]

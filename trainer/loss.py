@@ -1,0 +1,63 @@
+"""TRACE joint loss (PAPER.md §3): CE on the query-side target tokens + InfoNCE with in-batch negatives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from trainer.processor import IGNORE
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    ce: torch.Tensor
+    nce: torch.Tensor
+    n_target_tokens: int
+
+
+def target_ce(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> tuple[torch.Tensor, int]:
+    """Next-token CE over target tokens only (reasoning, answer and <|emb|>): the LM head runs at those
+    positions alone, never over the full vocabulary at every position (ENVIRONMENT.md, GPU)."""
+    shift = labels[:, 1:].to(hidden.device)
+    keep = shift != IGNORE
+    n = int(keep.sum())
+    if n == 0:
+        return hidden.sum() * 0.0, 0
+    logits = lm_head(hidden[:, :-1][keep]).float()
+    return F.cross_entropy(logits, shift[keep]), n
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(x of every rank concatenated, offset of this rank's rows). Differentiable: gradients flow back to each
+    rank's own slice. Ranks may hold different row counts (skipped bad rows)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    n = torch.tensor([len(x)], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = F.pad(x.contiguous(), (0, 0, 0, max(sizes) - len(x)))
+    parts = all_gather(padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]), sum(sizes[: dist.get_rank()])
+
+
+def info_nce(q: torch.Tensor, c: torch.Tensor, temperature: float) -> torch.Tensor:
+    """This rank's query i against every candidate of every rank; its positive is this rank's candidate i."""
+    c_all, offset = gather_with_grad(c)
+    logits = q @ c_all.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(q), device=logits.device) + offset)
+
+
+def trace_loss(q_emb: torch.Tensor, c_emb: torch.Tensor, q_hidden: torch.Tensor, q_labels: torch.Tensor,
+               lm_head: torch.nn.Module, temperature: float = 0.05, ce_weight: float = 1.0,
+               nce_weight: float = 1.0) -> LossParts:
+    """L = ce_weight·CE + nce_weight·InfoNCE (defaults 1.0 / 1.0, temperature 0.05: PAPER.md §3)."""
+    ce, n = target_ce(q_hidden, q_labels, lm_head)
+    nce = info_nce(q_emb, c_emb, temperature)
+    return LossParts(ce_weight * ce + nce_weight * nce, ce.detach(), nce.detach(), n)

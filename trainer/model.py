@@ -1,0 +1,235 @@
+"""TraceEmbedder: a Qwen2-VL-family MLLM that routes by greedy decoding and embeds at the pre-token
+(PAPER.md §1, §3). Implements trainer.interface.Embedder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.interface import MODES, CandidateInput, EncodeResult, QueryInput
+from trainer.processor import Item, TraceProcessor
+from trainer.student import EMB_TOKEN, candidate_system_prompt, query_system_prompt
+
+TRACE_CONFIG = "trace_config.json"
+ADAPTER_DIR = "adapter"
+LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class ModelConfig:
+    base_model: str  # name or path of the Qwen2-VL / Qwen2.5-VL checkpoint
+    lora_r: int = 128  # PAPER.md §3: LoRA r=128
+    lora_alpha: int = 256  # PAPER.md §3: alpha=256
+    lora_dropout: float = 0.05  # LamRA default
+    gradient_checkpointing: bool = False
+    max_text_tokens: int = 480  # PAPER.md §3: LamRA default, text cut at 480 tokens
+    max_target_tokens: int = 512
+    image_max_pixels: int | None = None  # None: keep the checkpoint's image processor setting
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_parts(path: str, cfg: ModelConfig, device: torch.device, tokenizer_path: str | None = None):
+    from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path)
+    kwargs = {"max_pixels": cfg.image_max_pixels} if cfg.image_max_pixels else {}
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **kwargs)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # bf16 on GPU
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    processor = TraceProcessor(tokenizer, image_processor, cfg.max_text_tokens, cfg.max_target_tokens)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:  # real Qwen checkpoints already have spare rows for an added token
+        model.resize_token_embeddings(len(tokenizer))
+    return model, processor
+
+
+class TraceEmbedder(nn.Module):
+    def __init__(self, model: nn.Module, processor: TraceProcessor, config: ModelConfig):
+        super().__init__()
+        self.model = model  # PeftModel (training/loaded checkpoint) or the plain base model
+        self.processor = processor
+        self.config = config
+        self.emb_id = processor.emb_id
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_base(cls, base_model: str, device: torch.device | str | None = None, **overrides) -> TraceEmbedder:
+        """A trainable embedder: LoRA on the language model, vision encoder frozen, projector (merger) trained,
+        the <|emb|> rows of the embeddings trained."""
+        from peft import LoraConfig, get_peft_model
+
+        cfg = ModelConfig(base_model=str(base_model), **overrides)
+        device = torch.device(device) if device else default_device()
+        model, processor = _load_parts(cfg.base_model, cfg, device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=LANGUAGE_LORA_TARGETS, modules_to_save=["visual.merger"],
+                          trainable_token_indices={"embed_tokens": [processor.emb_id]})
+        model = get_peft_model(model, lora)
+        if cfg.gradient_checkpointing:
+            model.get_base_model().gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.get_base_model().config.use_cache = False
+        return cls(model, processor, cfg).to(device)
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | Path, device: torch.device | str | None = None,
+             trainable: bool = False) -> TraceEmbedder:
+        """Load a checkpoint written by `save` (base model + LoRA adapter + tokenizer)."""
+        from peft import PeftModel
+
+        ckpt = Path(checkpoint_dir)
+        cfg = ModelConfig(**json.loads((ckpt / TRACE_CONFIG).read_text()))
+        base = cfg.base_model
+        if not Path(base).is_absolute() and (ckpt / base).exists():
+            base = str(ckpt / base)
+        device = torch.device(device) if device else default_device()
+        model, processor = _load_parts(base, cfg, device, tokenizer_path=str(ckpt))
+        model = PeftModel.from_pretrained(model, str(ckpt / ADAPTER_DIR), is_trainable=trainable)
+        emb = cls(model, processor, cfg).to(device)
+        emb.eval()
+        return emb
+
+    def save(self, out_dir: str | Path, base_model: str | None = None) -> None:
+        """Write adapter (LoRA + merger + <|emb|> rows), tokenizer, image processor and trace_config.json."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out / ADAPTER_DIR)
+        self.processor.tokenizer.save_pretrained(out)
+        self.processor.image_processor.save_pretrained(out)
+        cfg = asdict(self.config)
+        if base_model is not None:
+            cfg["base_model"] = base_model
+        (out / TRACE_CONFIG).write_text(json.dumps(cfg, indent=2))
+
+    # ---- forward pieces -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def base(self) -> nn.Module:
+        """The ...ForConditionalGeneration module (LoRA layers are injected in place)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.base.lm_head
+
+    def positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """3-D M-RoPE position ids (3, B, L) that respect padding on either side."""
+        pos, _ = self.base.model.get_rope_index(
+            input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch.get("image_grid_thw"), attention_mask=batch["attention_mask"])
+        return pos
+
+    def hidden(self, batch: dict[str, torch.Tensor], use_cache: bool = False):
+        """Last-layer hidden states (B, L, D) — only the last layer, no logits."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.base.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            position_ids=self.positions(batch), pixel_values=batch.get("pixel_values"),
+            image_grid_thw=batch.get("image_grid_thw"), use_cache=use_cache)
+        return out
+
+    @staticmethod
+    def pre_token_index(input_ids: torch.Tensor, emb_id: int) -> torch.Tensor:
+        """Index of the token just before the last <|emb|> in each row (pre-token pooling, PAPER.md §1)."""
+        is_emb = input_ids == emb_id
+        if not bool(is_emb.any(-1).all()):
+            raise ValueError("every training sequence must contain <|emb|>")
+        width = input_ids.shape[1]
+        last = width - 1 - is_emb.flip(-1).int().argmax(-1)
+        return last - 1
+
+    def embed_sequences(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L2-normalised embeddings (B, D) at the pre-token, hidden states (B, L, D)) for batches that already
+        contain <|emb|> (training)."""
+        h = self.hidden(batch).last_hidden_state
+        idx = self.pre_token_index(batch["input_ids"].to(h.device), self.emb_id)
+        e = h[torch.arange(h.shape[0], device=h.device), idx]
+        return F.normalize(e.float(), dim=-1), h
+
+    # ---- inference (trainer.interface.Embedder) -----------------------------------------------------------
+    def query_items(self, queries: list[QueryInput], with_target: list[str] | None = None) -> list[Item]:
+        return [Item(query_system_prompt(q.dataset, q.task_id), q.text, q.image,
+                     with_target[i] if with_target else None) for i, q in enumerate(queries)]
+
+    def candidate_items(self, cands: list[CandidateInput], with_target: bool = False) -> list[Item]:
+        return [Item(candidate_system_prompt(c.modality), c.text, c.image, EMB_TOKEN if with_target else None)
+                for c in cands]
+
+    @torch.no_grad()
+    def encode_candidates(self, candidates: list[CandidateInput], batch_size: int = 32) -> torch.Tensor:
+        """Candidates never reason: the embedding is the hidden state that feeds <|emb|> (the last prompt token)."""
+        out = []
+        for s in range(0, len(candidates), batch_size):
+            batch = self.processor(self.candidate_items(candidates[s:s + batch_size]), padding_side="left")
+            h = self.hidden(batch).last_hidden_state[:, -1]
+            out.append(F.normalize(h.float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.base.config.text_config.hidden_size)
+
+    @torch.no_grad()
+    def encode_queries(self, queries: list[QueryInput], mode: str = "adaptive", max_new_tokens: int = 128,
+                       batch_size: int = 8) -> EncodeResult:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        res = EncodeResult(embeddings=None)
+        embs = []
+        for s in range(0, len(queries), batch_size):
+            e, reasoned, n_tok, texts = self._generate(queries[s:s + batch_size], mode, max_new_tokens)
+            embs.append(e)
+            res.reasoned += reasoned
+            res.generated_tokens += n_tok
+            res.texts += texts
+        res.embeddings = torch.cat(embs) if embs else torch.empty(0, self.base.config.text_config.hidden_size)
+        return res
+
+    def _generate(self, queries: list[QueryInput], mode: str, max_new_tokens: int):
+        """Greedy decoding with a KV cache until <|emb|>; the embedding is the hidden state that feeds <|emb|>.
+        If <|emb|> never comes within max_new_tokens it is appended, i.e. the last generated token's state."""
+        batch = self.processor(self.query_items(queries), padding_side="left")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        pos = self.positions(batch)
+        out = self.base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              position_ids=pos, pixel_values=batch.get("pixel_values"),
+                              image_grid_thw=batch.get("image_grid_thw"), use_cache=True)
+        n = len(queries)
+        h = out.last_hidden_state[:, -1]
+        cache, mask, last_pos = out.cache, batch["attention_mask"], pos[:, :, -1:]
+        emb = torch.zeros(n, h.shape[-1], device=h.device, dtype=torch.float32)
+        done = torch.zeros(n, dtype=torch.bool, device=h.device)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        for step in range(max_new_tokens + 1):
+            logits = self.lm_head(h).float()
+            if step == 0 and mode == "direct":
+                logits[:, self.emb_id] = float("inf")
+            elif step == 0 and mode == "always":
+                logits[:, self.emb_id] = float("-inf")
+            nxt = logits.argmax(-1)
+            if step == max_new_tokens:
+                nxt = torch.full_like(nxt, self.emb_id)
+            newly = ~done & (nxt == self.emb_id)
+            emb[newly] = h[newly].float()
+            done |= newly
+            if bool(done.all()):
+                break
+            for i in (~done).nonzero().flatten().tolist():
+                tokens[i].append(int(nxt[i]))
+            last_pos = last_pos + 1
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self.base.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos,
+                                  cache=cache, use_cache=True)
+            h, cache = out.last_hidden_state[:, -1], out.cache
+        texts = self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=False)
+        return (F.normalize(emb, dim=-1).cpu(), [len(t) > 0 for t in tokens], [len(t) for t in tokens], texts)
+
