@@ -1,0 +1,394 @@
+"""One teacher client per process: a background asyncio loop, bounded concurrency, rate limits, one retry
+layer (tenacity; the openai client's own retries are off), re-asks for malformed output, a response journal
+and usage/cost accounting. Callers on any thread `submit()` and get a concurrent.futures.Future that always
+resolves to a TeacherResult (never an exception).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+from urllib.parse import urlparse
+
+import openai
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+import schemas
+from pipeline.teacher.cost import PriceTable
+from pipeline.teacher.journal import JournalWriter
+from pipeline.teacher.limits import RateLimiter, retry_after_s
+from pipeline.teacher.prompting import TeacherRequest
+from validators.cot_format import format_problems, split_cot
+
+log = logging.getLogger(__name__)
+
+DUMMY_LOCAL_KEY = "sk-loopback-no-key"
+# Parameters the openai client takes as keyword arguments; anything else goes in extra_body (vLLM's top_k...).
+_CREATE_KWARGS = frozenset({
+    "temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "stop", "n", "presence_penalty",
+    "frequency_penalty", "response_format", "logit_bias", "logprobs", "top_logprobs", "reasoning_effort",
+    "service_tier", "user", "metadata", "store", "verbosity",
+})
+_OUTPUT_SCHEMAS = {"judge": "judge_output", "verifier": "verifier_output"}
+
+
+@dataclass
+class TeacherConfig:
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    max_in_flight: int = 64
+    rpm: float | None = None  # None = unlimited
+    tpm: float | None = None
+    timeout_s: float = 120.0
+    max_retries: int = 6  # per call, for 429 / 5xx / timeouts / connection errors
+    max_reasks: int = 2  # extra calls when the output is malformed
+    journal_dir: str | None = None
+    flush_interval_s: float = 2.0
+    prices: PriceTable = field(default_factory=PriceTable)
+    price_discount: float = 1.0  # e.g. cost.BATCH_DISCOUNT
+    transport: str = "aiohttp"  # "aiohttp" (faster, see scripts/bench_teacher.py) | "httpx"
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 60.0
+    progress_interval_s: float = 5.0
+
+    def resolve_api_key(self) -> str:
+        """The key from `api_key_env`; loopback servers may go without one."""
+        key = os.environ.get(self.api_key_env, "")
+        if key:
+            return key
+        if is_loopback(self.base_url):
+            return DUMMY_LOCAL_KEY
+        raise ValueError(f"environment variable {self.api_key_env} is not set; it must hold the API key "
+                         f"for the teacher at {self.base_url}")
+
+
+def is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class TeacherResult:
+    key: str
+    ok: bool
+    content: str = ""
+    parsed: Any = None  # (reasoning, answer) for "cot", a dict for "judge"/"verifier"
+    prompt_tokens: int = 0  # summed over every call made for this request (what it cost)
+    completion_tokens: int = 0
+    model: str = ""
+    attempts: int = 0  # HTTP calls made, retries and re-asks included
+    error: str = ""  # rate_limited | server_error | timeout | connection | malformed_output | bad_request | internal
+    detail: str = ""
+    from_journal: bool = False
+    latency_s: float = 0.0
+    kind: str = ""
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(?P<body>.*?)\s*```\s*$", re.DOTALL | re.IGNORECASE)
+
+
+@cache
+def _validator(schema: str):
+    return schemas.validator(schema)
+
+
+def parse_output(kind: str, content: str) -> tuple[Any, str]:
+    """(parsed, "") for a usable output, (None, why) otherwise."""
+    if kind == "cot":
+        parsed = split_cot(content)
+        return (parsed, "") if parsed else (None, ",".join(format_problems(content)))
+    m = _FENCE.match(content)
+    body = m.group("body") if m else content
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end < start:
+        return None, "no JSON object"
+    try:
+        obj = json.loads(body[start:end + 1])
+    except ValueError as e:
+        return None, f"bad JSON: {e}"
+    errors = sorted(_validator(_OUTPUT_SCHEMAS[kind]).iter_errors(obj), key=str)
+    if errors:
+        return None, f"schema: {errors[0].message}"
+    return obj, ""
+
+
+def result_from_record(record: dict[str, Any]) -> TeacherResult:
+    """A journaled answer as a TeacherResult (from_journal=True, costs nothing now)."""
+    kind = record.get("kind", "cot")
+    parsed, _ = parse_output(kind, record["content"])
+    return TeacherResult(key=record["key"], ok=True, content=record["content"], parsed=parsed,
+                         prompt_tokens=record.get("prompt_tokens", 0),
+                         completion_tokens=record.get("completion_tokens", 0), model=record["model"],
+                         attempts=record.get("attempts", 0), from_journal=True, kind=kind)
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _status(exc: BaseException) -> int | None:
+    return getattr(exc, "status_code", None) if isinstance(exc, openai.APIStatusError) else None
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    status = _status(exc)
+    return status is not None and (status in (408, 409, 429) or status >= 500)
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection"
+    status = _status(exc)
+    if status == 429:
+        return "rate_limited"
+    if status == 408:
+        return "timeout"
+    if status is not None and (status >= 500 or status == 409):
+        return "server_error"
+    if status is not None:
+        return "bad_request"
+    return "internal"
+
+
+class _Call:
+    """Per-request mutable state shared by the retry loop."""
+
+    __slots__ = ("calls", "prompt_tokens", "completion_tokens", "model", "content", "finish")
+
+    def __init__(self) -> None:
+        self.calls = self.prompt_tokens = self.completion_tokens = 0
+        self.model = self.content = self.finish = ""
+
+
+class TeacherClient:
+    """Thread-safe front of one asyncio loop that talks to an OpenAI-compatible server."""
+
+    def __init__(self, config: TeacherConfig):
+        self.config = config
+        api_key = config.resolve_api_key()
+        self._counts = dict.fromkeys(
+            ("requests", "calls", "ok", "retries", "reasks", "failures", "prompt_tokens", "completion_tokens",
+             "rate_limit_pauses", "deduped", "in_flight"), 0)
+        self._cost = 0.0
+        self._lock = threading.Lock()
+        self._inflight: dict[str, concurrent.futures.Future] = {}
+        self._closed = False
+        self._journal = JournalWriter(config.journal_dir, config.flush_interval_s) if config.journal_dir else None
+        self._t0 = self._last_log = time.monotonic()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-loop", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._setup(api_key), self._loop).result()
+
+    async def _setup(self, api_key: str) -> None:
+        import httpx2
+
+        cfg = self.config
+        limits = httpx2.Limits(max_connections=cfg.max_in_flight + 8, max_keepalive_connections=cfg.max_in_flight)
+        if cfg.transport == "aiohttp":
+            http = openai.DefaultAioHttpClient(limits=limits)
+        elif cfg.transport == "httpx":
+            http = openai.DefaultAsyncHttpxClient(limits=limits)
+        else:
+            raise ValueError(f"transport must be 'aiohttp' or 'httpx', got {cfg.transport!r}")
+        self._api = openai.AsyncOpenAI(api_key=api_key, base_url=cfg.base_url, max_retries=0,
+                                       timeout=cfg.timeout_s, http_client=http)
+        self._sem = asyncio.Semaphore(cfg.max_in_flight)
+        self._limiter = RateLimiter(cfg.rpm, cfg.tpm)
+
+    # ---- public, any thread -------------------------------------------------------------------------
+    def submit(self, req: TeacherRequest) -> concurrent.futures.Future:
+        """Schedule one request; a request whose key is already in flight shares that call's future."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("TeacherClient is closed")
+            fut = self._inflight.get(req.key)
+            if fut is not None:
+                self._counts["deduped"] += 1
+                return fut
+            fut = asyncio.run_coroutine_threadsafe(self._run(req), self._loop)
+            self._inflight[req.key] = fut
+        fut.add_done_callback(lambda _f, k=req.key: self._forget(k))
+        return fut
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self._counts)
+        out["cost_usd"] = round(self._cost, 6)
+        out["journal_writes"] = self._journal.writes if self._journal else 0
+        out["elapsed_s"] = round(time.monotonic() - self._t0, 3)
+        return out
+
+    def close(self) -> None:
+        """Wait for every submitted request, close the HTTP client and the loop, flush the journal."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._inflight.values())
+        concurrent.futures.wait(pending)
+        asyncio.run_coroutine_threadsafe(self._api.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        if self._journal:
+            self._journal.close()
+        self._log_progress(force=True)
+
+    def __enter__(self) -> TeacherClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._inflight.pop(key, None)
+
+    # ---- on the loop ---------------------------------------------------------------------------------
+    async def _run(self, req: TeacherRequest) -> TeacherResult:
+        t0 = time.monotonic()
+        self._counts["requests"] += 1
+        async with self._sem:
+            self._counts["in_flight"] += 1
+            try:
+                result = await self._answer(req)
+            except Exception as e:  # noqa: BLE001 - a result, never an exception, reaches the caller
+                log.exception("teacher request %s failed unexpectedly", req.key[:12])
+                result = TeacherResult(key=req.key, ok=False, error="internal", detail=repr(e)[:500],
+                                       kind=req.kind)
+            finally:
+                self._counts["in_flight"] -= 1
+        result.latency_s = time.monotonic() - t0
+        self._account(req, result)
+        return result
+
+    async def _answer(self, req: TeacherRequest) -> TeacherResult:
+        state = _Call()
+        reasks = 0
+        while True:
+            try:
+                completion = await self._call_with_retries(req, state, reasks)
+            except openai.OpenAIError as e:
+                return self._failed(req, state, error_code(e), _describe(e))
+            choice = completion.choices[0] if completion.choices else None
+            state.content = (choice.message.content or "") if choice else ""
+            state.finish = (choice.finish_reason or "") if choice else ""
+            state.model = completion.model or req.model
+            if state.finish == "length":
+                parsed, why = None, "finish_reason=length (output cut off)"
+            else:
+                parsed, why = parse_output(req.kind, state.content)
+            if parsed is not None:
+                return TeacherResult(key=req.key, ok=True, content=state.content, parsed=parsed,
+                                     prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens,
+                                     model=state.model, attempts=state.calls, kind=req.kind)
+            if reasks >= self.config.max_reasks:
+                return self._failed(req, state, "malformed_output", why or "malformed output")
+            reasks += 1
+            self._counts["reasks"] += 1
+
+    def _failed(self, req: TeacherRequest, state: _Call, code: str, detail: str) -> TeacherResult:
+        return TeacherResult(key=req.key, ok=False, content=state.content, model=state.model or req.model,
+                             prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens,
+                             attempts=state.calls, error=code, detail=detail[:500], kind=req.kind)
+
+    async def _call_with_retries(self, req: TeacherRequest, state: _Call, reask: int):
+        cfg = self.config
+        retrying = AsyncRetrying(retry=retry_if_exception(_retryable), wait=self._backoff,
+                                 stop=stop_after_attempt(cfg.max_retries + 1), reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self._counts["retries"] += 1
+                return await self._call_once(req, state, reask, attempt.retry_state.attempt_number)
+
+    def _backoff(self, retry_state) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if _status(exc) == 429:
+            return 0.0  # the shared pause gate already holds every request
+        return self._backoff_s(retry_state.attempt_number)
+
+    def _backoff_s(self, attempt: int) -> float:
+        """Exponential backoff with full jitter on top."""
+        base = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (attempt - 1))
+        return base + random.uniform(0, base)
+
+    async def _call_once(self, req: TeacherRequest, state: _Call, reask: int, attempt: int):
+        params = dict(req.params)
+        if reask and isinstance(params.get("seed"), int):
+            params["seed"] += reask  # same key, a different draw from a deterministic server
+        kwargs = {k: v for k, v in params.items() if k in _CREATE_KWARGS}
+        extra = {k: v for k, v in params.items() if k not in _CREATE_KWARGS}
+        max_out = params.get("max_tokens") or params.get("max_completion_tokens") or 0
+        await self._limiter.acquire(req.est_prompt_tokens + max_out)
+        state.calls += 1
+        self._counts["calls"] += 1
+        try:
+            raw = await self._api.chat.completions.with_raw_response.create(
+                model=req.model, messages=req.messages, extra_body=extra or None, **kwargs)
+        except openai.APIStatusError as e:
+            self._limiter.observe(e.response.headers)
+            if e.status_code == 429:
+                self._counts["rate_limit_pauses"] += 1
+                self._limiter.gate.pause(retry_after_s(e.response.headers) or self._backoff_s(attempt))
+            raise
+        self._limiter.observe(raw.headers)
+        completion = raw.parse()
+        if completion.usage:
+            state.prompt_tokens += completion.usage.prompt_tokens or 0
+            state.completion_tokens += completion.usage.completion_tokens or 0
+        return completion
+
+    def _account(self, req: TeacherRequest, r: TeacherResult) -> None:
+        c = self._counts
+        c["ok" if r.ok else "failures"] += 1
+        c["prompt_tokens"] += r.prompt_tokens
+        c["completion_tokens"] += r.completion_tokens
+        self._cost += self.config.prices.cost(req.model, r.prompt_tokens, r.completion_tokens,
+                                              discount=self.config.price_discount)
+        if r.ok and self._journal is not None:
+            self._journal.append({
+                "key": r.key, "kind": req.kind, "model": r.model, "request_model": req.model,
+                "prompt_id": req.prompt_id, "prompt_sha": req.prompt_sha, "content": r.content,
+                "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                "attempts": r.attempts, "t": round(time.time(), 3),
+            })
+        self._log_progress()
+
+    def _log_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_log < self.config.progress_interval_s:
+            return
+        self._last_log = now
+        s, dt = self.stats(), max(now - self._t0, 1e-9)
+        log.info("teacher: %.1f results/s, %.1f calls/s, %d in flight, %d ok, %d failed, %d retries, "
+                 "%d re-asks, %d+%d tokens, $%.4f", (s["ok"] + s["failures"]) / dt, s["calls"] / dt,
+                 s["in_flight"], s["ok"], s["failures"], s["retries"], s["reasks"], s["prompt_tokens"],
+                 s["completion_tokens"], s["cost_usd"])
+
+
+def _describe(exc: BaseException) -> str:
+    status = _status(exc)
+    text = f"{type(exc).__name__}: {exc}"
+    return f"HTTP {status} {text}" if status else text

@@ -1,0 +1,226 @@
+"""Teacher requests: one Example -> one OpenAI chat request with a stable key (DESIGN.md "exactly-once spend").
+
+Templates are `prompts/<id>.txt`. Every template ends with labelled lines, one field per line, which the
+offline reference server parses; keep them stable:
+
+    Task type: <TASK_TYPES[prompt id]>   (first line)
+    Dataset: ...   Instruction: ...   Query text: ...   Query modality: ...   Candidate modality: ...
+    Target: ...    Answer: ...        (verifier only)
+
+Field values are flattened to one line. Images follow the text as `image_url` parts, each preceded by a text
+part naming it ("Query image:", "Target image:"; see IMAGE_LABELS).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import prompts
+from pipeline.mbeir.records import Example
+
+# PAPER.md §2 Phase 2: one CoT template per task family.
+CIR_DATASETS = frozenset({"cirr", "fashioniq"})
+KNOWLEDGE_DATASETS = frozenset({"infoseek", "oven"})
+TEXT_TASKS = frozenset({1})  # t -> t
+
+# First line of each template: how the reference server (and a human) tells the families apart.
+TASK_TYPES: dict[str, str] = {
+    "cot_cir": "composed image retrieval",
+    "cot_knowledge": "knowledge-intensive retrieval",
+    "cot_visual": "visual description",
+    "cot_text": "text retrieval",
+    "judge": "difficulty judge",
+    "verifier_cir": "composed image retrieval verifier",
+    "verifier_knowledge": "knowledge verifier",
+}
+IMAGE_LABELS = {"query": "Query image:", "target": "Target image:"}
+
+DEFAULT_MAX_SIDE = 512  # px; long side of images sent as data URLs
+IMAGE_TOKENS = 256  # fixed per-image estimate (a 448-512 px image is ~256 tokens for Qwen-VL and GPT-4o)
+CHARS_PER_TOKEN = 4  # English text averages ~4 characters per BPE token
+MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message
+JSON_RESPONSE = {"type": "json_object"}
+
+ImageLoader = Callable[[str], bytes]
+
+
+@dataclass
+class TeacherRequest:
+    """One chat call. `key` identifies it across runs; `messages` are what is sent."""
+
+    key: str
+    kind: str  # "cot" | "judge" | "verifier"
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+    prompt_id: str
+    prompt_sha: str
+    est_prompt_tokens: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)  # caller's bookkeeping; not part of the key
+
+
+def family_for(dataset: str, task_id: int) -> str:
+    """The CoT template id for a (dataset, task) pair."""
+    if dataset in CIR_DATASETS:
+        return "cot_cir"
+    if dataset in KNOWLEDGE_DATASETS:
+        return "cot_knowledge"
+    if task_id in TEXT_TASKS:
+        return "cot_text"
+    return "cot_visual"
+
+
+def verifier_for(dataset: str) -> str:
+    """The verifier template id: CIR has its own; every other family is checked against the target text."""
+    return "verifier_cir" if dataset in CIR_DATASETS else "verifier_knowledge"
+
+
+def request_key(model: str, prompt_sha: str, key_messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+    """sha256 of canonical JSON of everything that determines the answer (never the API key)."""
+    blob = json.dumps(
+        {"model": model, "prompt_sha": prompt_sha, "messages": key_messages, "params": params},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def estimate_tokens(request: TeacherRequest) -> int:
+    """Rough prompt size: text chars / CHARS_PER_TOKEN + IMAGE_TOKENS per image + per-message overhead."""
+    total = 0
+    for message in request.messages:
+        total += MESSAGE_OVERHEAD_TOKENS
+        content = message["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        for part in parts:
+            if part["type"] == "text":
+                total += -(-len(part["text"]) // CHARS_PER_TOKEN)
+            else:
+                total += IMAGE_TOKENS
+    return total
+
+
+def jpeg_data_url(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> str:
+    """JPEG data URL of an image resized so its long side is at most `max_side`. Bad bytes -> ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("RGB")
+            img.thumbnail((max_side, max_side))
+            out = io.BytesIO()
+            img.save(out, format="JPEG", quality=90)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot decode image: {e}") from e
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+class _Images:
+    """Turns relative image paths into (sent part, key part) pairs."""
+
+    def __init__(self, loader: ImageLoader | None, mode: str, max_side: int, url_base: str):
+        if mode not in ("data_url", "url"):
+            raise ValueError(f"image_mode must be 'data_url' or 'url', got {mode!r}")
+        if mode == "data_url" and loader is None:
+            raise ValueError("image_mode='data_url' needs an image_loader")
+        self.loader, self.mode, self.max_side, self.url_base = loader, mode, max_side, url_base.rstrip("/")
+
+    def parts(self, label: str, rel_path: str) -> tuple[list[dict], list[dict]]:
+        if self.mode == "url":
+            url = f"{self.url_base}/{rel_path.lstrip('/')}"
+            digest = "url-sha256:" + hashlib.sha256(url.encode("utf-8")).hexdigest()
+        else:
+            data = self.loader(rel_path)
+            url = jpeg_data_url(data, self.max_side)
+            digest = f"sha256:{hashlib.sha256(data).hexdigest()}@{self.max_side}"
+        head = {"type": "text", "text": label}
+        return ([head, {"type": "image_url", "image_url": {"url": url}}],
+                [head, {"type": "image_url", "image_url": {"url": digest}}])
+
+
+def _line(value: str | None) -> str:
+    return " ".join((value or "").split()) or "(none)"
+
+
+def target_text(example: Example) -> str:
+    """The ground-truth target text: the positive candidates' texts, one line."""
+    return _line(" | ".join(c.txt for c in example.positives if c.txt))
+
+
+def _fields(example: Example) -> dict[str, str]:
+    q = example.query
+    return {
+        "dataset": q.dataset,
+        "instruction": _line(example.instruction),
+        "query_text": _line(q.query_txt),
+        "query_modality": q.query_modality,
+        "cand_modality": example.cand_modality,
+        "target_text": target_text(example),
+    }
+
+
+def _build(kind: str, prompt_id: str, example: Example, fields: dict[str, str], *, model: str,
+           params: dict[str, Any], images: _Images | None, with_target_image: bool) -> TeacherRequest:
+    prompt = prompts.load(prompt_id)
+    text = {"type": "text", "text": prompt.render(**fields)}
+    sent, keyed = [text], [text]
+    if images is not None:
+        paths = [("query", example.query.query_img_path)]
+        if with_target_image:
+            paths += [("target", c.img_path) for c in example.positives[:1]]
+        for label, rel in paths:
+            if rel:
+                s, k = images.parts(IMAGE_LABELS[label], rel)
+                sent += s
+                keyed += k
+    messages = [{"role": "user", "content": sent}]
+    key = request_key(model, prompt.sha, [{"role": "user", "content": keyed}], params)
+    req = TeacherRequest(key, kind, model, messages, dict(params), prompt_id, prompt.sha)
+    req.est_prompt_tokens = estimate_tokens(req)
+    return req
+
+
+def _images(image_loader, image_mode, max_side, image_url_base) -> _Images | None:
+    if image_loader is None and image_mode == "data_url":
+        return None  # text-only request (e.g. a text-only teacher)
+    return _Images(image_loader, image_mode, max_side, image_url_base)
+
+
+def build_cot_request(example: Example, *, model: str, params: dict[str, Any],
+                      image_loader: ImageLoader | None = None, image_mode: str = "data_url",
+                      max_side: int = DEFAULT_MAX_SIDE, image_url_base: str = "") -> TeacherRequest:
+    """CoT request from the family template; query and target images attached when a loader/base is given."""
+    prompt_id = family_for(example.query.dataset, example.query.task_id)
+    return _build("cot", prompt_id, example, _fields(example), model=model, params=params,
+                  images=_images(image_loader, image_mode, max_side, image_url_base), with_target_image=True)
+
+
+def build_judge_request(example: Example, *, model: str, params: dict[str, Any],
+                        image_loader: ImageLoader | None = None, image_mode: str = "data_url",
+                        max_side: int = DEFAULT_MAX_SIDE, image_url_base: str = "") -> TeacherRequest:
+    """Difficulty-judge request (JSON reply, schemas/judge_output); sees the query only, not the target."""
+    fields = _fields(example)
+    params = {"response_format": JSON_RESPONSE, **params}
+    return _build("judge", "judge", example, fields, model=model, params=params,
+                  images=_images(image_loader, image_mode, max_side, image_url_base), with_target_image=False)
+
+
+def build_verifier_request(example: Example, reasoning: str, answer: str, *, model: str,
+                           params: dict[str, Any], image_loader: ImageLoader | None = None,
+                           image_mode: str = "data_url", max_side: int = DEFAULT_MAX_SIDE,
+                           image_url_base: str = "") -> TeacherRequest:
+    """Verifier request (JSON reply, schemas/verifier_output). CIR sees reference and target images.
+
+    `reasoning` is accepted for future templates; the PAPER.md §2 verifier judges the answer only.
+    """
+    prompt_id = verifier_for(example.query.dataset)
+    fields = {**_fields(example), "answer": _line(answer)}
+    params = {"response_format": JSON_RESPONSE, **params}
+    images = _images(image_loader, image_mode, max_side, image_url_base) if prompt_id == "verifier_cir" else None
+    return _build("verifier", prompt_id, example, fields, model=model, params=params,
+                  images=images, with_target_image=True)
