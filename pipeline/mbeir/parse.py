@@ -1,0 +1,125 @@
+"""Parse one M-BEIR JSONL line into a QueryRecord / CandidateRecord, or a Reject with a reason code.
+
+Checks: UTF-8, JSON object, the JSON Schemas in schemas/ (mbeir_query, mbeir_candidate), task id known and
+consistent with the query modality, text/image present where the modality needs it, safe image paths,
+non-empty positives. Never raises on bad input.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+import schemas
+from pipeline.mbeir import reasons
+from pipeline.mbeir.images import safe_image_path
+from pipeline.mbeir.layout import DATASET_IDS, DATASET_NAMES, TASKS
+from pipeline.mbeir.records import CandidateRecord, QueryRecord, Reject
+
+REJECT_TEXT_CHARS = 500
+
+
+@cache
+def _validator(name: str):
+    return schemas.validator(name)
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _load(raw: bytes, complete: bool) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Bad(reasons.INVALID_UTF8, f"invalid UTF-8 at byte {e.start}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if not complete:
+            raise _Bad(reasons.TRUNCATED_LINE, f"last line has no newline and does not parse: {e.msg}") from None
+        raise _Bad(reasons.INVALID_JSON, f"{e.msg} at column {e.colno}") from None
+    if not isinstance(obj, dict):
+        raise _Bad(reasons.NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _check_schema(obj: dict[str, Any], schema: str, modality_field: str) -> None:
+    errors = sorted(_validator(schema).iter_errors(obj), key=lambda e: list(e.path))
+    if not errors:
+        return
+    e = errors[0]
+    field = ".".join(str(p) for p in e.path)
+    if e.validator == "required":
+        raise _Bad(reasons.MISSING_FIELD, e.message)
+    if field == modality_field and e.validator == "enum":
+        raise _Bad(reasons.UNKNOWN_MODALITY, f"{field}: {obj.get(field)!r} is not one of text, image, image,text")
+    raise _Bad(reasons.BAD_FIELD_TYPE, f"{field or '(line)'}: {e.message}")
+
+
+def _check_content(obj: dict[str, Any], modality: str, txt_field: str, img_field: str) -> None:
+    img = obj.get(img_field)
+    if "image" in modality.split(","):
+        if not isinstance(img, str) or not img.strip():
+            raise _Bad(reasons.MISSING_FIELD, f"{img_field} is required for modality {modality!r}")
+    if img is not None and not safe_image_path(img):
+        raise _Bad(reasons.UNSAFE_IMAGE_PATH, f"{img_field} {img!r} must be relative to the M-BEIR root")
+    if "text" in modality.split(","):
+        txt = obj.get(txt_field)
+        if not isinstance(txt, str) or not txt.strip():
+            raise _Bad(reasons.MISSING_FIELD, f"{txt_field} is required for modality {modality!r}")
+
+
+def _snippet(raw: bytes) -> str:
+    return raw[: REJECT_TEXT_CHARS * 4].decode("utf-8", errors="replace")[:REJECT_TEXT_CHARS]
+
+
+def parse_query_line(raw: bytes, *, source_file: str, line_number: int, dataset: str,
+                     complete: bool = True) -> QueryRecord | Reject:
+    """One query line -> QueryRecord or Reject. `dataset` is the file stem ("" = take it from the qid)."""
+    qid = ""
+    try:
+        obj = _load(raw, complete)
+        qid = obj.get("qid") if isinstance(obj.get("qid"), str) else ""
+        _check_schema(obj, "mbeir_query", "query_modality")
+        dataset_id = int(qid.split(":", 1)[0])
+        if dataset_id not in DATASET_NAMES:
+            raise _Bad(reasons.BAD_FIELD_TYPE, f"qid {qid!r}: unknown dataset id {dataset_id}")
+        if dataset and DATASET_IDS.get(dataset) != dataset_id:
+            raise _Bad(reasons.BAD_FIELD_TYPE, f"qid {qid!r} does not belong to dataset {dataset!r}")
+        task_id, modality = int(obj["task_id"]), obj["query_modality"]
+        if task_id not in TASKS:
+            raise _Bad(reasons.UNKNOWN_TASK, f"task_id {task_id} is not an M-BEIR task (known: {sorted(TASKS)})")
+        if TASKS[task_id][0] != modality:
+            raise _Bad(reasons.UNKNOWN_TASK,
+                       f"task_id {task_id} expects query_modality {TASKS[task_id][0]!r}, got {modality!r}")
+        _check_content(obj, modality, "query_txt", "query_img_path")
+        if not obj["pos_cand_list"]:
+            raise _Bad(reasons.EMPTY_POSITIVES, "pos_cand_list is empty")
+    except _Bad as bad:
+        return Reject(reason=bad.reason, detail=bad.detail, source_file=source_file, line_number=line_number,
+                      qid=qid, dataset=dataset, text=_snippet(raw))
+    return QueryRecord(
+        qid=qid, query_txt=obj.get("query_txt"), query_img_path=obj.get("query_img_path"),
+        query_modality=modality, query_src_content=obj.get("query_src_content"),
+        pos_cand_list=tuple(obj["pos_cand_list"]), neg_cand_list=tuple(obj.get("neg_cand_list") or ()),
+        task_id=task_id, dataset=dataset or DATASET_NAMES[dataset_id], dataset_id=dataset_id,
+        source_file=source_file, line_number=line_number,
+    )
+
+
+def parse_candidate_line(raw: bytes, *, source_file: str, line_number: int,
+                         complete: bool = True) -> CandidateRecord | Reject:
+    """One candidate pool line -> CandidateRecord or Reject."""
+    try:
+        obj = _load(raw, complete)
+        _check_schema(obj, "mbeir_candidate", "modality")
+        _check_content(obj, obj["modality"], "txt", "img_path")
+    except _Bad as bad:
+        return Reject(reason=bad.reason, detail=bad.detail, source_file=source_file, line_number=line_number,
+                      text=_snippet(raw))
+    return CandidateRecord(did=obj["did"], txt=obj.get("txt"), img_path=obj.get("img_path"),
+                           modality=obj["modality"], src_content=obj.get("src_content"))

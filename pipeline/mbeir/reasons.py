@@ -1,0 +1,40 @@
+"""Reject reason codes for M-BEIR input, one place. `DESCRIPTIONS` gives each a one-line meaning."""
+
+from __future__ import annotations
+
+INVALID_JSON = "invalid_json"
+TRUNCATED_LINE = "truncated_line"
+INVALID_UTF8 = "invalid_utf8"
+NOT_OBJECT = "not_object"
+MISSING_FIELD = "missing_field"
+BAD_FIELD_TYPE = "bad_field_type"
+UNKNOWN_TASK = "unknown_task"
+UNKNOWN_MODALITY = "unknown_modality"
+UNSAFE_IMAGE_PATH = "unsafe_image_path"
+MISSING_IMAGE = "missing_image"
+UNREADABLE_IMAGE = "unreadable_image"
+DECOMPRESSION_BOMB = "decompression_bomb"
+DUPLICATE_QID = "duplicate_qid"
+EMPTY_POSITIVES = "empty_positives"
+POSITIVE_NOT_FOUND = "positive_not_found"
+UNKNOWN_INSTRUCTION = "unknown_instruction"
+
+DESCRIPTIONS: dict[str, str] = {
+    INVALID_JSON: "the line is not valid JSON",
+    TRUNCATED_LINE: "the file's last line has no newline and does not parse (cut-off download or write)",
+    INVALID_UTF8: "the line is not valid UTF-8",
+    NOT_OBJECT: "the line is valid JSON but not an object",
+    MISSING_FIELD: "a required field is absent or null (incl. text/image the modality needs)",
+    BAD_FIELD_TYPE: "a field has the wrong type or id format",
+    UNKNOWN_TASK: "task_id is not an M-BEIR task, or disagrees with the query modality",
+    UNKNOWN_MODALITY: "modality is not one of text, image, image,text",
+    UNSAFE_IMAGE_PATH: "image path is absolute, has a scheme, or escapes the M-BEIR root",
+    MISSING_IMAGE: "the image file does not exist under the M-BEIR root",
+    UNREADABLE_IMAGE: "the image file is truncated or cannot be decoded",
+    DECOMPRESSION_BOMB: "the image exceeds Pillow's MAX_IMAGE_PIXELS limit",
+    DUPLICATE_QID: "the qid was already seen in the same file",
+    EMPTY_POSITIVES: "pos_cand_list is empty",
+    POSITIVE_NOT_FOUND: "no positive did is present in the candidate pool",
+    UNKNOWN_INSTRUCTION: "query_instructions.tsv has no prompt for (dataset id, query modality, cand modality)",
+}
+ALL: tuple[str, ...] = tuple(DESCRIPTIONS)
