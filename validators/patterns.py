@@ -11,7 +11,7 @@ LEAKAGE_LABELS: tuple[str, ...] = (
     "instruction", "query", "query text", "query image", "modification", "modification text",
     "reference image", "source image", "target text", "target caption", "candidate", "candidate text",
     "positive candidate", "question", "task", "dataset", "output format", "format", "system", "user",
-    "assistant", "reasoning", "answer",
+    "assistant", "reasoning", "answer", "task type", "target",
 )
 
 # Prompt or chat-template material that never belongs in a teacher's answer, wherever it appears.
@@ -21,6 +21,10 @@ LEAKAGE_PATTERNS: tuple[str, ...] = (
     r"\{[a-z_]+\}",  # an unfilled template field such as {query_txt}
     r"\byou are an? (?:[\w-]+ ){0,4}(?:assistant|expert|annotator|teacher|model|encoder|retriever)\b",
     r"\b(?:respond|reply|answer) (?:only )?in the (?:following|required) format\b",
+    r"\b(?:these|the above) instructions\b|\bthe (?:system )?prompt\b",
+    # the format line's placeholders copied verbatim: "<reasoning>your reasoning</reasoning>"
+    r"^\s*(?:your reasoning|the (?:edited )?target (?:caption|description|passage description)"
+    r"|the target entity and a one-sentence summary)\s*\.?\s*$",
 )
 
 # Refusals and assistant boilerplate (§2 Phase 3: "As an AI…", "I can't determine…"). Matched case-insensitively

@@ -1,5 +1,6 @@
 import pytest
 
+import prompts
 from tests.validators.examples import GOOD, INFOSEEK_REASONING, OVEN_REASONING, cot, ctx
 from validators.defaults import RuleConfig
 from validators.patterns import LEAKAGE_LABELS, labels_in_template
@@ -62,6 +63,10 @@ def test_format_failure_skips_content_rules():
         (INFOSEEK_REASONING + " The question is {query_txt}.", "The Moskva River."),
         ("You are a helpful retrieval assistant. " + INFOSEEK_REASONING, "The Moskva River."),
         (INFOSEEK_REASONING, "The Moskva River <|emb|>"),
+        ("your reasoning", "the target entity and a one-sentence summary"),
+        ("Following these instructions, " + INFOSEEK_REASONING, "The Moskva River."),
+        ("Task type: knowledge-intensive retrieval. " + INFOSEEK_REASONING, "The Moskva River."),
+        (INFOSEEK_REASONING + "\nTarget: Moskva River", "The Moskva River."),
     ],
 )
 def test_prompt_leakage_is_rejected(reasoning, answer):
@@ -78,6 +83,12 @@ def test_prompt_leakage_is_rejected(reasoning, answer):
 )
 def test_mentioning_the_task_is_not_leakage(reasoning):
     assert check_leakage(ctx("infoseek", reasoning), CFG) == []
+
+
+@pytest.mark.parametrize("prompt_id", [p for p in prompts.available() if p.startswith("cot_")])
+def test_teacher_prompt_labels_are_leakage_markers(prompt_id):
+    labels = labels_in_template(prompts.load(prompt_id).text)
+    assert labels and set(labels) <= set(LEAKAGE_LABELS), f"add {set(labels) - set(LEAKAGE_LABELS)} to LEAKAGE_LABELS"
 
 
 def test_leakage_labels_extend_from_a_template():
@@ -286,3 +297,13 @@ def test_every_content_rule_is_reachable_and_described():
     codes = {code for c in bad for code in apply_rules(c, CFG)}
     rule_codes = {c for c in REASONS if not c.startswith(("format_", "verifier_")) and c != "duplicate_answer"}
     assert codes == rule_codes
+
+
+def test_config_and_context_survive_pickling(word_tokenizer_dir):
+    import pickle
+
+    cfg = RuleConfig(tokenizer_spec=word_tokenizer_dir, reasoning_tokens=(16, 40))
+    c = ctx("oven")
+    cfg2, c2 = pickle.loads(pickle.dumps((cfg, c)))
+    assert (cfg2, c2) == (cfg, c)
+    assert apply_rules(c2, cfg2) == apply_rules(c, cfg) == []
