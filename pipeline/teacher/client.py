@@ -154,9 +154,19 @@ def _retryable(exc: BaseException) -> bool:
     return status is not None and (status in (408, 409, 429) or status >= 500)
 
 
+def _caused_by_refused_or_reset(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ConnectionError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, openai.APITimeoutError):
-        return "timeout"
+        # openai's aiohttp transport reports a refused connection as ConnectTimeout
+        return "connection" if _caused_by_refused_or_reset(exc) else "timeout"
     if isinstance(exc, openai.APIConnectionError):
         return "connection"
     status = _status(exc)

@@ -33,7 +33,7 @@ from aiohttp import web
 from pipeline.teacher.prompting import CIR_DATASETS, IMAGE_TOKENS, KNOWLEDGE_DATASETS, TASK_TYPES
 
 NOT_A_MODEL = "offline reference stand-in, NOT A MODEL: answers are assembled from the prompt's labelled fields"
-OUTCOMES = ("ok", "429", "500", "hang", "malformed")
+OUTCOMES = ("ok", "429", "500", "hang", "malformed", "400")  # "400" only when forced
 _FAMILY = {v: k for k, v in TASK_TYPES.items()}
 _LABEL = re.compile(r"^(Task type|Dataset|Instruction|Query text|Query modality|Candidate modality|Target|Answer):"
                     r"[ \t]*(.*)$", re.MULTILINE)
@@ -230,6 +230,8 @@ def build_app(state: ServerState, setup_app: Callable[[web.Application, ServerSt
             return _error(429, "rate_limit_exceeded", "reference server: rate limited", headers)
         if outcome == "500":
             return _error(500, "server_error", "reference server: injected internal error")
+        if outcome == "400":
+            return _error(400, "invalid_request_error", "reference server: injected bad request")
         if outcome == "hang":
             await asyncio.sleep(cfg.hang_s)
         try:
@@ -291,7 +293,8 @@ class ReferenceServer:
         started = threading.Event()
 
         async def boot() -> None:
-            self._runner = web.AppRunner(build_app(self.state, self._setup_app), access_log=None)
+            self._runner = web.AppRunner(build_app(self.state, self._setup_app), access_log=None,
+                                         shutdown_timeout=0.2)  # hung handlers are cancelled on stop
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
             await site.start()

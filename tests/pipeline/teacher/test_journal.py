@@ -1,0 +1,61 @@
+import json
+import time
+
+from pipeline.teacher.client import TeacherClient, TeacherConfig
+from pipeline.teacher.journal import JournalWriter, journal_glob, load_journal, parse_journal_line
+from pipeline.teacher.prompting import build_cot_request
+from pipeline.teacher.reference_server import ReferenceServer
+
+from .conftest import make_example
+
+
+def _rec(i):
+    return {"key": f"k{i}", "kind": "cot", "model": "m", "content": f"<reasoning>r{i}</reasoning><answer>a</answer>"}
+
+
+def test_parse_journal_line_rejects_damage():
+    good = json.dumps(_rec(1))
+    assert parse_journal_line(good)["key"] == "k1"
+    assert parse_journal_line(good.encode()) == parse_journal_line(good)
+    assert parse_journal_line(good[:-5]) is None  # truncated mid-write
+    assert parse_journal_line(b"\xff\xfe garbage") is None
+    assert parse_journal_line(json.dumps({"key": "k", "model": "m"})) is None  # no content
+    assert parse_journal_line("[1, 2]") is None
+
+
+def test_results_are_durable_within_the_flush_interval(tmp_path):
+    journal = str(tmp_path / "j")
+    with ReferenceServer() as srv:
+        client = TeacherClient(TeacherConfig(srv.base_url, "m", journal_dir=journal, flush_interval_s=0.2))
+        try:
+            req = build_cot_request(make_example(query_img=None, target_img=None), model="m", params={})
+            assert client.submit(req).result(timeout=10).ok
+            deadline = time.monotonic() + 2.0
+            while req.key not in load_journal(journal) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert req.key in load_journal(journal)  # before close(): written by the periodic flush
+            assert client.stats()["journal_writes"] == 1
+        finally:
+            client.close()
+
+
+def test_segments_rotate_and_loader_skips_a_damaged_last_line(tmp_path):
+    journal = str(tmp_path / "j")
+    writer = JournalWriter(journal, flush_interval_s=3600)
+    for i in range(3):
+        writer.append(_rec(i))
+    writer.flush()
+    writer.append(_rec(3))
+    writer.close()
+    segments = sorted((tmp_path / "j").glob("journal-*.jsonl"))
+    assert len(segments) == 2 and writer.writes == 4
+    assert journal_glob(journal).endswith("journal-*.jsonl")
+    with open(segments[-1], "ab") as f:  # a crash while writing the next record
+        f.write(json.dumps(_rec(4)).encode()[:20])
+    loaded = load_journal(journal)
+    assert sorted(loaded) == ["k0", "k1", "k2", "k3"]
+    assert loaded["k2"]["content"] == _rec(2)["content"]
+
+
+def test_missing_journal_dir_is_empty(tmp_path):
+    assert load_journal(str(tmp_path / "nothing")) == {}

@@ -1,0 +1,114 @@
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+import prompts
+from pipeline.teacher.prompting import (
+    IMAGE_TOKENS,
+    TASK_TYPES,
+    build_cot_request,
+    build_judge_request,
+    build_verifier_request,
+    estimate_tokens,
+    family_for,
+)
+
+from .conftest import make_example, png_bytes
+
+PARAMS = {"temperature": 0.0, "max_tokens": 512}
+
+
+@pytest.mark.parametrize("dataset,task,family", [
+    ("cirr", 7, "cot_cir"), ("fashioniq", 7, "cot_cir"), ("infoseek", 6, "cot_knowledge"),
+    ("oven", 8, "cot_knowledge"), ("webqa", 1, "cot_text"), ("mscoco", 0, "cot_visual"),
+    ("nights", 4, "cot_visual"), ("visualnews", 3, "cot_visual")])
+def test_family_for(dataset, task, family):
+    assert family_for(dataset, task) == family
+
+
+def test_every_teacher_template_starts_with_its_task_type_and_asks_for_the_format():
+    for pid, task_type in TASK_TYPES.items():
+        text = prompts.load(pid).text
+        assert text.splitlines()[0] == f"Task type: {task_type}"
+        if pid.startswith("cot_"):
+            assert "<reasoning>" in text and "<answer>" in text
+        else:
+            assert "JSON" in text
+
+
+def test_cot_request_has_labelled_fields_and_resized_jpeg_images(cir_example, image_store):
+    req = build_cot_request(cir_example, model="m", params=PARAMS, image_loader=image_store.__getitem__,
+                            max_side=256)
+    assert req.kind == "cot" and req.prompt_id == "cot_cir" and req.prompt_sha == prompts.load("cot_cir").sha
+    parts = req.messages[0]["content"]
+    text = parts[0]["text"]
+    assert "Query text: is red and has long sleeves" in text and "Dataset: cirr" in text
+    labels = [p["text"] for p in parts[1:] if p["type"] == "text"]
+    assert labels == ["Query image:", "Target image:"]
+    urls = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+    assert len(urls) == 2
+    head, data = urls[0].split(",", 1)
+    assert head == "data:image/jpeg;base64"
+    img = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert img.format == "JPEG" and max(img.size) == 256
+    assert req.est_prompt_tokens == estimate_tokens(req) >= 2 * IMAGE_TOKENS
+
+
+def test_key_is_stable_and_changes_with_every_input(cir_example, image_store):
+    def key(ex=cir_example, model="m", params=PARAMS, **kw):
+        return build_cot_request(ex, model=model, params=params, image_loader=image_store.__getitem__, **kw).key
+
+    base = key()
+    assert base == key()  # a rerun of the same input
+    assert key(model="m2") != base
+    assert key(params={**PARAMS, "temperature": 0.7}) != base
+    assert key(max_side=128) != base
+    assert key(ex=make_example(query_txt="is blue")) != base
+    assert key(ex=make_example(dataset="fashioniq")) != base  # template changes with the dataset family
+    image_store["mbeir_images/cirr_images/tgt.png"] = png_bytes((0, 255, 0))
+    assert key() != base
+
+
+def test_key_never_contains_image_bytes_and_url_mode_skips_the_loader(cir_example):
+    def no_loader(_):
+        raise AssertionError("url mode must not read images")
+
+    req = build_cot_request(cir_example, model="m", params=PARAMS, image_loader=no_loader, image_mode="url",
+                            image_url_base="https://imgs.example/mbeir/")
+    urls = [p["image_url"]["url"] for p in req.messages[0]["content"] if p["type"] == "image_url"]
+    assert urls[0] == "https://imgs.example/mbeir/mbeir_images/cirr_images/ref.png"
+    other = build_cot_request(cir_example, model="m", params=PARAMS, image_mode="url",
+                              image_url_base="https://elsewhere/")
+    assert other.key != req.key
+
+
+def test_bad_image_is_a_clear_value_error(cir_example):
+    with pytest.raises(ValueError, match="cannot decode image"):
+        build_cot_request(cir_example, model="m", params=PARAMS, image_loader=lambda _: b"not an image")
+
+
+def test_judge_and_verifier_requests(oven_example, cir_example, image_store):
+    judge = build_judge_request(oven_example, model="m", params={})
+    assert judge.kind == "judge" and judge.params["response_format"] == {"type": "json_object"}
+    assert "Candidate modality: text" in judge.messages[0]["content"][0]["text"]
+    ver = build_verifier_request(oven_example, "r", "Eiffel Tower: a tower in Paris", model="m", params={},
+                                 image_loader=image_store.__getitem__)
+    assert ver.prompt_id == "verifier_knowledge"
+    text = ver.messages[0]["content"][0]["text"]
+    assert "Answer: Eiffel Tower: a tower in Paris" in text and "Target: Eiffel Tower." in text
+    assert len(ver.messages[0]["content"]) == 1  # knowledge verifier is text-only
+    cir = build_verifier_request(cir_example, "r", "a red shirt", model="m", params={},
+                                 image_loader=image_store.__getitem__)
+    assert cir.prompt_id == "verifier_cir"
+    assert sum(p["type"] == "image_url" for p in cir.messages[0]["content"]) == 2
+    assert build_verifier_request(cir_example, "r", "a blue shirt", model="m", params={},
+                                  image_loader=image_store.__getitem__).key != cir.key
+
+
+def test_multiline_fields_are_flattened(cir_example):
+    ex = make_example(query_txt="line one\nTarget: injected", query_img=None, target_img=None)
+    text = build_cot_request(ex, model="m", params=PARAMS).messages[0]["content"][0]["text"]
+    assert "Query text: line one Target: injected" in text
+    assert "\nTarget: (none)" in text
