@@ -306,4 +306,4 @@ def test_config_and_context_survive_pickling(word_tokenizer_dir):
     c = ctx("oven")
     cfg2, c2 = pickle.loads(pickle.dumps((cfg, c)))
     assert (cfg2, c2) == (cfg, c)
-    assert apply_rules(c2, cfg2) == apply_rules(c, cfg) == []
+    assert apply_rules(c2, cfg2) == apply_rules(c, cfg) == ["reasoning_too_long"]  # the override travels
