@@ -30,7 +30,7 @@ def test_search_over_float16_memmap(tmp_path):
     mm = open_embeddings(tmp_path / "e.npy")
     assert isinstance(mm, np.memmap) and mm.dtype == np.float16
     s, i = search(q, mm, k=5, chunk_size=37)
-    full = (q @ torch.from_numpy(np.asarray(mm)).float().T).topk(5, dim=1)
+    full = (q @ torch.from_numpy(np.array(mm)).float().T).topk(5, dim=1)
     assert torch.equal(i, full.indices)
 
 

@@ -1,0 +1,170 @@
+"""Read what evaluation needs from an M-BEIR root: the test pairs' queries (as QueryInput), pools and qrels.
+
+Parsing is the pipeline's Beam-free M-BEIR code (pipeline/mbeir/); this module only decides how evaluation uses
+it: fixed-seed instructions, query text built as UniIR does, and missing images counted instead of raised.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.mbeir import layout
+from pipeline.mbeir.instructions import Instructions, query_text
+from pipeline.mbeir.lines import iter_lines
+from pipeline.mbeir.records import CandidateRecord, QueryRecord, Reject
+from trainer.interface import CandidateInput, QueryInput
+from trainer.scoring import Qrels, headline_k, read_qrels
+
+DEFAULT_IMAGE_MAX_SIDE = 512  # bounds memory per batch; M-BEIR images have short side 256 (MBEIR.md)
+
+
+@dataclass(frozen=True)
+class EvalPair:
+    """One (dataset, task) evaluation pair and its files, relative to the M-BEIR root."""
+
+    dataset: str
+    task_id: int
+    split: str = "test"
+
+    @property
+    def name(self) -> str:
+        return layout.pair_name(self.dataset, self.task_id)
+
+    @property
+    def query_file(self) -> str:
+        return layout.query_file(self.split, self.dataset, self.task_id)
+
+    @property
+    def pool_file(self) -> str:
+        return layout.local_pool_file(self.dataset, self.task_id)
+
+    @property
+    def qrels_file(self) -> str:
+        return layout.qrels_file(self.split, self.dataset, self.task_id)
+
+    @property
+    def headline_k(self) -> int:
+        return headline_k(self.name)
+
+
+def eval_pairs(names: Sequence[str] | None = None, split: str = "test") -> list[EvalPair]:
+    """The 16 test pairs in paper order, or the named subset (names like "cirr_task7")."""
+    pairs = [EvalPair(d, t, split) for d, t in layout.TEST_PAIRS]
+    if not names:
+        return pairs
+    known = {p.name: p for p in pairs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown pairs {unknown}; choose from {sorted(known)}")
+    return [known[n] for n in names]
+
+
+@dataclass
+class ReadStats:
+    """What reading a file found besides good records."""
+
+    rejected: Counter = field(default_factory=Counter)  # reason code -> lines
+    missing_images: int = 0
+    empty_inputs: int = 0  # candidates with neither text nor a readable image
+
+    def as_dict(self) -> dict:
+        return {"rejected": dict(self.rejected), "missing_images": self.missing_images,
+                "empty_inputs": self.empty_inputs}
+
+
+def read_queries(root: str | Path, pair: EvalPair, stats: ReadStats) -> list[QueryRecord]:
+    """All parseable queries of a pair; rejects are counted (one still listed in qrels scores as a miss)."""
+    from pipeline.mbeir.parse import parse_query_line  # imports Beam until images.py imports it lazily
+
+    out = []
+    with open(Path(root) / pair.query_file, "rb") as f:
+        for n, raw, complete in iter_lines(f):
+            if not raw.strip():
+                continue
+            rec = parse_query_line(raw, source_file=pair.query_file, line_number=n, dataset=pair.dataset,
+                                   complete=complete)
+            if isinstance(rec, Reject):
+                stats.rejected[rec.reason] += 1
+            else:
+                out.append(rec)
+    return out
+
+
+def read_pair_qrels(root: str | Path, pair: EvalPair) -> Qrels:
+    return read_qrels([Path(root) / pair.qrels_file])
+
+
+def read_instructions(root: str | Path) -> Instructions:
+    return Instructions.parse((Path(root) / layout.INSTRUCTIONS).read_text(encoding="utf-8"))
+
+
+def _image(root: Path, rel: str | None, max_side: int, stats: ReadStats) -> Image.Image | None:
+    """The image as RGB, longer side <= max_side; None (counted) when missing or unreadable.
+
+    Local files only: the trainer runs where Beam's FileSystems is absent (pipeline.mbeir.images needs it).
+    """
+    if not rel:
+        return None
+    try:
+        with Image.open(root / rel) as f:
+            img = f.convert("RGB")
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        return img
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        stats.missing_images += 1
+        return None
+
+
+def query_inputs(root: str | Path, records: Sequence[QueryRecord], instructions: Instructions, seed: int,
+                 stats: ReadStats, max_side: int = DEFAULT_IMAGE_MAX_SIDE) -> list[QueryInput]:
+    """QueryInputs with a fixed-seed UniIR instruction; the candidate modality is the task's (MBEIR.md)."""
+    root = Path(root)
+    out = []
+    for r in records:
+        cand_modality = layout.TASKS[r.task_id][1]
+        prompt = instructions.choose(r.dataset_id, r.query_modality, cand_modality, r.qid, seed)
+        out.append(QueryInput(text=query_text(prompt, r.query_txt), image=_image(root, r.query_img_path,
+                                                                                max_side, stats),
+                              dataset=r.dataset, task_id=r.task_id))
+    return out
+
+
+def iter_candidates(root: str | Path, pool_file: str, stats: ReadStats) -> Iterator[CandidateRecord]:
+    """Stream a pool's candidates (constant memory); bad lines are counted, never raised."""
+    from pipeline.mbeir.parse import parse_candidate_line  # see read_queries
+
+    with open(Path(root) / pool_file, "rb") as f:
+        for n, raw, complete in iter_lines(f):
+            if not raw.strip():
+                continue
+            rec = parse_candidate_line(raw, source_file=pool_file, line_number=n, complete=complete)
+            if isinstance(rec, Reject):
+                stats.rejected[rec.reason] += 1
+            else:
+                yield rec
+
+
+def candidate_input(root: str | Path, rec: CandidateRecord, stats: ReadStats,
+                    max_side: int = DEFAULT_IMAGE_MAX_SIDE) -> CandidateInput | None:
+    """A CandidateInput; None when nothing is left to embed (image-only candidate whose image is missing)."""
+    image = _image(Path(root), rec.img_path, max_side, stats)
+    text = rec.txt if rec.txt and rec.txt.strip() else None
+    if image is None and text is None:
+        stats.empty_inputs += 1
+        return None
+    return CandidateInput(text=text, image=image, modality=rec.modality)
+
+
+def count_lines(path: str | Path) -> int:
+    """Upper bound on a JSONL file's records (newlines, plus a last line without one)."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
