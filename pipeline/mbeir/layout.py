@@ -21,6 +21,11 @@ TASKS: dict[int, tuple[str, str]] = {
     8: ("image,text", "image,text"),
 }
 MODALITIES = ("text", "image", "image,text")
+# The tasks each dataset's train file mixes (MBEIR.md; UniIR's M-BEIR construction).
+DATASET_TASKS: dict[str, tuple[int, ...]] = {
+    "visualnews": (0, 3), "fashion200k": (0, 3), "webqa": (1, 2), "edis": (2,), "nights": (4,),
+    "oven": (6, 8), "infoseek": (6, 8), "fashioniq": (7,), "cirr": (7,), "mscoco": (0, 3),
+}
 SPLITS = ("train", "val", "test")
 
 # The 16 evaluation pairs (dataset, task id); Recall@10 is the headline for the three Fashion pairs.
@@ -40,6 +45,7 @@ UNION_VAL_POOL = "cand_pool/global/mbeir_union_val_cand_pool.jsonl"
 UNION_TEST_POOL = "cand_pool/global/mbeir_union_test_cand_pool.jsonl"
 INSTRUCTIONS = "instructions/query_instructions.tsv"
 IMAGE_DIR = "mbeir_images"
+IMAGE_ARCHIVE_PATTERN = "mbeir_images.tar.gz.part-*"  # about 169 GB in four parts (MBEIR.md)
 
 
 def pair_name(dataset: str, task_id: int) -> str:

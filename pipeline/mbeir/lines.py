@@ -11,7 +11,9 @@ _BOM = b"\xef\xbb\xbf"
 def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
     """Yield (1-based line number, bytes without the line ending, ended_with_newline).
 
-    Uses readline only, so any FileSystems stream works. A UTF-8 BOM at the start of the file is dropped; "\\r\\n" endings lose their "\\r".
+    Blank lines are skipped (not input) but still counted in line numbers.
+    Uses readline only, so any FileSystems stream works. A UTF-8 BOM at the start of the file is dropped;
+    "\\r\\n" endings lose their "\\r".
     """
     for number, line in enumerate(iter(stream.readline, b""), start=1):
         if number == 1 and line.startswith(_BOM):
@@ -21,4 +23,5 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
             line = line[:-1]
             if line.endswith(b"\r"):
                 line = line[:-1]
-        yield number, line, complete
+        if line.strip():
+            yield number, line, complete

@@ -27,11 +27,7 @@ MAX_SCALE = (QID_START["val"] - QID_START["train"]) // TRAIN_QUERIES_PER_DATASET
 NEGATIVE_RATE = 0.25  # share of train queries that list hard negatives
 CROSS_POSITIVE_RATE = 0.2  # share of OVEN/InfoSeek queries also listing the other dataset's page
 
-# The real task mix of each dataset's train file (MBEIR.md).
-TRAIN_TASKS: dict[str, tuple[int, ...]] = {
-    "visualnews": (0, 3), "fashion200k": (0, 3), "webqa": (1, 2), "edis": (2,), "nights": (4,),
-    "oven": (6, 8), "infoseek": (6, 8), "fashioniq": (7,), "cirr": (7,), "mscoco": (0, 3),
-}
+TRAIN_TASKS = layout.DATASET_TASKS
 KNOWLEDGE = ("oven", "infoseek")
 
 CAPTIONS: dict[str, tuple[str, ...]] = {

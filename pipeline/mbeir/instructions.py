@@ -1,0 +1,64 @@
+"""query_instructions.tsv: lookup, deterministic per-query choice, and UniIR's query text formatting."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+def format_string(s: str | None) -> str:
+    """UniIR's format_string: drop CRs, strip spaces and quotes, capitalise the first letter,
+    end with "." unless the text already ends with ".", "?" or "!"."""
+    s = (s or "").replace("\r", "").strip().strip('"')
+    if s:
+        s = s[0].upper() + s[1:]
+        if s[-1] not in ".?!":
+            s += "."
+    return s
+
+
+def query_text(prompt: str, query_txt: str | None) -> str:
+    """The query text the model sees, as UniIR builds it: format_string(f"{prompt} {query_txt}").
+    An image-only query (no text) gets just the formatted prompt."""
+    return format_string(f"{prompt} {query_txt or ''}")
+
+
+def instruction_key(dataset_id: int | str, query_modality: str, cand_modality: str) -> str:
+    return f"{dataset_id}, {query_modality}, {cand_modality}"
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """Prompts by key "{dataset_id}, {query_modality}, {cand_modality}" (MBEIR.md, Instructions)."""
+
+    prompts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Instructions:
+        """Parse the TSV: header row first; columns query modality, cand modality, dataset name, dataset id,
+        then any number of prompts (blank cells, trailing tabs and CRLF are tolerated)."""
+        prompts: dict[str, tuple[str, ...]] = {}
+        lines = text.lstrip("\ufeff").splitlines()
+        for number, line in enumerate(lines[1:], start=2):
+            cells = [c.strip() for c in line.split("\t")]
+            if not any(cells):
+                continue
+            if len(cells) < 5 or not cells[3].isdigit():
+                raise ValueError(f"query_instructions.tsv line {number}: expected query modality, cand modality, "
+                                 f"dataset name, dataset id, prompts...; got {line!r}")
+            found = tuple(c for c in cells[4:] if c)
+            if found:
+                key = instruction_key(int(cells[3]), cells[0], cells[1])
+                prompts[key] = prompts.get(key, ()) + found
+        return cls(prompts)
+
+    def get(self, dataset_id: int, query_modality: str, cand_modality: str) -> tuple[str, ...]:
+        return self.prompts.get(instruction_key(dataset_id, query_modality, cand_modality), ())
+
+    def choose(self, dataset_id: int, query_modality: str, cand_modality: str, qid: str, seed: int) -> str | None:
+        """One prompt, fixed by (qid, seed) through a hash, so every worker picks the same one; None if no prompt."""
+        options = self.get(dataset_id, query_modality, cand_modality)
+        if not options:
+            return None
+        digest = hashlib.sha256(f"{seed}\x1f{dataset_id}\x1f{qid}".encode()).digest()
+        return options[int.from_bytes(digest[:8], "big") % len(options)]

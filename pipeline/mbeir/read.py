@@ -1,0 +1,56 @@
+"""Whole-file readers over FileSystems (local or gs://): query files, pools, instructions, qrels."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+from pipeline.mbeir.instructions import Instructions
+from pipeline.mbeir.layout import DATASET_IDS, INSTRUCTIONS
+from pipeline.mbeir.lines import iter_lines
+from pipeline.mbeir.parse import parse_candidate_line, parse_query_line
+from pipeline.mbeir.qrels import parse_qrels
+from pipeline.mbeir.records import CandidateRecord, QueryRecord, Reject
+
+_STEM = re.compile(r"mbeir_([a-z0-9]+)_")
+
+
+def dataset_of_file(rel_path: str) -> str:
+    """The dataset stem in an M-BEIR file name ("query/val/mbeir_cirr_task7_val.jsonl" -> "cirr"); "" for
+    union files, whose records take their dataset from the qid."""
+    m = _STEM.search(rel_path.rsplit("/", 1)[-1])
+    return m.group(1) if m and m.group(1) in DATASET_IDS else ""
+
+
+def _open(root: str, rel_path: str):
+    return FileSystems.open(FileSystems.join(root, rel_path), compression_type=CompressionTypes.AUTO)
+
+
+def read_text(root: str, rel_path: str) -> str:
+    with _open(root, rel_path) as f:
+        return f.read().decode("utf-8-sig")
+
+
+def iter_query_file(root: str, rel_path: str, dataset: str | None = None) -> Iterator[QueryRecord | Reject]:
+    """Every non-blank line of a query file, parsed; dataset defaults to the one in the file name."""
+    dataset = dataset_of_file(rel_path) if dataset is None else dataset
+    with _open(root, rel_path) as f:
+        for number, raw, complete in iter_lines(f):
+            yield parse_query_line(raw, source_file=rel_path, line_number=number, dataset=dataset,
+                                   complete=complete)
+
+
+def iter_candidate_file(root: str, rel_path: str) -> Iterator[CandidateRecord | Reject]:
+    with _open(root, rel_path) as f:
+        for number, raw, complete in iter_lines(f):
+            yield parse_candidate_line(raw, source_file=rel_path, line_number=number, complete=complete)
+
+
+def read_instructions(root: str) -> Instructions:
+    return Instructions.parse(read_text(root, INSTRUCTIONS))
+
+
+def read_qrels(root: str, rel_path: str) -> dict[str, set[str]]:
+    return parse_qrels(read_text(root, rel_path))
