@@ -6,7 +6,8 @@
   filters ({name: threshold}), routing_mode, pipeline_version, command, license (Hub license id, default
   "other"), license_note, pretty_name, embed_images (bool),
   lengths ({"reasoning": [words per row], "answer": [...]}; default: computed from `examples`),
-  repo_id (shown in the loading snippet), download_size (default: from manifest.json when present).
+  repo_id (shown in the loading snippet), download_size (default: from manifest.json when present),
+  num_bytes (Arrow size of the split; `datasets` requires the field, 0 when unknown).
 `examples`: a few M-BEIR-CoT rows; the card shows the first one of each task (query -> candidate modality).
 """
 
@@ -82,11 +83,9 @@ def card_data(stats: Mapping[str, Any], run_info: Mapping[str, Any]) -> DatasetC
         **extra,
     )
     splits = SplitDict()
-    splits.add(SplitInfo(name="train", num_examples=n_rows))
+    splits.add(SplitInfo(name="train", num_examples=n_rows, num_bytes=int(run_info.get("num_bytes", 0))))
     info = DatasetInfo(features=shards.row_features(bool(run_info.get("embed_images", False))), splits=splits)
     DatasetInfosDict({"default": info}).to_dataset_card_data(data)
-    for split in data["dataset_info"]["splits"]:
-        split.pop("num_bytes", None)  # Arrow size is unknown here; 0 would mislead
     if "download_size" in run_info:
         data["dataset_info"]["download_size"] = int(run_info["download_size"])
     return data

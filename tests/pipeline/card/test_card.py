@@ -59,7 +59,7 @@ def test_yaml_header_parses_and_describes_the_data(card_dir):
     assert data["license"] == "other" and data["license_name"]
     names = [f["name"] for f in data["dataset_info"]["features"]]
     assert names == shards.row_arrow_schema().names
-    assert data["dataset_info"]["splits"] == [{"name": "train", "num_examples": 12}]
+    assert data["dataset_info"]["splits"] == [{"name": "train", "num_bytes": 0, "num_examples": 12}]
     manifest = json.loads((card_dir / "manifest.json").read_text())
     assert data["dataset_info"]["download_size"] == sum(f["bytes"] for f in manifest["files"])
 
@@ -95,7 +95,7 @@ def test_reference_teacher_is_announced_first(tmp_path):
 def test_sparse_inputs_still_give_a_card(tmp_path):
     write_card(str(tmp_path), {"input": 0}, {}, [])
     text = (tmp_path / "README.md").read_text()
-    assert DatasetCard(text).data.to_dict()["dataset_info"]["splits"] == [{"name": "train", "num_examples": 0}]
+    assert DatasetCard(text).data.to_dict()["dataset_info"]["splits"] == [{"name": "train", "num_bytes": 0, "num_examples": 0}]
     assert (tmp_path / "plots" / "lengths.png").exists()
 
 
