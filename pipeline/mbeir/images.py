@@ -1,4 +1,6 @@
-"""M-BEIR image access through Beam FileSystems (local paths, gs://, ...): check, read, load, digest."""
+"""M-BEIR image access through Beam FileSystems (local paths, gs://, ...): check, read, load, digest.
+
+Beam is imported on first file access only, so parse.py (which needs safe_image_path) stays Beam-free."""
 
 from __future__ import annotations
 
@@ -7,13 +9,18 @@ import io
 import re
 import warnings
 
-from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
 from pipeline.mbeir import reasons
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 CHECK_MODES = ("exists", "decode")
+
+
+def _fs():
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
 
 
 def safe_image_path(rel: str) -> bool:
@@ -29,11 +36,11 @@ def image_path(root: str, rel_path: str) -> str:
     """The full path of an image; raises ValueError for an unsafe relative path."""
     if not safe_image_path(rel_path):
         raise ValueError(f"unsafe image path {rel_path!r}")
-    return FileSystems.join(root, rel_path)
+    return _fs().join(root, rel_path)
 
 
 def read_image_bytes(root: str, rel_path: str) -> bytes:
-    with FileSystems.open(image_path(root, rel_path), compression_type="uncompressed") as f:
+    with _fs().open(image_path(root, rel_path), compression_type="uncompressed") as f:
         return f.read()
 
 
@@ -57,9 +64,10 @@ def check_image(root: str, rel_path: str, mode: str = "decode") -> str | None:
         raise ValueError(f"mode must be one of {CHECK_MODES}, got {mode!r}")
     if not safe_image_path(rel_path):
         return reasons.UNSAFE_IMAGE_PATH
-    path = FileSystems.join(root, rel_path)
+    fs = _fs()
+    path = fs.join(root, rel_path)
     try:
-        if not FileSystems.exists(path):
+        if not fs.exists(path):
             return reasons.MISSING_IMAGE
         if mode == "exists":
             return None

@@ -8,11 +8,10 @@ come from pipeline.sample.world, so a model can learn to match them.
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Callable, Iterable
 from typing import Any
-
-from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
 from pipeline.mbeir import layout
 from pipeline.sample.instructions import instructions_tsv
@@ -151,6 +150,16 @@ class _Builder:
 
 
 def _write(root: str, rel: str, data: bytes) -> None:
+    try:
+        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+    except ImportError:  # trainer-only machines have no Beam: local folders still work
+        if "://" in root:
+            raise
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     f = FileSystems.create(FileSystems.join(root, rel), compression_type=CompressionTypes.UNCOMPRESSED)
     try:
         f.write(data)

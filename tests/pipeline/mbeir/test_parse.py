@@ -1,5 +1,7 @@
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -142,3 +144,16 @@ def test_file_with_bom_crlf_blank_lines_and_truncated_tail():
 
 def test_reason_codes_are_all_described():
     assert len(reasons.ALL) == 16 and all(reasons.DESCRIPTIONS[r] for r in reasons.ALL)
+
+
+def test_parsing_and_sample_need_no_beam(tmp_path):
+    """Trainer machines have no Beam: parsing, instructions and the sample generator must work without it."""
+    code = ("import sys; sys.modules['apache_beam'] = None\n"
+            "from pipeline.sample import generate\n"
+            "from pipeline.mbeir.parse import parse_query_line\n"
+            "from pipeline.mbeir.instructions import Instructions\n"
+            f"generate({str(tmp_path)!r})\n"
+            f"line = open({str(tmp_path / 'query/test/mbeir_cirr_task7_test.jsonl')!r}, 'rb').readline()\n"
+            "print(type(parse_query_line(line, source_file='f', line_number=1, dataset='cirr')).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "QueryRecord"
