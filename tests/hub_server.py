@@ -9,8 +9,11 @@ LFS protocol (set HF_HUB_DISABLE_XET=1 in clients). Repos live in memory, blobs 
         hub.blob_puts       # LFS blobs received so far (a resumed upload must not re-send any)
         hub.fail_blob_puts_after = 2   # fault knob: every blob PUT after the 2nd fails (HTTP 507, not retried)
 
-`HF_ENDPOINT` is read by huggingface_hub when it is imported: give clients `HfApi(endpoint=hub.endpoint)`, or
-run them in a subprocess with `hub.env()` in the environment (what `datasets` needs).
+`HF_ENDPOINT` and `HF_HUB_DISABLE_XET` are read by huggingface_hub when it is imported. What works:
+- in process (huggingface_hub only): `HfApi(endpoint=hub.endpoint)` plus
+  `monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)` (checked at call time);
+- `datasets.load_dataset(repo)` and CLIs: a subprocess with `env=hub.env(HF_TOKEN=...)`, which sets HF_ENDPOINT,
+  HF_HUB_DISABLE_XET=1 and a private HF_HOME before anything is imported.
 """
 
 from __future__ import annotations
