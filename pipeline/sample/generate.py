@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pipeline.mbeir import layout
@@ -83,6 +83,7 @@ class _Builder:
                     universe[key] = self._candidate(dataset, task, key, f"{layout.DATASET_IDS[dataset]}:{next_did}")
                     next_did += 1
                 self.universes[(dataset, task)] = universe
+        self.keys = {k: tuple(u) for k, u in self.universes.items()}
 
     def _image(self, dataset: str, obj: Obj, variant: int) -> str:
         path = f"{_image_dir(dataset)}/{obj.slug}_v{variant}.jpg"
@@ -110,18 +111,18 @@ class _Builder:
 
     def query(self, dataset: str, task: int, qid: str, rng: random.Random, with_negatives: bool) -> dict:
         universe = self.universes[(dataset, task)]
-        keys = list(universe)
+        keys = self.keys[(dataset, task)]
         txt = img = src = None
         key = rng.choice(keys)
-        negatives: list[Any] = []
+        negatives: Sequence[Any] = ()
         if dataset in KNOWLEDGE:
             img = self._image(dataset, key.symbol, 1)
             txt = rng.choice(KNOWLEDGE_QUESTIONS[dataset]).format(**vars(key))
             src = json.dumps({"entity_id": key.wikidata_id, "entity_name": key.name})
-            negatives = [e for e in keys if e is not key]
+            negatives = keys
         elif dataset == "webqa":
             txt = rng.choice(WEBQA_QUESTIONS[task]).format(**vars(key))
-            negatives = [e for e in keys if e is not key]
+            negatives = keys
         elif dataset in EDITS:
             ref = key
             key = rng.choice(neighbours(ref))
@@ -144,7 +145,7 @@ class _Builder:
             positives.append(self.universes[(other, task)][key]["did"])
         neg_dids = []
         if with_negatives and rng.random() < NEGATIVE_RATE:
-            neg_dids = [universe[k]["did"] for k in rng.sample(negatives, min(2, len(negatives)))]
+            neg_dids = [universe[k]["did"] for k in rng.sample(negatives, min(2, len(negatives))) if k != key]
         return {"qid": qid, "query_txt": txt, "query_img_path": img, "query_modality": layout.TASKS[task][0],
                 "query_src_content": src, "pos_cand_list": positives, "neg_cand_list": neg_dids, "task_id": task}
 

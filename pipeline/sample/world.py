@@ -68,12 +68,13 @@ class Entity:
 OBJECTS: tuple[Obj, ...] = tuple(Obj(s, c, b) for s in SHAPES for c in COLOURS for b in BACKGROUNDS)
 
 
-def neighbours(obj: Obj) -> list[Obj]:
+@cache
+def neighbours(obj: Obj) -> tuple[Obj, ...]:
     """Objects that differ from obj in exactly one attribute (hard negatives, CIR targets)."""
     out = [obj.replace(shape=s) for s in SHAPES if s != obj.shape]
     out += [obj.replace(colour=c) for c in COLOURS if c != obj.colour]
     out += [obj.replace(background=b) for b in BACKGROUNDS if b != obj.background]
-    return out
+    return tuple(out)
 
 
 @cache
