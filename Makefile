@@ -1,29 +1,54 @@
-# Two commands on a fresh machine: `make dataset` and `make test`. Both create .venv when it is missing.
+# Two commands on a fresh machine: `make dataset` and `make test`. Every target creates .venv when missing.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
 OUT ?= out/m-beir-cot
 MBEIR_ROOT ?=
-STAMP := $(VENV)/.installed
+CKPT ?= out/trace-tiny
+BENCH_OUT ?= out/bench
+REPO ?=
+STAMP := $(VENV)/.installed-$(shell cat setup.py constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: dataset test lint setup clean
+.PHONY: setup dataset test lint train evaluate bench bench-teacher publish clean
 
 setup: $(STAMP)
 
 $(STAMP): setup.py constraints.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -c constraints.txt -e ".[dev]"
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+## Build M-BEIR-CoT (embedded sample + offline reference teacher unless MBEIR_ROOT / TEACHER_BASE_URL are set).
 dataset: $(STAMP)
-	$(BIN)/python -m pipeline.make_dataset --output_dir $(OUT) $(if $(MBEIR_ROOT),--mbeir_root $(MBEIR_ROOT),)
+	$(PYTHON) -m pipeline.make_dataset --output_dir $(OUT) $(if $(MBEIR_ROOT),--mbeir_root $(MBEIR_ROOT),) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(PYTHON) -m pytest -q tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+## Train the tiny TRACE model on the `make dataset` output, on CPU.
+train: $(STAMP)
+	test -f $(OUT)/manifest.json || $(MAKE) dataset OUT=$(OUT)
+	$(PYTHON) -m trainer.train --data $(OUT) --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --model tiny --output_dir $(CKPT) $(ARGS)
+
+## The whole chain on the sample: dataset -> train -> evaluate -> bench.
+bench: $(STAMP)
+	test -f $(CKPT)/trainer_state.json || $(MAKE) train OUT=$(OUT) CKPT=$(CKPT)
+	$(PYTHON) -m trainer.evaluate --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --split test --pool both --output_dir $(BENCH_OUT)/eval
+	$(PYTHON) -m trainer.bench --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --output_dir $(BENCH_OUT)/bench
+
+bench-teacher: $(STAMP)
+	$(PYTHON) scripts/bench_teacher.py
+
+## Upload OUT to the Hugging Face Hub as dataset REPO (token from HF_TOKEN).
+publish: $(STAMP)
+	test -n "$(REPO)" || (echo "usage: make publish REPO=user/name [OUT=folder]" && exit 2)
+	$(PYTHON) -m pipeline.publish --repo $(REPO) --output_dir $(OUT) $(ARGS)
 
 clean:
 	rm -rf out build dist *.egg-info

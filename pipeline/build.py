@@ -1,0 +1,196 @@
+"""The whole M-BEIR-CoT graph on one screen. Stages live in pipeline/stages/; this only wires them.
+
+read ─ dedupe qids ─ check query images ─ join positives + instruction ─ route ─┬─ direct ──────────────┐
+                                                   reasoning ─ teacher CoT ─ rules ─ verifier ─ dedupe ─┴─ rows ─ shards
+Every stage's rejects, failures and events are collected; the driver (pipeline.run) turns the events into
+stats.json and writes the manifest and the dataset card after the pipeline has finished.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import shards
+from pipeline.rows import record_dict, to_row
+from pipeline.stages.emit import WriteShards
+from pipeline.stages.join import JoinPositives
+from pipeline.stages.read import CheckQueryImages, DropDuplicateQids, ReadPool, ReadQueries
+from pipeline.stages.route import Route
+from pipeline.stages.teacher import AskTeacher, BuildRequests, ImageLoader
+from pipeline.stages.validate import ApplyRules, DropDuplicateAnswers, KeepVerified
+from pipeline.stats import Event, merge
+from pipeline.teacher.client import TeacherConfig
+from pipeline.teacher.prompting import build_cot_request, build_judge_request, build_verifier_request
+from validators.defaults import RuleConfig
+
+WORK = "_work"  # scratch folder inside the output dir, read by the driver and then removed
+CARD_SAMPLE_ROWS = 2_000  # rows kept (deterministically) for the card's plots and examples
+# Dry-run completion estimates: a CoT is bounded by PAPER.md §2 Phase 3 at 256 + 64 tokens; most are far shorter.
+PLAN_COT_COMPLETION_TOKENS = 200
+PLAN_JSON_COMPLETION_TOKENS = 40  # judge and verifier replies
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the driver resolved from the options before building the graph."""
+
+    root: str  # M-BEIR root as a Beam FileSystems path (local after an hf:// download)
+    query_files: list[str]
+    pool_files: list[str]
+    output_dir: str
+    journal_dir: str
+    teacher: TeacherConfig | None
+    rules: RuleConfig
+    verifier_threshold: float
+    dry_run: bool = False
+
+
+def _builder(fn, opts, plan: RunPlan):
+    model = plan.teacher.model if plan.teacher else (opts.teacher_model or "unspecified")
+    return functools.partial(
+        fn, model=model, params={"temperature": opts.temperature, "max_tokens": opts.max_tokens},
+        image_loader=ImageLoader(plan.root) if opts.image_mode == "data_url" else None,
+        image_mode=opts.image_mode, max_side=opts.image_max_side, image_url_base=opts.image_url_base or "")
+
+
+def _verifier_builder(example, build):
+    reasoning, answer = example.extra["cot"].parsed
+    return build(example, reasoning, answer)
+
+
+def _plan_events(pair, completion_tokens: int):
+    request, example = pair
+    return [Event("plan_requests", code=request.model),
+            Event("plan_prompt_tokens", code=request.model, n=request.est_prompt_tokens),
+            Event("plan_completion_tokens", code=request.model, n=completion_tokens)]
+
+
+def _strip_images(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("query_image", "pos_image")}
+
+
+def _write_json(obj, path: str) -> None:
+    shards.write_bytes(path, json.dumps(obj, sort_keys=True).encode("utf-8"))
+
+
+def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
+    root, out = plan.root, plan.output_dir
+    rejects, failed, events = [], [], []
+
+    queries, r, e = p | "ReadQueries" >> ReadQueries(root, plan.query_files, opts.tasks, opts.limit)
+    rejects.append(r), events.append(e)
+    pool, pool_rejects, e = p | "ReadPool" >> ReadPool(root, plan.pool_files)
+    events.append(e)
+    queries, r = queries | "DropDuplicateQids" >> DropDuplicateQids()
+    rejects.append(r)
+    queries, r = queries | "CheckQueryImages" >> CheckQueryImages(root, opts.check_images)
+    rejects.append(r)
+    examples, r = (queries, pool) | "Join" >> JoinPositives(root, opts.check_images, opts.instruction_seed)
+    rejects.append(r)
+
+    judge = None
+    if opts.routing == "judge" and not plan.dry_run:
+        judge = AskTeacher(_builder(build_judge_request, opts, plan), "judge", plan.teacher, plan.journal_dir)
+    routing = "dataset" if opts.routing == "judge" and plan.dry_run else opts.routing  # dry run: no judge calls
+    routed, r, f, e = examples | "Route" >> Route(routing, judge=judge, judge_min_confidence=opts.judge_min_confidence)
+    rejects.append(r), failed.append(f), events.append(e)
+    events.append(routed | "RoutedEvents" >> beam.Map(lambda x: Event("routed", x.query.dataset, x.route)))
+    direct = routed | "Direct" >> beam.Filter(lambda x: x.route == "direct")
+    reasoning = routed | "Reasoning" >> beam.Filter(lambda x: x.route == "reasoning")
+
+    if plan.dry_run:
+        requests, r = reasoning | "PlanCot" >> BuildRequests(_builder(build_cot_request, opts, plan), "cot")
+        rejects.append(r)
+        events.append(requests | "PlanEvents" >> beam.FlatMap(_plan_events, PLAN_COT_COMPLETION_TOKENS))
+        if opts.verifier == "on":  # one verifier call per CoT that passes the rules (at most one per CoT)
+            events.append(requests | "PlanVerifierEvents" >> beam.FlatMap(_plan_events, PLAN_JSON_COMPLETION_TOKENS))
+        if opts.routing == "judge":
+            judged, r = examples | "PlanJudge" >> BuildRequests(_builder(build_judge_request, opts, plan), "judge")
+            events.append(judged | "PlanJudgeEvents" >> beam.FlatMap(_plan_events, PLAN_JSON_COMPLETION_TOKENS))
+    else:
+        cot, r, f, e = reasoning | "Teacher" >> AskTeacher(_builder(build_cot_request, opts, plan), "cot",
+                                                           plan.teacher, plan.journal_dir)
+        rejects.append(r), failed.append(f), events.append(e)
+        kept, r, e = cot | "Rules" >> ApplyRules(plan.rules)
+        rejects.append(r), events.append(e)
+        if opts.verifier == "on":
+            verify = functools.partial(_verifier_builder, build=_builder(build_verifier_request, opts, plan))
+            kept, r, f, e = kept | "Verifier" >> AskTeacher(verify, "verifier", plan.teacher, plan.journal_dir)
+            rejects.append(r), failed.append(f), events.append(e)
+            kept, r = kept | "KeepVerified" >> KeepVerified(plan.verifier_threshold)
+            rejects.append(r)
+        kept, r = kept | "DedupAnswers" >> DropDuplicateAnswers()
+        rejects.append(r)
+        accepted = (direct, kept) | "Accepted" >> beam.Flatten()
+        events.append(accepted | "AcceptedEvents" >> beam.Map(lambda x: Event("accepted", x.query.dataset, x.route)))
+        embed_root = root if opts.embed_images else None
+        rows = accepted | "ToRows" >> beam.Map(to_row, embed_images_root=embed_root)
+        files = [rows | "WriteData" >> WriteShards(
+            out, "data", "train", functools.partial(shards.row_arrow_schema, opts.embed_images), _row_sort_key,
+            num_shards=opts.num_shards,
+            target_rows=shards.TARGET_ROWS_WITH_IMAGES if opts.embed_images else shards.TARGET_ROWS)]
+        (rows
+         | "CardSample" >> beam.combiners.Top.Of(CARD_SAMPLE_ROWS, key=_sample_rank, reverse=True)
+         | "NoImageBytes" >> beam.Map(lambda rs: [_strip_images(x) for x in rs])
+         | "WriteCardSample" >> beam.Map(_write_json, FileSystems.join(out, WORK, "card_rows.json")))
+
+    query_rejects = flatten(p, rejects, "QueryRejects")
+    events.append(query_rejects | "RejectEvents" >> beam.Map(lambda x: Event("rejected", x.dataset, x.reason)))
+    failures = flatten(p, failed, "Failures")
+    events.append(failures | "FailedEvents" >> beam.Map(lambda x: Event("failed", x.dataset, x.error)))
+    all_rejects = (query_rejects, pool_rejects) | "AllRejects" >> beam.Flatten()
+    files = (files if not plan.dry_run else []) + [
+        all_rejects | "RejectRows" >> beam.Map(record_dict) | "WriteRejects" >> WriteShards(
+            out, "rejects", "rejects", shards.reject_arrow_schema, _record_sort_key),
+        failures | "FailedRows" >> beam.Map(record_dict) | "WriteFailed" >> WriteShards(
+            out, "failed", "failed", shards.failed_arrow_schema, _record_sort_key),
+    ]
+    (flatten(p, files, "Files")
+     | "ListFiles" >> beam.combiners.ToList()
+     | "WriteFileList" >> beam.Map(_write_json, FileSystems.join(out, WORK, "files.json")))
+    (flatten(p, events, "Events")
+     | "MergeEvents" >> beam.CombineGlobally(_MergeEvents())
+     | "WriteEvents" >> beam.Map(_write_json, FileSystems.join(out, WORK, "events.json")))
+
+
+def flatten(p, pcolls: list, label: str):
+    return tuple(pcolls) | label >> beam.Flatten(pipeline=p)
+
+
+def _row_sort_key(row: dict) -> str:
+    return row["id"]
+
+
+def _record_sort_key(record: dict) -> str:
+    return json.dumps(record, sort_keys=True)
+
+
+def _sample_rank(row: dict) -> str:
+    return hashlib.sha1(row["id"].encode("utf-8")).hexdigest()
+
+
+class _MergeEvents(beam.CombineFn):
+    """Events -> [[category, dataset, code, n], ...] (JSON-ready, sorted)."""
+
+    def create_accumulator(self):
+        return merge([])
+
+    def add_input(self, acc, event: Event):
+        acc[(event.category, event.dataset, event.code)] += event.n
+        return acc
+
+    def merge_accumulators(self, accs):
+        total = merge([])
+        for acc in accs:
+            total.update(acc)
+        return total
+
+    def extract_output(self, acc):
+        return sorted([*k, n] for k, n in acc.items())
+

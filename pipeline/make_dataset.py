@@ -1,0 +1,57 @@
+"""`make dataset`: build M-BEIR-CoT end to end with no network and no key.
+
+Without --mbeir_root it writes the embedded mini-M-BEIR next to the output (once) and reads that. Without
+TEACHER_BASE_URL in the environment it starts the bundled reference teacher (an offline stand-in, NOT a
+model: its CoT is built from the prompt's own fields) on a free loopback port and stops it afterwards.
+With TEACHER_BASE_URL and TEACHER_MODEL (and the key in OPENAI_API_KEY, or the variable named by
+--api_key_env) it uses that server instead. Other flags go to `python -m pipeline` unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+from pipeline.__main__ import main as pipeline_main
+from pipeline.sample import generate
+
+REFERENCE_MODEL = "reference-teacher"
+
+
+def _sample_root(output_dir: str) -> str:
+    root = os.path.join(os.path.dirname(os.path.abspath(output_dir.rstrip("/"))), "mbeir-sample")
+    marker = os.path.join(root, ".complete")
+    if not os.path.exists(marker):
+        print(f"writing the embedded mini-M-BEIR sample to {root}")
+        generate(root)
+        open(marker, "w").close()
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--output_dir", default="out/m-beir-cot")
+    parser.add_argument("--mbeir_root", default=None)
+    known, rest = parser.parse_known_args(argv)
+    root = known.mbeir_root or _sample_root(known.output_dir)
+    args = ["--mbeir_root", root, "--output_dir", known.output_dir, *rest]
+    base_url, model = os.environ.get("TEACHER_BASE_URL"), os.environ.get("TEACHER_MODEL")
+    with contextlib.ExitStack() as stack:
+        if base_url:
+            if not model:
+                print("configuration error: TEACHER_BASE_URL is set but TEACHER_MODEL is not", file=sys.stderr)
+                return 2
+        else:
+            from pipeline.teacher.reference_server import ReferenceServer
+
+            server = stack.enter_context(ReferenceServer())
+            base_url, model = server.base_url, REFERENCE_MODEL
+            print(f"teacher: the bundled OFFLINE REFERENCE TEACHER at {base_url} (a stand-in, not a model); "
+                  "set TEACHER_BASE_URL and TEACHER_MODEL to use a real one")
+        return pipeline_main(["--teacher_base_url", base_url, "--teacher_model", model, *args])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The driver: check the configuration (before any paid call), run the graph, then write stats.json,
+manifest.json and the dataset card, and print the summary."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from collections import Counter
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import StandardOptions
+
+from pipeline import shards
+from pipeline.build import WORK, RunPlan, build
+from pipeline.card.card import write_card
+from pipeline.mbeir import layout
+from pipeline.mbeir.errors import ConfigError
+from pipeline.mbeir.source import resolve_root, selection_files
+from pipeline.options import DEFAULT_LOCAL_RUNNER, MbeirCotOptions, take_dry_run
+from pipeline.stages.teacher import close_clients
+from pipeline.stats import check_identity, summary, to_stats
+from pipeline.teacher.client import TeacherConfig
+from pipeline.teacher.cost import PriceTable
+from validators.defaults import VERIFIER_MIN_CONFIDENCE, RuleConfig
+
+log = logging.getLogger("pipeline")
+REFERENCE_OWNER = "offline-reference"  # pipeline/teacher/reference_server.py's /v1/models owner
+OUTPUT_FOLDERS = ("data", "rejects", "failed", WORK)  # rewritten by every run; the journal is kept
+
+
+def select_files(split: str, datasets: list[str] | None, tasks: list[int] | None) -> tuple[list[str], list[str]]:
+    """(query files, pool files) of a selection, relative to the M-BEIR root; ConfigError for a bad selection."""
+    files = selection_files(split, datasets, tasks)
+    return ([f for f in files if f.startswith("query/")], [f for f in files if f.startswith("cand_pool/")])
+
+
+def _price_table(spec: str | None) -> PriceTable:
+    if not spec:
+        return PriceTable()
+    try:
+        return PriceTable.from_json(spec) if spec.endswith(".json") else PriceTable.from_flag(spec)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--price_table {spec!r}: {e}") from e
+
+
+def _teacher(opts, journal_dir: str, dry_run: bool) -> TeacherConfig | None:
+    if not (opts.teacher_base_url and opts.teacher_model):
+        if dry_run and opts.routing != "judge" and not (opts.teacher_base_url or opts.teacher_model):
+            return None
+        raise ConfigError("the teacher needs both --teacher_base_url (e.g. http://127.0.0.1:8000/v1) and "
+                          "--teacher_model; for a plan without calls add --dry_run")
+    config = TeacherConfig(
+        base_url=opts.teacher_base_url, model=opts.teacher_model, api_key_env=opts.api_key_env,
+        max_in_flight=opts.max_in_flight, rpm=opts.rpm, tpm=opts.tpm, timeout_s=opts.teacher_timeout_s,
+        max_retries=opts.max_retries, max_reasks=opts.max_reasks, journal_dir=journal_dir,
+        flush_interval_s=opts.flush_interval_s, prices=_price_table(opts.price_table))
+    if not dry_run:
+        try:
+            config.resolve_api_key()
+        except ValueError as e:
+            raise ConfigError(f"{e} (or choose another variable with --api_key_env)") from e
+    return config
+
+
+def _rules(opts) -> RuleConfig:
+    kwargs = {}
+    if opts.reasoning_tokens:
+        kwargs["reasoning_tokens"] = opts.reasoning_tokens
+    if opts.answer_tokens:
+        kwargs["answer_tokens"] = opts.answer_tokens
+    config = RuleConfig(tokenizer_spec=opts.tokenizer, **kwargs)
+    try:
+        config.tokenizer.count("check")  # load it now: a bad --tokenizer stops here, not on a worker
+    except Exception as e:  # noqa: BLE001 - any loader error is a configuration error
+        raise ConfigError(f"--tokenizer {opts.tokenizer!r} cannot be loaded: {e}") from e
+    return config
+
+
+def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
+    """Every configuration check, before any work or paid call. Raises ConfigError saying what to change."""
+    if not opts.output_dir:
+        raise ConfigError("--output_dir is required (a local folder or gs://bucket/path)")
+    if not opts.mbeir_root:
+        raise ConfigError("--mbeir_root is required (a folder, gs://..., or hf://TIGER-Lab/M-BEIR); "
+                          "`python -m pipeline.sample --out DIR` writes the embedded sample")
+    query_files, pool_files = select_files(opts.split, opts.datasets, opts.tasks)
+    root = resolve_root(opts.mbeir_root, query_files + pool_files + [layout.INSTRUCTIONS],
+                        images=opts.download_images, cache_dir=opts.hf_cache_dir)
+    threshold = VERIFIER_MIN_CONFIDENCE if opts.verifier_threshold is None else opts.verifier_threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--verifier_threshold must be within [0, 1], got {threshold}")
+    journal_dir = opts.journal_dir or FileSystems.join(opts.output_dir, "journal")
+    teacher = _teacher(opts, journal_dir, dry_run)
+    if opts.routing == "judge" and teacher is None:
+        raise ConfigError("--routing judge asks the teacher: set --teacher_base_url and --teacher_model")
+    return RunPlan(root=root, query_files=query_files, pool_files=pool_files, output_dir=opts.output_dir,
+                   journal_dir=journal_dir, teacher=teacher, rules=_rules(opts), verifier_threshold=threshold,
+                   dry_run=dry_run)
+
+
+def _clear_outputs(output_dir: str) -> None:
+    for folder in OUTPUT_FOLDERS:
+        path = FileSystems.join(output_dir, folder)
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+
+
+def is_reference_teacher(config: TeacherConfig) -> bool:
+    """True when the server says it is the bundled offline stand-in (its /models list is owned by
+    'offline-reference'), so the card can warn that the text is not from a model."""
+    import openai
+
+    try:
+        client = openai.OpenAI(api_key=config.resolve_api_key(), base_url=config.base_url, max_retries=0, timeout=5)
+        return any(getattr(m, "owned_by", "") == REFERENCE_OWNER for m in client.models.list())
+    except Exception:  # noqa: BLE001 - a server without /models is simply not the reference teacher
+        return False
+
+
+def _run_info(opts, plan: RunPlan, argv: list[str]) -> dict:
+    import prompts
+
+    teacher = plan.teacher
+    rules = plan.rules
+    return {
+        "teacher_model": teacher.model if teacher else "none (dry run)",
+        "teacher_is_reference": bool(teacher and is_reference_teacher(teacher)),
+        "prompts": {pid: prompts.load(pid).sha for pid in prompts.available()},
+        "generation_params": {"temperature": opts.temperature, "max_tokens": opts.max_tokens,
+                              "image_max_side": opts.image_max_side},
+        "filters": {"reasoning_tokens": list(rules.reasoning_tokens), "answer_tokens": list(rules.answer_tokens),
+                    "repetition_max_share": rules.repetition_max_share, "english_min_prob": rules.english_min_prob,
+                    "tokenizer": rules.tokenizer_spec or "approximate offline counter",
+                    "verifier": opts.verifier, "verifier_threshold": plan.verifier_threshold},
+        "routing_mode": opts.routing,
+        "pipeline_version": shards.package_version(),
+        "command": "python -m pipeline " + shlex.join(argv),
+        "embed_images": opts.embed_images,
+    }
+
+
+def finalize(opts, plan: RunPlan, argv: list[str]) -> dict:
+    """stats.json, manifest.json and the card from the graph's scratch outputs; then drop the scratch."""
+    out = plan.output_dir
+    work = FileSystems.join(out, WORK)
+    counter = Counter({(c, d, k): n for c, d, k, n in shards.read_json(FileSystems.join(work, "events.json"))})
+    prices = plan.teacher.prices if plan.teacher else None
+    cost = (lambda m, pt, ct: prices.cost(m, pt, ct)) if prices else None
+    stats = to_stats(counter, dry_run=plan.dry_run, cost_fn=cost)
+    shards.write_json(FileSystems.join(out, "stats.json"), stats)
+    files = shards.read_json(FileSystems.join(work, "files.json"))
+    if not plan.dry_run and not any(shards.relative_path(out, f["path"]).startswith("data/") for f in files):
+        empty = FileSystems.join(out, shards.shard_name(0, 1))
+        files.append(shards.write_shard([], empty, shards.row_arrow_schema(opts.embed_images)))
+    shards.write_manifest(out, files, {"stats": "stats.json", "dry_run": plan.dry_run})
+    if not plan.dry_run:
+        sample_path = FileSystems.join(work, "card_rows.json")
+        examples = shards.read_json(sample_path) if FileSystems.exists(sample_path) else []
+        examples = sorted(examples, key=lambda r: r["id"])
+        write_card(out, stats, _run_info(opts, plan, argv), examples)
+    FileSystems.delete([work])
+    return stats
+
+
+def run(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    beam_argv, dry_run = take_dry_run(argv)
+    opts = MbeirCotOptions(beam_argv)
+    if opts.view_as(StandardOptions).runner is None:
+        opts.view_as(StandardOptions).runner = DEFAULT_LOCAL_RUNNER
+    plan = resolve_plan(opts, dry_run)
+    _clear_outputs(plan.output_dir)
+    try:
+        with beam.Pipeline(options=opts) as p:
+            build(p, opts, plan)
+    finally:
+        close_clients()  # in-process runners: make the journal durable before the driver moves on
+    stats = finalize(opts, plan, argv)
+    print(summary(stats, dry_run=plan.dry_run))
+    problem = check_identity(stats, dry_run=plan.dry_run)
+    if problem:
+        raise RuntimeError(problem)
+    return stats

@@ -1,0 +1,102 @@
+"""Join each query to its positive candidate(s) and its instruction.
+
+in: QueryRecord, CandidateRecord   out: Example (main), Reject (tag "rejects")
+The pool is never loaded into one process: candidates and the queries' positive references meet in a
+CoGroupByKey on did, then the found positives meet their query in a second CoGroupByKey on the query key.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.mbeir import images, reasons
+from pipeline.mbeir.instructions import Instructions
+from pipeline.mbeir.layout import INSTRUCTIONS
+from pipeline.mbeir.records import CandidateRecord, Example, QueryRecord, Reject
+
+REJECTS = "rejects"
+
+
+class _ResolveCandidate(beam.DoFn):
+    """(did, {cands, refs}) -> (query key, (did, candidate or None, reason or None)) per referring query."""
+
+    def __init__(self, root: str, image_check: str):
+        self.root, self.image_check = root, image_check
+
+    def process(self, keyed):
+        did, grouped = keyed
+        refs = list(grouped["refs"])
+        if not refs:
+            return
+        cands = list(grouped["cands"])
+        cand = cands[0] if cands else None
+        reason = None
+        if cand is None:
+            reason = reasons.POSITIVE_NOT_FOUND
+        elif cand.img_path and self.image_check != "none":
+            reason = images.check_image(self.root, cand.img_path, mode=self.image_check)
+        for query_key in refs:
+            yield query_key, (did, None if reason else cand, reason)
+
+
+class _BuildExample(beam.DoFn):
+    def __init__(self, root: str, seed: int):
+        self.root, self.seed = root, seed
+        self.instructions: Instructions | None = None
+
+    def setup(self):
+        with FileSystems.open(FileSystems.join(self.root, INSTRUCTIONS)) as f:
+            self.instructions = Instructions.parse(f.read().decode("utf-8-sig"))
+
+    def process(self, keyed):
+        _, grouped = keyed
+        queries = list(grouped["query"])
+        if not queries:
+            return
+        q: QueryRecord = queries[0]
+        found: dict[str, CandidateRecord] = {}
+        problems: dict[str, str] = {}
+        for did, cand, reason in grouped["positives"]:
+            if cand is not None:
+                found[did] = cand
+            else:
+                problems[did] = reason
+        positives = [found[d] for d in dict.fromkeys(q.pos_cand_list) if d in found]
+        if not positives:
+            # Name the reason of the first positive: missing from every pool, or its image is unusable.
+            first = next(iter(dict.fromkeys(q.pos_cand_list)))
+            reason = problems.get(first, reasons.POSITIVE_NOT_FOUND)
+            yield beam.pvalue.TaggedOutput(REJECTS, _reject(q, reason, f"no usable positive: {problems}"))
+            return
+        cand_modality = positives[0].modality
+        prompt = self.instructions.choose(q.dataset_id, q.query_modality, cand_modality, q.qid, self.seed)
+        if prompt is None:
+            yield beam.pvalue.TaggedOutput(REJECTS, _reject(
+                q, reasons.UNKNOWN_INSTRUCTION, f"no instruction for '{q.dataset_id}, {q.query_modality}, {cand_modality}'"))
+            return
+        yield Example(query=q, positives=positives, instruction=prompt, cand_modality=cand_modality)
+
+
+def _reject(q: QueryRecord, reason: str, detail: str) -> Reject:
+    return Reject(reason, detail, q.source_file, q.line_number, q.qid, q.dataset, stage="join")
+
+
+class JoinPositives(beam.PTransform):
+    def __init__(self, root: str, image_check: str, instruction_seed: int):
+        super().__init__()
+        self.root, self.image_check, self.seed = root, image_check, instruction_seed
+
+    def expand(self, inputs):
+        queries, pool = inputs
+        refs = queries | "PositiveRefs" >> beam.FlatMap(
+            lambda q: [(did, q.key) for did in dict.fromkeys(q.pos_cand_list)])
+        cands = pool | "KeyByDid" >> beam.Map(lambda c: (c.did, c))
+        positives = ({"cands": cands, "refs": refs}
+                     | "JoinByDid" >> beam.CoGroupByKey()
+                     | "ResolvePositive" >> beam.ParDo(_ResolveCandidate(self.root, self.image_check)))
+        keyed_queries = queries | "KeyByQuery" >> beam.Map(lambda q: (q.key, q))
+        out = ({"query": keyed_queries, "positives": positives}
+               | "JoinByQuery" >> beam.CoGroupByKey()
+               | "BuildExample" >> beam.ParDo(_BuildExample(self.root, self.seed)).with_outputs(REJECTS, main="examples"))
+        return out.examples, out[REJECTS]

@@ -1,0 +1,130 @@
+"""Read M-BEIR files.
+
+ReadQueries: relative query-file paths -> QueryRecord (main), Reject (tag "rejects"), Event (tag "events").
+ReadPool: relative pool-file paths -> CandidateRecord (main), Reject and Event likewise.
+Each file is read by one worker, streaming, with line numbers (rejects name them); a Reshuffle after the read
+spreads the records over workers. Bytes are parsed by pipeline.mbeir (never ReadFromText, whose decoding would
+kill the run on one invalid UTF-8 line), so a bad line becomes a reject with its reason code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+
+from pipeline.mbeir import images, reasons
+from pipeline.mbeir.read import dataset_of_file, iter_candidate_file, iter_query_file
+from pipeline.mbeir.records import QueryRecord, Reject
+from pipeline.stats import Event
+
+REJECTS, EVENTS = "rejects", "events"
+
+
+class _ReadQueryFile(beam.DoFn):
+    def __init__(self, root: str, tasks: list[int] | None, limit: int | None):
+        self.root, self.tasks, self.limit = root, set(tasks) if tasks else None, limit
+
+    def process(self, rel_path: str):
+        dataset = dataset_of_file(rel_path)
+        taken = 0
+        for parsed in iter_query_file(self.root, rel_path, dataset):
+            if self.limit is not None and taken >= self.limit:
+                return
+            if isinstance(parsed, QueryRecord) and self.tasks is not None and parsed.task_id not in self.tasks:
+                continue  # outside the selection: not an input of this run
+            taken += 1
+            yield beam.pvalue.TaggedOutput(EVENTS, Event("input", dataset))
+            if isinstance(parsed, Reject):
+                yield beam.pvalue.TaggedOutput(REJECTS, parsed)
+            else:
+                yield parsed
+
+
+class _ReadPoolFile(beam.DoFn):
+    def __init__(self, root: str):
+        self.root = root
+
+    def process(self, rel_path: str):
+        for parsed in iter_candidate_file(self.root, rel_path):
+            yield beam.pvalue.TaggedOutput(EVENTS, Event("pool_line"))
+            if isinstance(parsed, Reject):
+                yield beam.pvalue.TaggedOutput(REJECTS, dataclasses.replace(parsed, stage="pool"))
+                yield beam.pvalue.TaggedOutput(EVENTS, Event("pool_rejected", code=parsed.reason))
+            else:
+                yield parsed
+
+
+class ReadQueries(beam.PTransform):
+    def __init__(self, root: str, files: list[str], tasks: list[int] | None = None, limit: int | None = None):
+        super().__init__()
+        self.root, self.files, self.tasks, self.limit = root, files, tasks, limit
+
+    def expand(self, pbegin):
+        out = (pbegin
+               | "QueryFiles" >> beam.Create(self.files)
+               | "ReadQueryLines" >> beam.ParDo(_ReadQueryFile(self.root, self.tasks, self.limit))
+               .with_outputs(REJECTS, EVENTS, main="records"))
+        records = out.records | "SpreadQueries" >> beam.Reshuffle()
+        return records, out[REJECTS], out[EVENTS]
+
+
+class ReadPool(beam.PTransform):
+    def __init__(self, root: str, files: list[str]):
+        super().__init__()
+        self.root, self.files = root, files
+
+    def expand(self, pbegin):
+        out = (pbegin
+               | "PoolFiles" >> beam.Create(self.files)
+               | "ReadPoolLines" >> beam.ParDo(_ReadPoolFile(self.root)).with_outputs(REJECTS, EVENTS, main="records"))
+        return out.records | "SpreadPool" >> beam.Reshuffle(), out[REJECTS], out[EVENTS]
+
+
+class _FirstOfEachQid(beam.DoFn):
+    def process(self, keyed):
+        _, records = keyed
+        first, *rest = sorted(records, key=lambda r: r.line_number)
+        yield first
+        for dup in rest:
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(
+                reasons.DUPLICATE_QID, f"qid {dup.qid} already on line {first.line_number}", dup.source_file,
+                dup.line_number, dup.qid, dup.dataset))
+
+
+class DropDuplicateQids(beam.PTransform):
+    """QueryRecord -> QueryRecord (first line of each qid in a file), Reject for the later copies."""
+
+    def expand(self, queries):
+        out = (queries
+               | "KeyByQid" >> beam.Map(lambda q: (q.key, q))
+               | "GroupQid" >> beam.GroupByKey()
+               | "FirstQid" >> beam.ParDo(_FirstOfEachQid()).with_outputs(REJECTS, main="records"))
+        return out.records, out[REJECTS]
+
+
+class _CheckQueryImage(beam.DoFn):
+    def __init__(self, root: str, mode: str):
+        self.root, self.mode = root, mode
+
+    def process(self, q: QueryRecord):
+        if q.query_img_path and self.mode != "none":
+            reason = images.check_image(self.root, q.query_img_path, mode=self.mode)
+            if reason:
+                yield beam.pvalue.TaggedOutput(REJECTS, Reject(
+                    reason, f"query image {q.query_img_path}", q.source_file, q.line_number, q.qid, q.dataset))
+                return
+        yield q
+
+
+class CheckQueryImages(beam.PTransform):
+    """QueryRecord -> QueryRecord whose image (if any) passes the check, Reject otherwise."""
+
+    def __init__(self, root: str, mode: str):
+        super().__init__()
+        self.root, self.mode = root, mode
+
+    def expand(self, queries):
+        out = queries | "CheckImage" >> beam.ParDo(_CheckQueryImage(self.root, self.mode)).with_outputs(
+            REJECTS, main="records")
+        return out.records, out[REJECTS]

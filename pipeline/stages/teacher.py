@@ -1,0 +1,233 @@
+"""Call the teacher exactly once per distinct request.
+
+AskTeacher: Example -> Example with the answer in extra[stage] (main), Reject, Failure, Event (tagged).
+CallTeacher: (TeacherRequest, payload) -> (payload, TeacherResult) (main), Event (tag "events").
+The response journal is read as a PCollection and joined to the requests by key (CoGroupByKey), so a rerun
+pays only for keys the journal lacks and no worker ever holds the whole journal. Requests with the same key
+are called once and the answer fans out. Calls go through one TeacherClient per worker process, which
+owns concurrency, rate limits, retries, re-asks and journal writes (pipeline/teacher/client.py).
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, wait
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipeline.mbeir import images, reasons
+from pipeline.mbeir.records import Example, Failure, Reject
+from pipeline.stats import Event
+from pipeline.teacher.client import TeacherClient, TeacherConfig, TeacherResult, result_from_record
+from pipeline.teacher.journal import journal_glob, parse_journal_line
+from pipeline.teacher.prompting import TeacherRequest
+
+EVENTS, REJECTS, FAILED = "events", "rejects", "failed"
+
+# One client per (worker process, config): DoFn instances of every teacher stage share its limits and journal.
+_CLIENTS: dict[str, TeacherClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def shared_client(config: TeacherConfig) -> TeacherClient:
+    key = repr(config)
+    with _CLIENTS_LOCK:
+        if not _CLIENTS:
+            atexit.register(close_clients)
+        client = _CLIENTS.get(key)
+        if client is None or client.closed:
+            client = _CLIENTS[key] = TeacherClient(config)
+        return client
+
+
+def close_clients() -> None:
+    """Close every client of this process: drains, flushes the journal, closes connections."""
+    with _CLIENTS_LOCK:
+        clients = list(_CLIENTS.values())
+        _CLIENTS.clear()
+    for client in clients:
+        client.close()
+
+
+def usage_events(result: TeacherResult) -> list[Event]:
+    model = result.model or ""
+    if result.from_journal:
+        return [Event("teacher_journal_hits", code=model)]
+    events = [Event("teacher_requests", code=model, n=result.attempts),
+              Event("teacher_retries", code=model, n=max(result.attempts - 1, 0))]
+    if result.prompt_tokens or result.completion_tokens:
+        events += [Event("teacher_prompt_tokens", code=model, n=result.prompt_tokens),
+                   Event("teacher_completion_tokens", code=model, n=result.completion_tokens)]
+    return events
+
+
+class _ReadJournal(beam.DoFn):
+    def process(self, readable: fileio.ReadableFile) -> Iterator[tuple[str, dict]]:
+        with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read()
+        for raw in data.split(b"\n"):
+            record = parse_journal_line(raw) if raw.strip() else None
+            if record is not None:
+                yield record["key"], record
+
+
+class _SplitHits(beam.DoFn):
+    """Journal hits answer at once; the rest go to the client, one request per key."""
+
+    def process(self, keyed):
+        key, grouped = keyed
+        pairs = list(grouped["requests"])
+        if not pairs:
+            return
+        payloads = [payload for _, payload in pairs]
+        records = list(grouped["journal"])
+        if records:
+            result = result_from_record(records[-1])
+            yield beam.pvalue.TaggedOutput(EVENTS, Event("teacher_journal_hits", code=result.model or ""))
+            for payload in payloads:
+                yield payload, result
+        else:
+            yield beam.pvalue.TaggedOutput("todo", (pairs[0][0], payloads))
+
+
+class _Call(beam.DoFn):
+    """Submits as elements arrive and yields answers as they complete, so the pipe stays full across a bundle."""
+
+    def __init__(self, config: TeacherConfig):
+        self.config = config
+        self.backlog = max(4 * config.max_in_flight, 64)
+
+    def setup(self):
+        self.client = shared_client(self.config)
+
+    def start_bundle(self):
+        self.pending: dict = {}
+
+    def process(self, element):
+        request, payloads = element
+        self.pending[self.client.submit(request)] = payloads
+        for tag, value in self._completed(block=len(self.pending) >= self.backlog):
+            yield value if tag is None else beam.pvalue.TaggedOutput(tag, value)
+
+    def finish_bundle(self):
+        while self.pending:
+            for tag, value in self._completed(block=True):
+                windowed = WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
+                yield windowed if tag is None else beam.pvalue.TaggedOutput(tag, windowed)
+        self.client.flush()
+
+    def _completed(self, block: bool):
+        """(tag, value) for every finished call: None tags the main output."""
+        if not self.pending:
+            return
+        if block:
+            done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+        else:
+            done = [f for f in self.pending if f.done()]
+        for future in done:
+            payloads = self.pending.pop(future)
+            result = future.result()
+            for event in usage_events(result):
+                yield EVENTS, event
+            for payload in payloads:
+                yield None, (payload, result)
+
+    def teardown(self):
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.flush()
+
+
+class CallTeacher(beam.PTransform):
+    def __init__(self, config: TeacherConfig, journal_dir: str):
+        super().__init__()
+        self.config, self.journal_dir = config, journal_dir
+
+    def expand(self, pairs):
+        keyed = pairs | "KeyByRequest" >> beam.Map(lambda rp: (rp[0].key, rp))
+        journal = (pairs.pipeline
+                   | "MatchJournal" >> fileio.MatchFiles(journal_glob(self.journal_dir),
+                                                         empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+                   | "OpenJournal" >> fileio.ReadMatches()
+                   | "ReadJournal" >> beam.ParDo(_ReadJournal()))
+        split = ({"requests": keyed, "journal": journal}
+                 | "JoinJournal" >> beam.CoGroupByKey()
+                 | "SplitHits" >> beam.ParDo(_SplitHits()).with_outputs("todo", EVENTS, main="hits"))
+        called = split.todo | "Call" >> beam.ParDo(_Call(self.config)).with_outputs(EVENTS, main="answers")
+        results = (split.hits, called.answers) | "AllAnswers" >> beam.Flatten()
+        events = (split[EVENTS], called[EVENTS]) | "TeacherEvents" >> beam.Flatten()
+        return results, events
+
+
+class ImageLoader:
+    """Picklable rel_path -> bytes under an M-BEIR root (any Beam FileSystems path)."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def __call__(self, rel_path: str) -> bytes:
+        return images.read_image_bytes(self.root, rel_path)
+
+
+class _Build(beam.DoFn):
+    def __init__(self, builder: Callable[..., TeacherRequest], stage: str):
+        self.builder, self.stage = builder, stage
+
+    def process(self, example: Example):
+        try:
+            request = self.builder(example)
+        except (ValueError, OSError) as e:  # an image that passed the read check but cannot be re-encoded
+            q = example.query
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(
+                reasons.UNREADABLE_IMAGE, f"building the {self.stage} request: {e}", q.source_file, q.line_number,
+                q.qid, q.dataset, stage=self.stage))
+            return
+        info = {"key": request.key, "prompt_id": request.prompt_id, "prompt_sha": request.prompt_sha,
+                "params": request.params, "model": request.model}
+        yield request, dataclasses.replace(example, extra={**example.extra, f"{self.stage}_request": info})
+
+
+class BuildRequests(beam.PTransform):
+    """Example -> (TeacherRequest, Example) (main), Reject (tag "rejects") when the request cannot be built."""
+
+    def __init__(self, builder: Callable[..., TeacherRequest], stage: str):
+        super().__init__()
+        self.builder, self.stage = builder, stage
+
+    def expand(self, examples):
+        out = examples | "Build" >> beam.ParDo(_Build(self.builder, self.stage)).with_outputs(REJECTS, main="requests")
+        return out.requests, out[REJECTS]
+
+
+def _split_answer(pair, stage: str):
+    example, result = pair
+    if result.ok:
+        yield dataclasses.replace(example, extra={**example.extra, stage: result})
+    else:
+        q = example.query
+        yield beam.pvalue.TaggedOutput(FAILED, Failure(
+            result.error or "unknown", result.detail or "", q.qid, q.dataset, q.source_file, result.key,
+            result.attempts))
+
+
+class AskTeacher(beam.PTransform):
+    """Example -> Example with extra[stage] = TeacherResult (main); Reject (tag "rejects"); Failure ("failed");
+    Event ("events"). The one way any stage (judge, cot, verifier) asks the teacher."""
+
+    def __init__(self, builder: Callable[..., TeacherRequest], stage: str, config: TeacherConfig, journal_dir: str):
+        super().__init__()
+        self.builder, self.stage, self.config, self.journal_dir = builder, stage, config, journal_dir
+
+    def expand(self, examples):
+        requests, rejects = examples | "Requests" >> BuildRequests(self.builder, self.stage)
+        answers, events = requests | "Call" >> CallTeacher(self.config, self.journal_dir)
+        out = answers | "SplitAnswers" >> beam.FlatMap(_split_answer, self.stage).with_outputs(FAILED, main="ok")
+        return out.ok, rejects, out[FAILED], events
