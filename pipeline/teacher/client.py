@@ -249,6 +249,15 @@ class TeacherClient:
         out["elapsed_s"] = round(time.monotonic() - self._t0, 3)
         return out
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def flush(self) -> None:
+        """Make every answer received so far durable in the journal now (end of a bundle)."""
+        if self._journal:
+            self._journal.flush()
+
     def close(self) -> None:
         """Wait for every submitted request, close the HTTP client and the loop, flush the journal."""
         with self._lock:
