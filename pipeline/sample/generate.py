@@ -196,10 +196,10 @@ def generate(root: str, seed: int = 0, scale: int = 1,
         if progress:
             progress(rel)
 
-    def referenced(queries: list[dict]) -> list[dict]:
-        return _sorted_pool(by_did[d] for q in queries for d in (*q["pos_cand_list"], *q["neg_cand_list"]))
+    def referenced(queries: Iterable[dict]) -> set[str]:
+        return {d for q in queries for d in (*q["pos_cand_list"], *q["neg_cand_list"])}
 
-    train_all: list[dict] = []
+    train_refs: set[str] = set()  # not the rows: scale may reach millions of queries
     for dataset, tasks in TRAIN_TASKS.items():
         rng = random.Random(f"{seed}:train:{dataset}")
         d = layout.DATASET_IDS[dataset]
@@ -207,8 +207,8 @@ def generate(root: str, seed: int = 0, scale: int = 1,
         rows = [b.query(dataset, tasks[i % len(tasks)], f"{d}:{QID_START['train'] + i}", rng, True) for i in range(n)]
         emit_rows(layout.query_file("train", dataset), rows)
         emit_rows(layout.qrels_file("train", dataset), rows, "qrels")
-        train_all += rows
-    emit_rows(layout.UNION_TRAIN_POOL, referenced(train_all))
+        train_refs |= referenced(rows)
+    emit_rows(layout.UNION_TRAIN_POOL, _sorted_pool(by_did[d] for d in train_refs))
 
     local: list[dict] = []
     for split, count in (("val", VAL_QUERIES_PER_PAIR), ("test", TEST_QUERIES_PER_PAIR)):
@@ -227,7 +227,7 @@ def generate(root: str, seed: int = 0, scale: int = 1,
                 emit_rows(layout.local_pool_file(dataset, task), pool)
                 local += pool
         if split == "val":
-            emit_rows(layout.UNION_VAL_POOL, referenced(split_all))
+            emit_rows(layout.UNION_VAL_POOL, _sorted_pool(by_did[d] for d in referenced(split_all)))
     emit_rows(layout.UNION_TEST_POOL, _sorted_pool(local))
 
     _write(root, layout.INSTRUCTIONS, instructions_tsv().encode("utf-8"))

@@ -12,7 +12,7 @@ from pipeline.mbeir.parse import parse_candidate_line, parse_query_line
 from pipeline.mbeir.records import Reject
 from pipeline.sample import generate
 from pipeline.sample.generate import TRAIN_TASKS
-from pipeline.sample.world import COLOURS
+from pipeline.sample.world import BACKGROUNDS, COLOURS
 
 
 def _tree_digest(root: str) -> dict[str, str]:
@@ -130,3 +130,21 @@ def test_scale_multiplies_train_queries(tmp_path):
     assert summary["queries"]["train"] == 3 * 400
     with pytest.raises(ValueError, match="scale"):
         generate(str(tmp_path / "x"), scale=0)
+
+
+def test_cir_targets_show_the_edit(sample_root):
+    """'make it blue' -> the target's centre is blue; 'put it on a black background' -> its corner is black."""
+    pool = {c.did: c.img_path for c in _pool(sample_root, layout.local_pool_file("cirr", 7))}
+    checked = 0
+    for q in _queries(sample_root, layout.query_file("train", "cirr"), "cirr"):
+        words = q.query_txt.split()
+        target = Image.open(os.path.join(sample_root, pool[q.pos_cand_list[0]]))
+        if words[0] == "make" or words[:3] == ["change", "the", "colour"]:
+            pixel, expected = target.getpixel((32, 32)), COLOURS[words[-1]]
+        elif words[:3] == ["put", "it", "on"]:
+            pixel, expected = target.getpixel((1, 1)), BACKGROUNDS[words[-2]]
+        else:
+            continue
+        assert max(abs(a - b) for a, b in zip(pixel, expected, strict=True)) < 60, (q.query_txt, pixel)
+        checked += 1
+    assert checked >= 10
