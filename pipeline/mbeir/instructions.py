@@ -35,11 +35,13 @@ class Instructions:
 
     @classmethod
     def parse(cls, text: str) -> Instructions:
-        """Parse the TSV: header row first; columns query modality, cand modality, dataset name, dataset id,
+        """Parse the TSV: header row first (kept as data if its dataset id cell is a number); columns query modality, cand modality, dataset name, dataset id,
         then any number of prompts (blank cells, trailing tabs and CRLF are tolerated)."""
         prompts: dict[str, tuple[str, ...]] = {}
         lines = text.lstrip("\ufeff").splitlines()
-        for number, line in enumerate(lines[1:], start=2):
+        first = lines[0].split("\t") if lines else []
+        skip = 0 if len(first) > 3 and first[3].strip().isdigit() else 1  # a header-less file keeps its first row
+        for number, line in enumerate(lines[skip:], start=skip + 1):
             cells = [c.strip() for c in line.split("\t")]
             if not any(cells):
                 continue

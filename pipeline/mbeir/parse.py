@@ -14,7 +14,7 @@ from typing import Any
 import schemas
 from pipeline.mbeir import reasons
 from pipeline.mbeir.images import safe_image_path
-from pipeline.mbeir.layout import DATASET_IDS, DATASET_NAMES, TASKS
+from pipeline.mbeir.layout import DATASET_IDS, DATASET_NAMES, DID_STRIDE, QID_STRIDE, TASKS
 from pipeline.mbeir.records import CandidateRecord, QueryRecord, Reject
 
 REJECT_TEXT_CHARS = 500
@@ -48,7 +48,8 @@ def _load(raw: bytes, complete: bool) -> dict[str, Any]:
 
 
 def _check_schema(obj: dict[str, Any], schema: str, modality_field: str) -> None:
-    errors = sorted(_validator(schema).iter_errors(obj), key=lambda e: list(e.path))
+    errors = sorted(_validator(schema).iter_errors(obj),
+                    key=lambda e: (e.validator != "required", [str(p) for p in e.path]))
     if not errors:
         return
     e = errors[0]
@@ -85,7 +86,9 @@ def parse_query_line(raw: bytes, *, source_file: str, line_number: int, dataset:
         obj = _load(raw, complete)
         qid = obj.get("qid") if isinstance(obj.get("qid"), str) else ""
         _check_schema(obj, "mbeir_query", "query_modality")
-        dataset_id = int(qid.split(":", 1)[0])
+        dataset_id, n = map(int, qid.split(":", 1))
+        if n >= QID_STRIDE:
+            raise _Bad(reasons.BAD_FIELD_TYPE, f"qid {qid!r}: number must be below {QID_STRIDE} (UniIR id hashing)")
         if dataset_id not in DATASET_NAMES:
             raise _Bad(reasons.BAD_FIELD_TYPE, f"qid {qid!r}: unknown dataset id {dataset_id}")
         if dataset and DATASET_IDS.get(dataset) != dataset_id:
@@ -117,6 +120,8 @@ def parse_candidate_line(raw: bytes, *, source_file: str, line_number: int,
     try:
         obj = _load(raw, complete)
         _check_schema(obj, "mbeir_candidate", "modality")
+        if int(obj["did"].split(":", 1)[1]) >= DID_STRIDE:
+            raise _Bad(reasons.BAD_FIELD_TYPE, f"did {obj['did']!r}: number must be below {DID_STRIDE}")
         _check_content(obj, obj["modality"], "txt", "img_path")
     except _Bad as bad:
         return Reject(reason=bad.reason, detail=bad.detail, source_file=source_file, line_number=line_number,

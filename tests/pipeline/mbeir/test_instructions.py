@@ -50,3 +50,8 @@ def test_query_text_as_uniir_builds_it():
     assert query_text("retrieve a similar image", None) == "Retrieve a similar image."
     assert query_text("Find me an everyday image that matches the given caption.", "a red circle") == \
         "Find me an everyday image that matches the given caption. a red circle."
+
+
+def test_headerless_file_keeps_first_row():
+    ins = Instructions.parse(TSV.split("\r\n", 1)[1])
+    assert len(ins.get(9, "text", "image")) == 2

@@ -65,6 +65,7 @@ def test_neg_cand_list_optional_and_src_content_kept():
     (with_(qid="eight:6"), True, reasons.BAD_FIELD_TYPE),
     (with_(qid="3:6"), True, reasons.BAD_FIELD_TYPE),  # an EDIS qid in the CIRR file
     (with_(qid="42:6"), True, reasons.BAD_FIELD_TYPE),
+    (with_(qid="8:500000"), True, reasons.BAD_FIELD_TYPE),  # breaks UniIR's qid hashing
     (with_(task_id=5), True, reasons.UNKNOWN_TASK),
     (with_(task_id=0), True, reasons.UNKNOWN_TASK),  # task 0 is text->image: modality disagrees
     (with_(query_modality="text,image"), True, reasons.UNKNOWN_MODALITY),
@@ -121,6 +122,7 @@ def test_good_candidate():
     ({**GOOD_CAND, "img_path": None}, reasons.MISSING_FIELD),
     ({**GOOD_CAND, "img_path": "/abs/b.png"}, reasons.UNSAFE_IMAGE_PATH),
     ({**GOOD_CAND, "did": 812}, reasons.BAD_FIELD_TYPE),
+    ({**GOOD_CAND, "did": "8:10000000"}, reasons.BAD_FIELD_TYPE),
     (b"\xff\xfe{}", reasons.INVALID_UTF8),
     (b"42", reasons.NOT_OBJECT),
     (b"{", reasons.INVALID_JSON),
