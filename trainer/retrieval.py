@@ -70,21 +70,26 @@ def _faiss_chunk(q: torch.Tensor, chunk, k: int) -> tuple[torch.Tensor, torch.Te
 
 
 class EmbeddingWriter:
-    """Writes n x dim float16 rows into an .npy file in batches, without holding the matrix in memory."""
+    """Writes up to n x dim float16 rows into an .npy file in batches with plain appends (no dirty memmap pages,
+    so resident memory stays at one batch). Rows never written read as zeros; `filled` says how many were."""
 
     def __init__(self, path: str | Path, n: int, dim: int):
-        self.path = Path(path)
-        self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float16, shape=(n, dim))
-        self.filled = 0
+        self.path, self.n, self.dim, self.filled = Path(path), n, dim, 0
+        self.file = open(self.path, "wb")
+        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                                                          "fortran_order": False, "shape": (n, dim)})
+        self.data_start = self.file.tell()
 
     def write(self, rows: torch.Tensor | np.ndarray) -> None:
         rows = rows.detach().cpu().float().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
-        self.array[self.filled:self.filled + len(rows)] = rows.astype(np.float16)
+        if self.filled + len(rows) > self.n or (len(rows) and rows.shape[1] != self.dim):
+            raise ValueError(f"{self.path}: rows {rows.shape} do not fit ({self.n}, {self.dim}) after {self.filled}")
+        self.file.write(np.ascontiguousarray(rows, dtype=np.float16).tobytes())
         self.filled += len(rows)
 
     def close(self) -> None:
-        self.array.flush()
-        del self.array
+        self.file.truncate(self.data_start + self.n * self.dim * 2)
+        self.file.close()
 
 
 def open_embeddings(path: str | Path) -> np.ndarray:
@@ -156,7 +161,7 @@ class EmbeddingCache:
                 ids_file.write("".join(f"{i}\n" for i in ids))
         if writer is None:
             writer = EmbeddingWriter(tmp / "embeddings.npy", 0, 0)
-        count, dim = writer.filled, writer.array.shape[1]
+        count, dim = writer.filled, writer.dim
         writer.close()
         (tmp / "meta.json").write_text(json.dumps({**meta, "count": count, "dim": dim}, indent=1))
         shutil.rmtree(d, ignore_errors=True)
