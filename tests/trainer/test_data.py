@@ -1,0 +1,81 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from trainer.data import TaskBatchSampler, TrainData, list_shards
+
+
+def test_batches_hold_one_task_family_and_cover_every_row_once(sample_cot, sample_root):
+    data = TrainData(sample_cot, batch_size=8, seed=3, mbeir_root=sample_root)
+    plan = data.sampler.plan(0)
+    fams = data.index.families
+    assert all(len({fams[i] for i in b}) == 1 for b in plan)
+    seen = [i for b in plan for i in b]
+    assert len(seen) == len(set(seen)) and len(seen) >= len(data.index) - len(data.index.family_indices())
+    assert plan == TaskBatchSampler(data.index.family_indices(), 8, seed=3).plan(0)
+    assert plan != TaskBatchSampler(data.index.family_indices(), 8, seed=4).plan(0)
+    assert plan != data.sampler.plan(1)
+
+
+def test_sampler_resumes_at_the_saved_position(sample_cot):
+    data = TrainData(sample_cot, batch_size=4, seed=0)
+    fams = data.index.family_indices()
+    a = TaskBatchSampler(fams, 4, seed=0)
+    it = iter(a)
+    n = len(a) + 5  # crosses an epoch boundary
+    first = [next(it) for _ in range(n)]
+    b = TaskBatchSampler(fams, 4, seed=0)
+    b.load_state_dict(a.state_dict())
+    rest_a, rest_b = [next(it) for _ in range(7)], [next(iter(b)) for _ in range(1)]
+    assert rest_b[0] == rest_a[0] and first[-1] != rest_a[0]
+    with pytest.raises(ValueError):
+        TaskBatchSampler(fams, 8, seed=0).load_state_dict(a.state_dict())
+
+
+def test_examples_carry_instruction_images_and_target(sample_cot, sample_root):
+    data = TrainData(sample_cot, batch_size=8, seed=0, mbeir_root=sample_root)
+    batch = next(iter(data))
+    assert batch and all(ex.target.endswith("<|emb|>") for ex in batch)
+    rows = {r["id"]: r for r in data.index.rows(list(range(len(data.index))))}
+    for ex in batch:
+        row = rows[ex.row_id]
+        assert ex.query.text.startswith(row["instruction"][:1].upper())
+        assert (ex.query.image is not None) == (row["query_img_path"] is not None)
+        assert (ex.candidate.image is not None) == (row["pos_img_path"] is not None)
+        assert ex.route == row["route"] and ex.query.dataset == row["dataset"]
+
+
+def test_bad_rows_are_skipped_and_counted(sample_cot, sample_root, tmp_path):
+    rows = pq.read_table(list_shards(sample_cot)[0]).to_pylist()[:12]
+    for r in rows:
+        r["dataset"], r["task_id"] = "cirr", 7  # one family so a single batch holds them all
+        r["query_image"] = None
+    rows[0]["target"] = ""
+    rows[1]["query_img_path"] = "mbeir_images/nowhere/missing.jpg"
+    rows[2]["query_img_path"], rows[2]["query_image"] = None, {"bytes": b"not an image", "path": "x.jpg"}
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "train-00000-of-00001.parquet")
+    data = TrainData(str(tmp_path), batch_size=12, seed=0, mbeir_root=sample_root)
+    batch = next(iter(data))
+    assert len(batch) == 9
+    assert data.decode.skipped == {"empty_target": 1, "missing_image": 1, "bad_image": 1}
+
+
+def test_embedded_image_structs_need_no_root(sample_cot, sample_root, tmp_path):
+    from pathlib import Path
+
+    rows = [r for r in pq.read_table(list_shards(sample_cot)[0]).to_pylist() if r["query_img_path"]][:4]
+    for r in rows:
+        r["query_image"] = {"bytes": (Path(sample_root) / r["query_img_path"]).read_bytes(), "path": None}
+        r["pos_image"] = ({"bytes": (Path(sample_root) / r["pos_img_path"]).read_bytes(), "path": None}
+                          if r["pos_img_path"] else None)
+        r["dataset"], r["task_id"] = "oven", 6
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "one.parquet")
+    data = TrainData(str(tmp_path / "*.parquet"), batch_size=4, seed=0, mbeir_root=None)
+    batch = next(iter(data))
+    assert len(batch) == 4 and all(ex.query.image is not None for ex in batch)
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no Parquet shards"):
+        list_shards(str(tmp_path))

@@ -1,0 +1,49 @@
+"""Every training default in one place, with the paper section it comes from (shared PAPER.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # M-BEIR-CoT folder (DATA/data/*.parquet), a glob, or any fsspec path
+    model: str = "tiny"  # Qwen2-VL / Qwen2.5-VL name or path, or "tiny" (offline random model, trainer/tiny.py)
+    output_dir: str = "out/trace"
+    mbeir_root: str | None = None  # images referenced by relative path in the rows
+    # optimisation
+    lr: float = 2e-4  # PAPER.md §3: lr 2e-4, AdamW
+    warmup_ratio: float = 0.03  # PAPER.md §3: LamRA default warm-up 3 %, then cosine decay
+    epochs: float = 1.0  # PAPER.md §3: 1 epoch
+    global_batch: int = 1024  # PAPER.md §3: global batch 1024 (reached by gradient accumulation)
+    micro_batch: int = 8  # rows per GPU per forward; in-batch negatives = micro_batch x world size
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_steps: int = 0  # > 0 overrides epochs
+    # loss
+    temperature: float = 0.05  # PAPER.md §3: not given; LamRA default 0.05
+    ce_weight: float = 1.0  # PAPER.md §3: L = 1.0·CE + 1.0·InfoNCE
+    nce_weight: float = 1.0
+    # model
+    lora_r: int = 128  # PAPER.md §3: LoRA r=128, alpha=256
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05  # LamRA default
+    gradient_checkpointing: bool = False
+    max_text_tokens: int = 480  # PAPER.md §3: LamRA default, text cut at 480 tokens
+    max_target_tokens: int = 512
+    image_max_pixels: int = 0  # 0: the checkpoint's image processor setting
+    # bookkeeping
+    seed: int = 0
+    save_every: int = 0  # optimizer steps between checkpoints (0: only the final one)
+    log_every: int = 10
+    resume: str = ""  # a checkpoint-N folder, or "auto" for the newest one in output_dir
+    progress: bool = True  # tqdm bar on rank 0
+
+
+# Offline tiny mode: small enough for CPU tests; applied unless the flag is given explicitly.
+TINY_DEFAULTS = {"global_batch": 16, "micro_batch": 8, "lora_r": 16, "lora_alpha": 32, "lr": 1e-3,
+                 "max_text_tokens": 96, "max_target_tokens": 96}
+
+
+def config_fields() -> list:
+    return list(fields(TrainConfig))

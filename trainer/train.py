@@ -1,0 +1,243 @@
+"""`python -m trainer.train --data DIR --model NAME_OR_PATH|tiny --output_dir CKPT [...]` (also under torchrun).
+
+One optimizer step = global_batch rows = micro_batch x world_size x accumulation steps; each forward holds
+one task family (trainer/data.py). Checkpoints hold the adapter (LoRA, projector, <|emb|> rows), tokenizer,
+config, and training_state.pt (optimizer, scheduler, sampler position, RNG) for exact resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainer.config import TINY_DEFAULTS, TrainConfig, config_fields
+from trainer.data import Example, TrainData
+from trainer.loss import info_nce, target_ce
+from trainer.model import TraceEmbedder
+
+STATE_FILE = "training_state.pt"
+TINY_BASE = "tiny_base"
+
+
+class TrainStep(nn.Module):
+    """The whole differentiable step in one forward, so DDP sees every trainable parameter use."""
+
+    def __init__(self, embedder: TraceEmbedder):
+        super().__init__()
+        self.embedder = embedder
+
+    def forward(self, q_batch: dict, c_batch: dict):
+        emb = self.embedder
+        q_emb, q_hidden = emb.embed_sequences(q_batch)
+        ce, n = target_ce(q_hidden, q_batch["labels"], emb.lm_head)
+        h = emb.hidden(c_batch).last_hidden_state[:, -1]  # the state feeding <|emb|>, as at inference
+        c_emb = torch.nn.functional.normalize(h.float(), dim=-1)
+        return q_emb, c_emb, ce, torch.tensor(n)
+
+
+def _dist() -> tuple[int, int, int]:
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
+             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / STATE_FILE).exists()]
+    return max(found)[1] if found else None
+
+
+def cosine_with_warmup(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _batches(embedder: TraceEmbedder, examples: list[Example]):
+    q_items = embedder.query_items([e.query for e in examples], with_target=[e.target for e in examples])
+    c_items = embedder.candidate_items([e.candidate for e in examples])
+    return embedder.processor(q_items), embedder.processor(c_items)
+
+
+def train(cfg: TrainConfig) -> list[dict]:
+    """Run training; returns the per-step log records (rank 0 also writes them to output_dir/train_log.jsonl)."""
+    rank, world, local_rank = _dist()
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    out = Path(cfg.output_dir)
+    base, base_ref = cfg.model, cfg.model
+    if cfg.model == "tiny":
+        base, base_ref = str(out / TINY_BASE), TINY_BASE
+        if rank == 0 and not (out / TINY_BASE / "config.json").exists():
+            from trainer.tiny import save_tiny_base
+
+            save_tiny_base(out / TINY_BASE, seed=cfg.seed)
+        if world > 1:
+            dist.barrier()
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    embedder = TraceEmbedder.from_base(
+        base, device=device, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        gradient_checkpointing=cfg.gradient_checkpointing, max_text_tokens=cfg.max_text_tokens,
+        max_target_tokens=cfg.max_target_tokens, image_max_pixels=cfg.image_max_pixels or None)
+    embedder.train()
+    step_module: nn.Module = TrainStep(embedder)
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
+
+    data = TrainData(cfg.data, cfg.micro_batch, cfg.seed, cfg.mbeir_root, rank, world)
+    accum = max(1, cfg.global_batch // (cfg.micro_batch * world))
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * data.steps_per_epoch() / accum))
+    params = [p for p in embedder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = cosine_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
+
+    step = 0
+    resume = latest_checkpoint(out) if cfg.resume == "auto" else (Path(cfg.resume) if cfg.resume else None)
+    if resume is not None:
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        set_peft_model_state_dict(embedder.model, load_peft_weights(str(resume / "adapter"), device=str(device)))
+        state = torch.load(resume / STATE_FILE, weights_only=False, map_location="cpu")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        data.sampler.load_state_dict(state["sampler"])
+        _set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        step = state["step"]
+
+    log: list[dict] = []
+    log_file = out / "train_log.jsonl"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    bar = None
+    if rank == 0 and cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True)
+    batches = iter(data)
+    while step < total:
+        t0, rows, tokens, parts = time.perf_counter(), 0, 0, {"loss": 0.0, "ce": 0.0, "nce": 0.0}
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(accum):
+            examples = next(batches)
+            q_batch, c_batch = _batches(embedder, examples)
+            sync = world == 1 or micro == accum - 1
+            ctx = step_module.no_sync() if not sync and hasattr(step_module, "no_sync") else _null()
+            with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                q_emb, c_emb, ce, _ = step_module(q_batch, c_batch)
+                nce = info_nce(q_emb, c_emb, cfg.temperature)
+                loss = cfg.ce_weight * ce + cfg.nce_weight * nce
+                (loss / accum).backward()
+            rows += len(examples)
+            tokens += int(q_batch["attention_mask"].sum() + c_batch["attention_mask"].sum())
+            for k, v in (("loss", loss), ("ce", ce), ("nce", nce)):
+                parts[k] += float(v.detach()) / accum
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        dt = time.perf_counter() - t0
+        record = {"step": step, **parts, "lr": scheduler.get_last_lr()[0], "samples_per_s": rows * world / dt,
+                  "tokens_per_s": tokens * world / dt, "skipped": dict(data.decode.skipped)}
+        log.append(record)
+        if rank == 0:
+            with open(log_file, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", ce=f"{parts['ce']:.3f}", nce=f"{parts['nce']:.3f}")
+            if step % cfg.log_every == 0 and bar is None:
+                print(json.dumps(record), flush=True)
+        if (cfg.save_every and step % cfg.save_every == 0) or step == total:
+            _save(embedder, optimizer, scheduler, data, step, out / f"checkpoint-{step}", base_ref, rank, world)
+    if rank == 0:
+        embedder.save(out, base_model=base_ref)
+    if bar is not None:
+        bar.close()
+    return log
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _save(embedder, optimizer, scheduler, data, step, path: Path, base_ref: str, rank: int, world: int) -> None:
+    rng = _rng_state()
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, rng)
+        rng = gathered
+    if rank == 0:
+        embedder.save(path, base_model=base_ref if base_ref != TINY_BASE else f"../{TINY_BASE}")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "sampler": data.sampler.state_dict(), "rng": rng, "step": step}, path / STATE_FILE)
+    if world > 1:
+        dist.barrier()
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in config_fields():
+        kind = {"int": int, "float": float, "bool": _bool}.get(str(f.type).replace(" | None", ""), str)
+        parser.add_argument(f"--{f.name}", type=kind, default=None, help=f"default: {f.default}")
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    cfg = TrainConfig()
+    if given.get("model", cfg.model) == "tiny":
+        cfg = replace(cfg, **TINY_DEFAULTS)
+    cfg = replace(cfg, **given)
+    if not cfg.data:
+        parser.error("--data is required")
+    return cfg
+
+
+def _bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
