@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline.mbeir import layout
 from pipeline.mbeir.instructions import Instructions, query_text
 from pipeline.mbeir.lines import iter_lines
+from pipeline.mbeir.parse import parse_candidate_line, parse_query_line
 from pipeline.mbeir.records import CandidateRecord, QueryRecord, Reject
 from trainer.interface import CandidateInput, QueryInput
 from trainer.scoring import Qrels, headline_k, read_qrels
@@ -79,8 +80,6 @@ class ReadStats:
 
 def read_queries(root: str | Path, pair: EvalPair, stats: ReadStats) -> list[QueryRecord]:
     """All parseable queries of a pair; rejects are counted (one still listed in qrels scores as a miss)."""
-    from pipeline.mbeir.parse import parse_query_line  # imports Beam until images.py imports it lazily
-
     out = []
     with open(Path(root) / pair.query_file, "rb") as f:
         for n, raw, complete in iter_lines(f):
@@ -136,8 +135,6 @@ def query_inputs(root: str | Path, records: Sequence[QueryRecord], instructions:
 
 def iter_candidates(root: str | Path, pool_file: str, stats: ReadStats) -> Iterator[CandidateRecord]:
     """Stream a pool's candidates (constant memory); bad lines are counted, never raised."""
-    from pipeline.mbeir.parse import parse_candidate_line  # see read_queries
-
     with open(Path(root) / pool_file, "rb") as f:
         for n, raw, complete in iter_lines(f):
             if not raw.strip():

@@ -215,8 +215,6 @@ def test_import_does_not_pull_beam_or_openai():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/mbeir/parse.py imports images.py, which imports apache_beam at "
-                   "module level; remove this marker once images.py imports FileSystems lazily")
 def test_reading_mbeir_files_does_not_pull_beam():
     code = "import sys, trainer.evalset as e; e.read_queries; import pipeline.mbeir.parse; print('apache_beam' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
