@@ -62,13 +62,18 @@ class TraceEmbedder(nn.Module):
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_base(cls, base_model: str, device: torch.device | str | None = None, **overrides) -> TraceEmbedder:
-        """A trainable embedder: LoRA on the language model, vision encoder frozen, projector (merger) trained,
-        the <|emb|> rows of the embeddings trained."""
-        from peft import LoraConfig, get_peft_model
-
+        """A trainable embedder from a Qwen2-VL-family checkpoint name or path."""
         cfg = ModelConfig(base_model=str(base_model), **overrides)
         device = torch.device(device) if device else default_device()
         model, processor = _load_parts(cfg.base_model, cfg, device)
+        return cls.from_model(model, processor, cfg, device)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, processor: TraceProcessor, cfg: ModelConfig,
+                   device: torch.device | str) -> TraceEmbedder:
+        """LoRA on the language model, vision encoder frozen, projector (merger) and the <|emb|> rows trained."""
+        from peft import LoraConfig, get_peft_model
+
         for p in model.parameters():
             p.requires_grad_(False)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -88,6 +88,9 @@ def save_tiny_base(out_dir: str | Path, seed: int = 0, **config_kwargs) -> Path:
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(build_config(tokenizer, **config_kwargs))
+    with torch.no_grad():  # unit-norm token rows: the tied LM head can express confident predictions, as a
+        emb = model.get_input_embeddings().weight  # pretrained head does (std-0.02 rows cap logits near 2.5)
+        emb.normal_(0.0, emb.shape[1] ** -0.5)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     build_image_processor().save_pretrained(out)
