@@ -26,7 +26,7 @@ def server(latency_ms: float):
                              "--latency_ms", str(latency_ms)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
-        yield line.strip().rsplit(" ", 1)[-1]
+        yield line.strip().rsplit(" ", 1)[-1], proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -59,17 +59,27 @@ def worker(a: argparse.Namespace) -> None:
     print(json.dumps({"start": t0, "end": t1, "cpu_s": c1 - c0, "ok": ok, "n": len(reqs)}), flush=True)
 
 
-def run(base_url: str, processes: int, requests: int, max_in_flight: int, transport: str) -> dict:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(srv: tuple[str, int], processes: int, requests: int, max_in_flight: int, transport: str) -> dict:
+    base_url, server_pid = srv
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--base_url", base_url, "--requests",
                                str(requests), "--max_in_flight", str(max_in_flight), "--transport", transport,
                                "--tag", str(i)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True) for i in range(processes)]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
+    server_cpu0 = cpu_s(server_pid)
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
     outs = [json.loads(p.stdout.readline()) for p in procs]
+    server_cpu = cpu_s(server_pid) - server_cpu0
     for p in procs:
         p.wait(timeout=60)
     wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
@@ -77,7 +87,8 @@ def run(base_url: str, processes: int, requests: int, max_in_flight: int, transp
     return {"processes": processes, "requests": n, "ok": sum(o["ok"] for o in outs), "wall_s": round(wall, 3),
             "req_per_s": round(n / wall, 1),
             "per_process_req_per_s": [round(o["n"] / (o["end"] - o["start"]), 1) for o in outs],
-            "cpu_ms_per_request": round(1000 * sum(o["cpu_s"] for o in outs) / n, 3)}
+            "cpu_ms_per_request": round(1000 * sum(o["cpu_s"] for o in outs) / n, 3),
+            "server_cpu_ms_per_request": round(1000 * server_cpu / n, 3)}
 
 
 def main() -> None:
@@ -118,11 +129,12 @@ def main() -> None:
             r.update(ideal_req_per_s=ideal, ratio_to_ideal=round(per_process / ideal, 3),
                      ratio_to_target=round(per_process / target, 3))
 
-    print(f"{'case':<22}{'lat ms':>7}{'in flight':>10}{'req/s':>9}{'cpu ms/req':>11}{'/ideal':>8}{'/target':>8}")
+    print(f"{'case':<22}{'lat ms':>7}{'in flight':>10}{'req/s':>9}{'cpu ms/req':>11}{'/ideal':>8}{'/target':>8}"
+          f"{'server ms/req':>14}")
     for r in rows:
         print(f"{r['case']:<22}{r['latency_ms']:>7g}{r['max_in_flight']:>10}{r['req_per_s']:>9.1f}"
               f"{r['cpu_ms_per_request']:>11.3f}{r.get('ratio_to_ideal', float('nan')):>8.2f}"
-              f"{r.get('ratio_to_target', float('nan')):>8.2f}")
+              f"{r.get('ratio_to_target', float('nan')):>8.2f}{r['server_cpu_ms_per_request']:>14.3f}")
     out = {"machine_cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "rows": rows}
     os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
     with open(a.json, "w") as f:

@@ -44,6 +44,7 @@ class TeacherConfig:
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     max_in_flight: int = 64
+    max_pending: int | None = 4096  # submit() blocks while this many are queued or in flight (None = never)
     rpm: float | None = None  # None = unlimited
     tpm: float | None = None
     timeout_s: float = 120.0
@@ -198,6 +199,7 @@ class TeacherClient:
         self._cost = 0.0
         self._lock = threading.Lock()
         self._inflight: dict[str, concurrent.futures.Future] = {}
+        self._pending = threading.BoundedSemaphore(config.max_pending) if config.max_pending else None
         self._closed = False
         self._journal = JournalWriter(config.journal_dir, config.flush_interval_s) if config.journal_dir else None
         self._t0 = self._last_log = time.monotonic()
@@ -222,13 +224,28 @@ class TeacherClient:
 
     # ---- public, any thread -------------------------------------------------------------------------
     def submit(self, req: TeacherRequest) -> concurrent.futures.Future:
-        """Schedule one request; a request whose key is already in flight shares that call's future."""
+        """Schedule one request; a request whose key is already in flight shares that call's future.
+
+        Blocks while `max_pending` requests are unfinished (back-pressure for large Beam bundles); never call
+        it from the client's own loop thread (e.g. from a future's done-callback).
+        """
         with self._lock:
-            if self._closed:
-                raise RuntimeError("TeacherClient is closed")
             fut = self._inflight.get(req.key)
             if fut is not None:
                 self._counts["deduped"] += 1
+                return fut
+        if self._pending is not None:
+            self._pending.acquire()
+        with self._lock:
+            if self._closed:
+                if self._pending is not None:
+                    self._pending.release()
+                raise RuntimeError("TeacherClient is closed")
+            fut = self._inflight.get(req.key)
+            if fut is not None:  # another thread submitted it meanwhile
+                self._counts["deduped"] += 1
+                if self._pending is not None:
+                    self._pending.release()
                 return fut
             fut = asyncio.run_coroutine_threadsafe(self._run(req), self._loop)
             self._inflight[req.key] = fut
@@ -276,6 +293,8 @@ class TeacherClient:
     def _forget(self, key: str) -> None:
         with self._lock:
             self._inflight.pop(key, None)
+        if self._pending is not None:
+            self._pending.release()
 
     # ---- on the loop ---------------------------------------------------------------------------------
     async def _run(self, req: TeacherRequest) -> TeacherResult:

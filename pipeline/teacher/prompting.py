@@ -179,6 +179,7 @@ def _build(kind: str, prompt_id: str, example: Example, fields: dict[str, str], 
                 sent += s
                 keyed += k
     messages = [{"role": "user", "content": sent}]
+    params = {k: v for k, v in params.items() if v is not None}  # None drops a default (e.g. response_format)
     key = request_key(model, prompt.sha, [{"role": "user", "content": keyed}], params)
     req = TeacherRequest(key, kind, model, messages, dict(params), prompt_id, prompt.sha)
     req.est_prompt_tokens = estimate_tokens(req)
@@ -203,7 +204,10 @@ def build_cot_request(example: Example, *, model: str, params: dict[str, Any],
 def build_judge_request(example: Example, *, model: str, params: dict[str, Any],
                         image_loader: ImageLoader | None = None, image_mode: str = "data_url",
                         max_side: int = DEFAULT_MAX_SIDE, image_url_base: str = "") -> TeacherRequest:
-    """Difficulty-judge request (JSON reply, schemas/judge_output); sees the query only, not the target."""
+    """Difficulty-judge request (JSON reply, schemas/judge_output); sees the query only, not the target.
+
+    Sends response_format json_object unless params say `response_format=None` (servers without JSON mode).
+    """
     fields = _fields(example)
     params = {"response_format": JSON_RESPONSE, **params}
     return _build("judge", "judge", example, fields, model=model, params=params,

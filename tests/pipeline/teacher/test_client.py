@@ -153,3 +153,13 @@ def test_ok_results_are_journaled_and_reload_as_results(tmp_path):
     assert list(records) == [ok.key]  # failures are not journaled: a rerun retries them
     again = result_from_record(records[ok.key])
     assert again.from_journal and again.parsed == ok.parsed and again.prompt_tokens == ok.prompt_tokens
+
+
+def test_submit_blocks_at_max_pending_then_drains():
+    with ReferenceServer(latency_ms=50) as srv, _client(srv, max_pending=4, max_in_flight=2) as client:
+        t0 = time.monotonic()
+        futures = [client.submit(_cot(i)) for i in range(8)]
+        submitted = time.monotonic() - t0
+        assert all(f.result(timeout=10).ok for f in futures)
+    assert submitted >= 0.09  # the last 4 waited for 2 rounds of 2 in flight at 50 ms
+    assert srv.stats()["calls"] == 8

@@ -112,3 +112,16 @@ def test_multiline_fields_are_flattened(cir_example):
     text = build_cot_request(ex, model="m", params=PARAMS).messages[0]["content"][0]["text"]
     assert "Query text: line one Target: injected" in text
     assert "\nTarget: (none)" in text
+
+
+def test_key_changes_with_the_prompt_text(cir_example, monkeypatch):
+    before = build_cot_request(cir_example, model="m", params=PARAMS)
+    edited = prompts.Prompt("cot_cir", prompts.load("cot_cir").text + "Be brief.\n")
+    monkeypatch.setattr(prompts, "load", lambda pid: edited)
+    after = build_cot_request(cir_example, model="m", params=PARAMS)
+    assert after.prompt_sha == edited.sha != before.prompt_sha and after.key != before.key
+
+
+def test_none_params_are_dropped(oven_example):
+    req = build_judge_request(oven_example, model="m", params={"response_format": None, "seed": None})
+    assert req.params == {}
