@@ -20,7 +20,7 @@ PIPELINE = [
     "matplotlib>=3.8,<4",
 ]
 TRAIN = ["torch>=2.4", "transformers>=5.20,<6", "peft>=0.21,<1", "pyarrow>=25", "pillow>=12", "tokenizers",
-         "jsonschema>=4.20,<5"]  # jsonschema: the M-BEIR line checks that evaluation reuses
+         "jsonschema>=4.20,<5", "fsspec"]  # jsonschema: the M-BEIR line checks that evaluation reuses
 
 setup(
     name="mbeir-cot",
