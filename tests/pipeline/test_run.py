@@ -197,3 +197,25 @@ def test_bad_input_is_rejected_with_reasons_and_counted(sample_root, tmp_path):
     assert by_reason["invalid_utf8"]["line_number"] == good_lines + 3
     assert by_reason["duplicate_qid"]["qid"] == "9:1"
     assert all(r["source_file"] == "query/train/mbeir_mscoco_train.jsonl" for r in rejects)
+
+
+def test_verifier_threshold_rejects_low_confidence(sample_root, tmp_path, teacher):
+    out = str(tmp_path / "strict")
+    # The reference verifier answers "consistent" with confidence 0.9 for answers that share the target's words.
+    stats = run_pipeline(sample_root, out, "--verifier_threshold", "0.95", teacher=teacher, limit="2")
+    assert check_identity(stats, dry_run=False) is None
+    assert stats["accepted"]["reasoning"] == 0
+    assert stats["rejected"].get("verifier_low_confidence", 0) > 0
+    stages = {r["stage"] for r in _rejects(out)}
+    assert "verifier" in stages
+
+
+def test_embed_images_loads_as_hf_images(sample_root, tmp_path, teacher):
+    import datasets
+
+    out = str(tmp_path / "images")
+    run_pipeline(sample_root, out, "--embed_images", "--verifier", "off", teacher=teacher, limit="1")
+    ds = datasets.load_dataset(out, split="train")
+    assert isinstance(ds.features["query_image"], datasets.Image)
+    with_image = [r for r in ds if r["query_img_path"]]
+    assert with_image and with_image[0]["query_image"].size[0] > 0
