@@ -163,3 +163,11 @@ def test_submit_blocks_at_max_pending_then_drains():
         assert all(f.result(timeout=10).ok for f in futures)
     assert submitted >= 0.09  # the last 4 waited for 2 rounds of 2 in flight at 50 ms
     assert srv.stats()["calls"] == 8
+
+
+def test_run_many_returns_results_in_request_order():
+    with ReferenceServer(forced=["ok", "400", "ok"]) as srv, _client(srv, max_in_flight=1) as client:
+        reqs = [_cot(i) for i in range(3)]
+        results = client.run_many(reqs)
+    assert [r.key for r in results] == [r.key for r in reqs]
+    assert [r.ok for r in results] == [True, False, True]
