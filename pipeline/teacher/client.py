@@ -193,6 +193,8 @@ class TeacherClient:
     def __init__(self, config: TeacherConfig):
         self.config = config
         api_key = config.resolve_api_key()
+        if config.transport not in ("aiohttp", "httpx"):
+            raise ValueError(f"transport must be 'aiohttp' or 'httpx', got {config.transport!r}")
         self._counts = dict.fromkeys(
             ("requests", "calls", "ok", "retries", "reasks", "failures", "prompt_tokens", "completion_tokens",
              "rate_limit_pauses", "deduped", "in_flight"), 0)
@@ -213,10 +215,8 @@ class TeacherClient:
         limits = httpx2.Limits(max_connections=cfg.max_in_flight + 8, max_keepalive_connections=cfg.max_in_flight)
         if cfg.transport == "aiohttp":
             http = openai.DefaultAioHttpClient(limits=limits)
-        elif cfg.transport == "httpx":
-            http = openai.DefaultAsyncHttpxClient(limits=limits)
         else:
-            raise ValueError(f"transport must be 'aiohttp' or 'httpx', got {cfg.transport!r}")
+            http = openai.DefaultAsyncHttpxClient(limits=limits)
         self._api = openai.AsyncOpenAI(api_key=api_key, base_url=cfg.base_url, max_retries=0,
                                        timeout=cfg.timeout_s, http_client=http)
         self._sem = asyncio.Semaphore(cfg.max_in_flight)

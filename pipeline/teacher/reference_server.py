@@ -321,7 +321,14 @@ class ReferenceServer:
     def stop(self) -> None:
         if self._loop is None:
             return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        async def shutdown() -> None:
+            await self._runner.cleanup()
+            hung = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in hung:
+                t.cancel()
+            await asyncio.gather(*hung, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()

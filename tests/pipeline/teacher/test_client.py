@@ -23,10 +23,11 @@ def _cot(i=0, **params):
     return build_cot_request(ex, model="gpt-4o-mini", params={"max_tokens": 300, **params})
 
 
-def test_well_formed_answers_are_parsed_and_counted():
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_well_formed_answers_are_parsed_and_counted(transport):
     ex = make_example(dataset="oven", task_id=6, query_txt="What is this building?", query_img=None,
                       target_img=None, target_txt="Eiffel Tower. A lattice tower in Paris.", cand_modality="text")
-    with ReferenceServer() as srv, _client(srv) as client:
+    with ReferenceServer() as srv, _client(srv, transport=transport) as client:
         futs = [client.submit(r) for r in (
             build_cot_request(ex, model="gpt-4o-mini", params={}),
             build_judge_request(ex, model="gpt-4o-mini", params={}),
@@ -120,6 +121,11 @@ def test_same_key_in_flight_is_called_once():
         a, b = client.submit(_cot(0)), client.submit(_cot(0))
         assert a.result(timeout=10).ok and b.result(timeout=10) is a.result()
     assert srv.stats()["calls"] == 1 and client.stats()["deduped"] == 1
+
+
+def test_unknown_transport_is_a_clear_error():
+    with pytest.raises(ValueError, match="transport"):
+        TeacherClient(TeacherConfig("http://127.0.0.1:1/v1", "m", transport="curl"))
 
 
 def test_missing_key_for_a_remote_url_is_a_clear_error(monkeypatch):
