@@ -219,6 +219,7 @@ class BatchJobs:
         them again). Returns {submitted_requests, batches, skipped_busy, duplicates, bad_lines, too_large,
         over_budget}.
         """
+        self.state = self._load_state()  # another BatchJobs may have moved on since
         self._recover()
         counts = dict.fromkeys(("submitted_requests", "batches", "skipped_busy", "duplicates", "bad_lines",
                                 "too_large", "over_budget"), 0)
@@ -298,6 +299,7 @@ class BatchJobs:
     # ---- collect -------------------------------------------------------------------------------------
     def in_progress(self) -> int:
         """Requests submitted and not yet collected."""
+        self.state = self._load_state()
         return (sum(e["n_requests"] for e in self.state["batches"].values() if e["status"] == "submitted")
                 + sum(c["n_requests"] for c in self.state["creating"].values()))
 
@@ -307,6 +309,7 @@ class BatchJobs:
         Returns {completed_batches, in_progress_batches, collected, malformed, failed_items, expired_items,
         prompt_tokens, completion_tokens, cost_usd} (cost at the batch discount, malformed answers included).
         """
+        self.state = self._load_state()
         self._recover()
         counts: dict[str, Any] = dict.fromkeys(
             ("completed_batches", "in_progress_batches", "collected", "malformed", "failed_items",

@@ -7,7 +7,7 @@
 A batch is validated on its first poll (bad lines, mixed models or too many requests -> "failed"), then is
 "in_progress" until `batch_speed` seconds after its creation (0: completes on the first poll) and is then
 finished in one go: answers come from the same `answer_for` as /v1/chat/completions. Fault knobs, drawn
-reproducibly from (seed, batch id, custom_id): `batch_pfail` of the items fail (HTTP 500 lines in the error
+reproducibly from (seed, batch number, custom_id): `batch_pfail` of the items fail (HTTP 500 lines in the error
 file), `pmalformed` of them get a broken answer, `batch_pexpire` of the batches expire with only their first
 half answered (the rest are `batch_expired` lines in the error file). `batch_forced` ("ok" | "expire" |
 "fail") fixes the outcome of the first batches, in creation order (tests).
@@ -42,6 +42,7 @@ def _id(prefix: str) -> str:
 class _Batch:
     obj: dict[str, Any]
     outcome: str  # ok | expire | fail
+    n: int  # creation order: fault draws depend on (seed, n, custom_id), never on the random id
     lines: list[dict] = field(default_factory=list)
 
 
@@ -76,7 +77,7 @@ class BatchStore:
         if n < len(cfg.batch_forced):
             outcome = cfg.batch_forced[n]
         else:
-            outcome = "expire" if random.Random(f"{cfg.seed}:{bid}").random() < cfg.batch_pexpire else "ok"
+            outcome = "expire" if random.Random(f"{cfg.seed}:batch:{n}").random() < cfg.batch_pexpire else "ok"
         now = int(time.time())
         obj = {"id": bid, "object": "batch", "endpoint": endpoint, "errors": None, "input_file_id": input_file_id,
                "completion_window": window, "status": "validating", "output_file_id": None,
@@ -85,7 +86,7 @@ class BatchStore:
                "cancelling_at": None, "cancelled_at": None, "request_counts": {"total": 0, "completed": 0,
                                                                                  "failed": 0},
                "metadata": metadata or None, "model": None, "usage": None}
-        self.batches[bid] = _Batch(obj, outcome)
+        self.batches[bid] = _Batch(obj, outcome, n)
         return obj
 
     def poll(self, bid: str) -> dict[str, Any]:
@@ -158,7 +159,7 @@ class BatchStore:
             if i >= answered:
                 err.append(self._err_line(cid, None, "batch_expired", "not processed within the window"))
                 continue
-            rng = random.Random(f"{cfg.seed}:{bid}:{cid}")
+            rng = random.Random(f"{cfg.seed}:{b.n}:{cid}")
             r = rng.random()
             if r < cfg.batch_pfail:
                 body = {"error": {"message": "reference server: injected item failure", "type": "server_error",
