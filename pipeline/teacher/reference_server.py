@@ -9,7 +9,8 @@ call but reproducible: they depend on (seed, request body hash, how many times t
     python -m pipeline.teacher.reference_server --port 0 --latency_ms 100 --p429 0.01
 
 In-process (tests): `with ReferenceServer(p500=0.1) as srv: srv.base_url; srv.stats()`.
-More routes (e.g. /v1/files, /v1/batches) plug in through `setup_app(app, state)`.
+The Files and Batch API (/v1/files, /v1/batches) are mounted from reference_batches.py; more routes plug in
+through `setup_app(app, state)`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class ServerConfig:
     retry_after_s: float = 1.0
     hang_s: float = 30.0
     forced: Sequence[str] = ()  # outcomes for the first calls, in arrival order (tests); then random draws
+    # Files/Batch API knobs (pipeline/teacher/reference_batches.py documents them)
+    batch_speed: float = 0.0
+    batch_pfail: float = 0.0
+    batch_pexpire: float = 0.0
+    batch_forced: Sequence[str] = ()
 
 
 @dataclass
@@ -68,6 +74,7 @@ class ServerState:
     seen: Counter = field(default_factory=Counter)  # body digest -> times seen
     window_start: float = 0.0
     window_count: int = 0
+    batches: Any = None  # reference_batches.BatchStore, set when its routes are mounted
 
     @property
     def faulty(self) -> bool:
@@ -269,6 +276,9 @@ def build_app(state: ServerState, setup_app: Callable[[web.Application, ServerSt
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
+    from pipeline.teacher.reference_batches import add_batch_routes  # imports this module
+
+    add_batch_routes(app, state)
     if setup_app is not None:
         setup_app(app, state)
     return app
@@ -351,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rpm", type=int, default=None)
     p.add_argument("--retry_after_s", type=float, default=1.0)
     p.add_argument("--hang_s", type=float, default=30.0)
+    for name in ("batch_speed", "batch_pfail", "batch_pexpire"):
+        p.add_argument(f"--{name}", type=float, default=0.0)
     a = p.parse_args(argv)
     config = {k: v for k, v in vars(a).items() if k not in ("host", "port")}
     state = ServerState(ServerConfig(**config))
