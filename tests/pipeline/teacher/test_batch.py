@@ -122,9 +122,10 @@ def test_expired_batches_and_failed_items_come_back_until_all_are_journaled(env,
 
     srv.state.config.batch_pfail = 0.0
     todo = [r for r in reqs if r.key not in journal]  # what the next run's graph writes as pending
-    sub = _reopen(jobs).submit_pending(_write_pending(tmp_path / "p", todo))
+    rerun = _reopen(jobs)
+    sub = rerun.submit_pending(_write_pending(tmp_path / "p", todo))
     assert sub["submitted_requests"] == 16 - first["collected"]
-    second = jobs.collect()
+    second = rerun.collect()
     assert second["collected"] == sub["submitted_requests"] and second["expired_items"] == 0
     assert set(load_journal(str(tmp_path / "journal"))) == {r.key for r in reqs}
 
