@@ -221,22 +221,34 @@ def check_identity(out: str) -> str | None:
     return identity(_stats(out), dry_run=False)
 
 
+def undisturbed(root: str, out: str, limit: int, latency_ms: float, max_in_flight: int, flush_interval_s: float
+                ) -> int:
+    """The reference run: the same flags against a clean teacher, never killed. Returns its teacher calls."""
+    with Teacher(latency_ms, clean=True) as teacher:
+        args = pipeline_args(root, out, teacher.base_url, limit, max_in_flight, flush_interval_s)
+        result = run_with_kills(args, out, 0, random.Random(0), 0.0)
+        calls = teacher.stats()["ok"]
+    if result.returncode != 0:
+        raise RuntimeError(f"undisturbed run failed:\n{result.log[-3000:]}")
+    return calls
+
+
 def chaos(root: str, work_dir: str, limit: int, kills: int, seed: int, latency_ms: float, max_in_flight: int,
-          flush_interval_s: float, max_delay_s: float, slack_s: float) -> dict:
-    """Undisturbed clean run, then the chaos run; returns a report with `problems` (empty = all checks pass)."""
+          flush_interval_s: float, max_delay_s: float, slack_s: float,
+          reference: tuple[str, int] | None = None) -> dict:
+    """The chaos run, compared with `reference` (output folder, teacher calls) of an undisturbed run with the
+    same --limit, or with one made first. Returns a report whose `problems` is empty when every check passes."""
     shutil.rmtree(work_dir, ignore_errors=True)
     os.makedirs(work_dir)
-    clean_out, chaos_out = os.path.join(work_dir, "clean"), os.path.join(work_dir, "chaos")
+    chaos_out = os.path.join(work_dir, "chaos")
     report: dict = {"limit": limit, "kills_asked": kills, "seed": seed, "latency_ms": latency_ms,
                     "max_in_flight": max_in_flight, "flush_interval_s": flush_interval_s, "faults": FAULTS}
-    with Teacher(latency_ms, clean=True) as teacher:
-        args = pipeline_args(root, clean_out, teacher.base_url, limit, max_in_flight, flush_interval_s)
+    if reference is None:
         t = time.monotonic()
-        clean = run_with_kills(args, clean_out, 0, random.Random(seed), 0.0)
+        clean_out = os.path.join(work_dir, "clean")
+        reference = clean_out, undisturbed(root, clean_out, limit, latency_ms, max_in_flight, flush_interval_s)
         report["clean_wall_s"] = time.monotonic() - t
-        clean_stats = teacher.stats()
-    if clean.returncode != 0:
-        raise RuntimeError(f"undisturbed run failed:\n{clean.log[-3000:]}")
+    clean_out, clean_calls = reference
     with Teacher(latency_ms, seed=seed) as teacher:
         args = pipeline_args(root, chaos_out, teacher.base_url, limit, max_in_flight, flush_interval_s)
         t = time.monotonic()
@@ -253,12 +265,11 @@ def chaos(root: str, work_dir: str, limit: int, kills: int, seed: int, latency_m
         identity = check_identity(chaos_out)
         if identity:
             problems.append(identity)
-    extra = chaos_stats["ok"] - clean_stats["ok"]
+    extra = chaos_stats["ok"] - clean_calls
     bound = spend_bound(result.kills, chaos_stats["arrivals"], max_in_flight, flush_interval_s, slack_s)
     if extra > bound:
         problems.append(f"{extra} extra well-formed answers paid for, more than the bound {bound}")
-    report |= {"kills": len(result.kills), "attempts": result.attempts,
-               "clean_calls": clean_stats["calls"], "clean_ok": clean_stats["ok"],
+    report |= {"kills": len(result.kills), "attempts": result.attempts, "clean_calls": clean_calls,
                "chaos_calls": chaos_stats["calls"],
                "chaos_outcomes": {k: chaos_stats[k] for k in ("ok", "429", "500", "hang", "malformed")},
                "extra_ok_answers": extra, "extra_bound": bound, "problems": problems}
