@@ -15,12 +15,13 @@ PIPELINE = [
     "pyarrow>=25,<26",
     "tenacity>=9,<10",
     "jsonschema>=4.20,<5",
+    "fastjsonschema>=2.19,<3",
     "huggingface_hub>=2.4,<3",
     "py3langid>=0.4,<1",
     "matplotlib>=3.8,<4",
 ]
 TRAIN = ["torch>=2.4", "transformers>=5.20,<6", "peft>=0.21,<1", "pyarrow>=25", "pillow>=12", "tokenizers",
-         "jsonschema>=4.20,<5", "fsspec"]  # jsonschema: the M-BEIR line checks that evaluation reuses
+         "jsonschema>=4.20,<5", "fastjsonschema>=2.19,<3", "fsspec"]  # jsonschema: the M-BEIR line checks that evaluation reuses
 
 setup(
     name="mbeir-cot",

@@ -23,6 +23,7 @@ CATEGORIES = (
     "accepted",  # code = direct | reasoning
     "rejected",  # code = reason
     "failed",  # code = error
+    "pending",  # code = why (budget | batch): not answered yet; a rerun continues
     "rule_hit",  # code = every rule a rejected CoT failed (a row can fail several)
     "pool_line",  # a candidate pool line read
     "pool_rejected",  # code = reason
@@ -60,7 +61,7 @@ def to_stats(counter: Counter, *, dry_run: bool, cost_fn=None) -> dict:
     datasets = sorted({ds for (cat, ds, _) in counter if cat == "input" and ds})
     per_dataset = {}
     for ds in datasets:
-        row = {"input": 0, "accepted": 0, "rejected": 0, "failed": 0}
+        row = {"input": 0, "accepted": 0, "rejected": 0, "failed": 0, "pending": 0}
         routes_of = {r: 0 for r in routes}
         for (cat, d, code), n in counter.items():
             if d == ds and cat in row:
@@ -81,6 +82,7 @@ def to_stats(counter: Counter, *, dry_run: bool, cost_fn=None) -> dict:
         "accepted": {r: accepted.get(r, 0) for r in routes},
         "rejected": _by(counter, "rejected", 1),
         "failed": _by(counter, "failed", 1),
+        "pending": _by(counter, "pending", 1),
         "per_dataset": per_dataset,
         "teacher": {
             "requests": usage("teacher", "requests"),
@@ -112,8 +114,9 @@ def check_identity(stats: dict, *, dry_run: bool) -> str | None:
         total = stats["routed"]["direct"] + stats["routed"]["reasoning"] + rejected
         parts = "routed.direct + routed.reasoning + rejected"
     else:
-        total = sum(stats["accepted"].values()) + rejected + sum(stats["failed"].values())
-        parts = "accepted + rejected + failed"
+        total = (sum(stats["accepted"].values()) + rejected + sum(stats["failed"].values())
+                 + sum(stats.get("pending", {}).values()))
+        parts = "accepted + rejected + failed + pending"
     if total != stats["input"]:
         return f"counts do not add up: input {stats['input']} != {parts} {total}"
     return None
@@ -130,6 +133,10 @@ def summary(stats: dict, *, dry_run: bool) -> str:
     if not dry_run:
         fail = stats["failed"]
         lines.append(f"failed: {sum(fail.values())}" + (f" ({', '.join(f'{k} {v}' for k, v in fail.items())})" if fail else ""))
+        pending = sum(stats.get("pending", {}).values())
+        if pending:
+            lines.append(f"pending: {pending} ({', '.join(f'{k} {v}' for k, v in stats['pending'].items())}): "
+                         "not answered yet; rerun the same command to continue")
         t = stats["teacher"]
         lines.append(f"teacher: {t['requests']} requests, {t['journal_hits']} journal hits, {t['retries']} retries, "
                      f"{t['prompt_tokens']}+{t['completion_tokens']} tokens, ${t['cost_usd']:.4f}")

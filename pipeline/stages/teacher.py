@@ -31,6 +31,9 @@ from pipeline.teacher.journal import journal_glob, parse_journal_line
 from pipeline.teacher.prompting import TeacherRequest
 
 EVENTS, REJECTS, FAILED = "events", "rejects", "failed"
+# Results that are neither answers nor failures: the item waits for a later run (stats "pending").
+PENDING_BUDGET, PENDING_BATCH = "pending_budget", "pending_batch"
+PENDING = {PENDING_BUDGET: "budget", PENDING_BATCH: "batch"}
 
 # One client per (worker process, config): DoFn instances of every teacher stage share its limits and journal.
 _CLIENTS: dict[str, TeacherClient] = {}
@@ -211,6 +214,8 @@ def _split_answer(pair, stage: str):
     example, result = pair
     if result.ok:
         yield dataclasses.replace(example, extra={**example.extra, stage: result})
+    elif result.error in PENDING:
+        yield beam.pvalue.TaggedOutput(EVENTS, Event("pending", example.query.dataset, PENDING[result.error]))
     else:
         q = example.query
         yield beam.pvalue.TaggedOutput(FAILED, Failure(
@@ -229,5 +234,7 @@ class AskTeacher(beam.PTransform):
     def expand(self, examples):
         requests, rejects = examples | "Requests" >> BuildRequests(self.builder, self.stage)
         answers, events = requests | "Call" >> CallTeacher(self.config, self.journal_dir)
-        out = answers | "SplitAnswers" >> beam.FlatMap(_split_answer, self.stage).with_outputs(FAILED, main="ok")
-        return out.ok, rejects, out[FAILED], events
+        out = answers | "SplitAnswers" >> beam.FlatMap(_split_answer, self.stage).with_outputs(
+            FAILED, EVENTS, main="ok")
+        all_events = (events, out[EVENTS]) | "Events" >> beam.Flatten()
+        return out.ok, rejects, out[FAILED], all_events
