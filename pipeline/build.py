@@ -22,7 +22,13 @@ from pipeline.stages.emit import WriteShards
 from pipeline.stages.join import JoinPositives
 from pipeline.stages.read import CheckQueryImages, DropDuplicateQids, ReadPool, ReadQueries
 from pipeline.stages.route import Route
-from pipeline.stages.teacher import AskTeacher, BuildRequests, ImageLoader
+from pipeline.stages.teacher import (
+    COMPLETION_ESTIMATES,
+    AskTeacher,
+    BuildRequests,
+    ImageLoader,
+    TeacherPolicy,
+)
 from pipeline.stages.validate import ApplyRules, DropDuplicateAnswers, KeepVerified
 from pipeline.stats import Event, merge
 from pipeline.teacher.client import TeacherConfig
@@ -31,9 +37,6 @@ from validators.defaults import RuleConfig
 
 WORK = "_work"  # scratch folder inside the output dir, read by the driver and then removed
 CARD_SAMPLE_ROWS = 2_000  # rows kept (deterministically) for the card's plots and examples
-# Dry-run completion estimates: a CoT is bounded by PAPER.md §2 Phase 3 at 256 + 64 tokens; most are far shorter.
-PLAN_COT_COMPLETION_TOKENS = 200
-PLAN_JSON_COMPLETION_TOKENS = 40  # judge and verifier replies
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class RunPlan:
     rules: RuleConfig
     verifier_threshold: float
     dry_run: bool = False
+    policy: TeacherPolicy = TeacherPolicy()
 
 
 def _builder(fn, opts, plan: RunPlan):
@@ -64,11 +68,11 @@ def _verifier_builder(example, build):
     return build(example, reasoning, answer)
 
 
-def _plan_events(pair, completion_tokens: int):
+def _plan_events(pair, kind: str):
     request, example = pair
     return [Event("plan_requests", code=request.model),
             Event("plan_prompt_tokens", code=request.model, n=request.est_prompt_tokens),
-            Event("plan_completion_tokens", code=request.model, n=completion_tokens)]
+            Event("plan_completion_tokens", code=request.model, n=COMPLETION_ESTIMATES[kind])]
 
 
 def _strip_images(row: dict) -> dict:
@@ -96,7 +100,8 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
 
     judge = None
     if opts.routing == "judge" and not plan.dry_run:
-        judge = AskTeacher(_builder(build_judge_request, opts, plan), "judge", plan.teacher, plan.journal_dir)
+        judge = AskTeacher(_builder(build_judge_request, opts, plan), "judge", plan.teacher, plan.journal_dir,
+                           plan.policy)
     routing = "dataset" if opts.routing == "judge" and plan.dry_run else opts.routing  # dry run: no judge calls
     routed, r, f, e = examples | "Route" >> Route(routing, judge=judge, judge_min_confidence=opts.judge_min_confidence)
     rejects.append(r), failed.append(f), events.append(e)
@@ -107,21 +112,22 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
     if plan.dry_run:
         requests, r = reasoning | "PlanCot" >> BuildRequests(_builder(build_cot_request, opts, plan), "cot")
         rejects.append(r)
-        events.append(requests | "PlanEvents" >> beam.FlatMap(_plan_events, PLAN_COT_COMPLETION_TOKENS))
+        events.append(requests | "PlanEvents" >> beam.FlatMap(_plan_events, "cot"))
         if opts.verifier == "on":  # one verifier call per CoT that passes the rules (at most one per CoT)
-            events.append(requests | "PlanVerifierEvents" >> beam.FlatMap(_plan_events, PLAN_JSON_COMPLETION_TOKENS))
+            events.append(requests | "PlanVerifierEvents" >> beam.FlatMap(_plan_events, "verifier"))
         if opts.routing == "judge":
             judged, r = examples | "PlanJudge" >> BuildRequests(_builder(build_judge_request, opts, plan), "judge")
-            events.append(judged | "PlanJudgeEvents" >> beam.FlatMap(_plan_events, PLAN_JSON_COMPLETION_TOKENS))
+            events.append(judged | "PlanJudgeEvents" >> beam.FlatMap(_plan_events, "judge"))
     else:
         cot, r, f, e = reasoning | "Teacher" >> AskTeacher(_builder(build_cot_request, opts, plan), "cot",
-                                                           plan.teacher, plan.journal_dir)
+                                                           plan.teacher, plan.journal_dir, plan.policy)
         rejects.append(r), failed.append(f), events.append(e)
         kept, r, e = cot | "Rules" >> ApplyRules(plan.rules)
         rejects.append(r), events.append(e)
         if opts.verifier == "on":
             verify = functools.partial(_verifier_builder, build=_builder(build_verifier_request, opts, plan))
-            kept, r, f, e = kept | "Verifier" >> AskTeacher(verify, "verifier", plan.teacher, plan.journal_dir)
+            kept, r, f, e = kept | "Verifier" >> AskTeacher(verify, "verifier", plan.teacher, plan.journal_dir,
+                                                            plan.policy)
             rejects.append(r), failed.append(f), events.append(e)
             kept, r = kept | "KeepVerified" >> KeepVerified(plan.verifier_threshold)
             rejects.append(r)

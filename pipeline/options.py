@@ -87,6 +87,12 @@ class MbeirCotOptions(PipelineOptions):
         g.add_argument("--image_url_base", default=None, help="with --image_mode url: URL prefix of the image root")
         g.add_argument("--journal_dir", default=None, help="response journal (default OUTPUT_DIR/journal)")
         g.add_argument("--flush_interval_s", type=float, default=2.0)
+        g.add_argument("--teacher_mode", default="online", choices=("online", "batch"),
+                       help="batch: submit to the OpenAI Batch API (half price); rerun the same command to collect")
+        g.add_argument("--max_cost_usd", type=float, default=None,
+                       help="stop calling once this much is spent (per worker process); the rest stays pending")
+        g.add_argument("--max_requests", type=int, default=None,
+                       help="stop calling after this many requests (per worker process); the rest stays pending")
         g.add_argument("--price_table", default=None,
                        help="JSON file or 'model=in:out,...' in USD per 1M prompt/completion tokens")
 

@@ -3,6 +3,7 @@ manifest.json and the dataset card, and print the summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import sys
@@ -19,15 +20,19 @@ from pipeline.mbeir import layout
 from pipeline.mbeir.errors import ConfigError
 from pipeline.mbeir.source import resolve_root, selection_files
 from pipeline.options import DEFAULT_LOCAL_RUNNER, MbeirCotOptions, take_dry_run
-from pipeline.stages.teacher import close_clients
+from pipeline.stages.teacher import TeacherPolicy, close_clients
 from pipeline.stats import check_identity, summary, to_stats
+from pipeline.teacher.batch import BatchJobs
+from pipeline.teacher.budget import Budget
 from pipeline.teacher.client import TeacherConfig
-from pipeline.teacher.cost import PriceTable
+from pipeline.teacher.cost import BATCH_DISCOUNT, PriceTable
 from validators.defaults import VERIFIER_MIN_CONFIDENCE, RuleConfig
 
 log = logging.getLogger("pipeline")
 REFERENCE_OWNER = "offline-reference"  # pipeline/teacher/reference_server.py's /v1/models owner
-OUTPUT_FOLDERS = ("data", "rejects", "failed", WORK)  # rewritten by every run; the journal is kept
+PENDING_DIR, BATCH_STATE_DIR = "batches/pending", "batches/state"
+# Rewritten by every run; the journal and the batch state are kept.
+OUTPUT_FOLDERS = ("data", "rejects", "failed", WORK, PENDING_DIR)
 
 
 def select_files(split: str, datasets: list[str] | None, tasks: list[int] | None) -> tuple[list[str], list[str]]:
@@ -95,9 +100,16 @@ def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
     teacher = _teacher(opts, journal_dir, dry_run)
     if opts.routing == "judge" and teacher is None:
         raise ConfigError("--routing judge asks the teacher: set --teacher_base_url and --teacher_model")
+    for flag in ("max_cost_usd", "max_requests"):
+        if getattr(opts, flag) is not None and getattr(opts, flag) < 0:
+            raise ConfigError(f"--{flag} must not be negative")
+    policy = TeacherPolicy(opts.teacher_mode, opts.max_requests, opts.max_cost_usd,
+                           FileSystems.join(opts.output_dir, PENDING_DIR))
+    if teacher is not None and policy.mode == "batch":
+        teacher = dataclasses.replace(teacher, price_discount=BATCH_DISCOUNT)
     return RunPlan(root=root, query_files=query_files, pool_files=pool_files, output_dir=opts.output_dir,
                    journal_dir=journal_dir, teacher=teacher, rules=_rules(opts), verifier_threshold=threshold,
-                   dry_run=dry_run)
+                   dry_run=dry_run, policy=policy)
 
 
 def _clear_outputs(output_dir: str) -> None:
@@ -164,6 +176,29 @@ def finalize(opts, plan: RunPlan, argv: list[str]) -> dict:
     return stats
 
 
+def execute(opts, plan: RunPlan, argv: list[str]) -> dict:
+    """Run the graph once and write stats.json, manifest.json and the card."""
+    _clear_outputs(plan.output_dir)
+    try:
+        with beam.Pipeline(options=opts) as p:
+            build(p, opts, plan)
+    finally:
+        close_clients()  # in-process runners: make the journal durable before the driver moves on
+    return finalize(opts, plan, argv)
+
+
+def _preview_spend(opts, plan: RunPlan, argv: list[str]) -> None:
+    """With a budget, print the dry-run plan (requests, estimated cost) before any call."""
+    scratch = FileSystems.join(plan.output_dir, "_plan")
+    preview = execute(opts, dataclasses.replace(plan, dry_run=True, output_dir=scratch), argv)
+    FileSystems.delete([scratch])
+    p = preview["plan"]
+    limits = ", ".join(f"{name} {value}" for name, value in (("max_requests", plan.policy.max_requests),
+                                                              ("max_cost_usd", plan.policy.max_cost_usd)) if value is not None)
+    print(f"plan: {p['teacher_requests']} teacher requests (journal hits not yet subtracted), about "
+          f"${p['est_cost_usd']:.2f}; budget: {limits}")
+
+
 def run(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     beam_argv, dry_run = take_dry_run(argv)
@@ -171,15 +206,26 @@ def run(argv: list[str] | None = None) -> dict:
     if opts.view_as(StandardOptions).runner is None:
         opts.view_as(StandardOptions).runner = DEFAULT_LOCAL_RUNNER
     plan = resolve_plan(opts, dry_run)
-    _clear_outputs(plan.output_dir)
-    try:
-        with beam.Pipeline(options=opts) as p:
-            build(p, opts, plan)
-    finally:
-        close_clients()  # in-process runners: make the journal durable before the driver moves on
-    stats = finalize(opts, plan, argv)
+    batch = plan.policy.mode == "batch" and not plan.dry_run
+    if batch:
+        jobs = BatchJobs(plan.teacher, FileSystems.join(plan.output_dir, BATCH_STATE_DIR))
+        collected = jobs.collect()
+        print(f"batch: {collected['collected']} answers collected into the journal, "
+              f"{collected['in_progress_batches']} batches still in progress")
+    if plan.policy.budgeted and not plan.dry_run:
+        _preview_spend(opts, plan, argv)
+    stats = execute(opts, plan, argv)
     print(summary(stats, dry_run=plan.dry_run))
     problem = check_identity(stats, dry_run=plan.dry_run)
     if problem:
         raise RuntimeError(problem)
+    if batch:
+        budget = (Budget(plan.policy.max_requests, plan.policy.max_cost_usd, plan.teacher.prices, plan.teacher.model,
+                         discount=BATCH_DISCOUNT) if plan.policy.budgeted else None)
+        submitted = jobs.submit_pending(FileSystems.join(plan.policy.pending_dir, "*.jsonl"), budget)
+        waiting = jobs.in_progress()
+        if waiting:
+            print(f"batch: {submitted['submitted_requests']} requests submitted in {submitted['batches']} new "
+                  f"batches; {waiting} requests in progress. Rerun the same command to collect them and continue.")
+        stats["batch"] = {"submitted": submitted, "in_progress": waiting}
     return stats

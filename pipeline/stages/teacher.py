@@ -13,19 +13,25 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.mbeir import images, reasons
 from pipeline.mbeir.records import Example, Failure, Reject
+from pipeline.shards import write_bytes
 from pipeline.stats import Event
+from pipeline.teacher.batch import pending_line
+from pipeline.teacher.budget import Budget
 from pipeline.teacher.client import TeacherClient, TeacherConfig, TeacherResult, result_from_record
 from pipeline.teacher.journal import journal_glob, parse_journal_line
 from pipeline.teacher.prompting import TeacherRequest
@@ -101,22 +107,66 @@ class _SplitHits(beam.DoFn):
             yield beam.pvalue.TaggedOutput("todo", (pairs[0][0], payloads))
 
 
+@dataclass(frozen=True)
+class TeacherPolicy:
+    """How a stage asks: online calls, or deferred to the OpenAI Batch API; and the spend budget."""
+
+    mode: str = "online"  # "online" | "batch"
+    max_requests: int | None = None
+    max_cost_usd: float | None = None
+    pending_dir: str = ""  # batch mode: where the requests to submit are written
+
+    @property
+    def budgeted(self) -> bool:
+        return self.max_requests is not None or self.max_cost_usd is not None
+
+
+# Completion tokens a request is expected to use: the budget reserves them before a call, the dry-run plan
+# counts them. A CoT is bounded by PAPER.md §2 Phase 3 at 256 + 64 tokens; most are far shorter.
+COMPLETION_ESTIMATES = {"cot": 200, "judge": 40, "verifier": 40}
+_BUDGETS: dict[str, Budget] = {}
+
+
+def shared_budget(config: TeacherConfig, policy: TeacherPolicy) -> Budget:
+    """One budget per worker process and configuration (each process enforces its own copy)."""
+    key = repr((config, policy))
+    with _CLIENTS_LOCK:
+        if key not in _BUDGETS:
+            _BUDGETS[key] = Budget(policy.max_requests, policy.max_cost_usd, config.prices, config.model,
+                                   discount=config.price_discount)
+        return _BUDGETS[key]
+
+
+def _pending(request: TeacherRequest, error: str, detail: str) -> TeacherResult:
+    return TeacherResult(key=request.key, ok=False, error=error, detail=detail, model=request.model,
+                         kind=request.kind)
+
+
 class _Call(beam.DoFn):
     """Submits as elements arrive and yields answers as they complete, so the pipe stays full across a bundle."""
 
-    def __init__(self, config: TeacherConfig):
-        self.config = config
+    def __init__(self, config: TeacherConfig, policy: TeacherPolicy):
+        self.config, self.policy = config, policy
         self.backlog = max(4 * config.max_in_flight, 64)
 
     def setup(self):
         self.client = shared_client(self.config)
+        self.budget = shared_budget(self.config, self.policy) if self.policy.budgeted else None
 
     def start_bundle(self):
         self.pending: dict = {}
 
     def process(self, element):
         request, payloads = element
-        self.pending[self.client.submit(request)] = payloads
+        reserved = None
+        if self.budget is not None:
+            reserved = (request.est_prompt_tokens, COMPLETION_ESTIMATES.get(request.kind, 0))
+            if not self.budget.try_reserve(*reserved):
+                result = _pending(request, PENDING_BUDGET, "the spend budget is reached; rerun with a higher one")
+                for payload in payloads:
+                    yield payload, result
+                return
+        self.pending[self.client.submit(request)] = (payloads, reserved)
         for tag, value in self._completed(block=len(self.pending) >= self.backlog):
             yield value if tag is None else beam.pvalue.TaggedOutput(tag, value)
 
@@ -136,8 +186,10 @@ class _Call(beam.DoFn):
         else:
             done = [f for f in self.pending if f.done()]
         for future in done:
-            payloads = self.pending.pop(future)
+            payloads, reserved = self.pending.pop(future)
             result = future.result()
+            if reserved is not None:
+                self.budget.settle(reserved, result.prompt_tokens, result.completion_tokens, result.attempts)
             for event in usage_events(result):
                 yield EVENTS, event
             for payload in payloads:
@@ -149,10 +201,33 @@ class _Call(beam.DoFn):
             client.flush()
 
 
+class _Defer(beam.DoFn):
+    """Batch mode: write each request as an OpenAI batch input line; the driver submits the files."""
+
+    def __init__(self, pending_dir: str):
+        self.pending_dir = pending_dir
+
+    def start_bundle(self):
+        self.lines: list[str] = []
+
+    def process(self, element):
+        request, payloads = element
+        self.lines.append(pending_line(request))
+        result = _pending(request, PENDING_BATCH, "waiting for the OpenAI Batch API")
+        for payload in payloads:
+            yield payload, result
+
+    def finish_bundle(self):
+        if self.lines:
+            path = FileSystems.join(self.pending_dir, f"pending-{uuid.uuid4().hex}.jsonl")
+            write_bytes(path, ("\n".join(self.lines) + "\n").encode("utf-8"))
+            self.lines = []
+
+
 class CallTeacher(beam.PTransform):
-    def __init__(self, config: TeacherConfig, journal_dir: str):
+    def __init__(self, config: TeacherConfig, journal_dir: str, policy: TeacherPolicy = TeacherPolicy()):
         super().__init__()
-        self.config, self.journal_dir = config, journal_dir
+        self.config, self.journal_dir, self.policy = config, journal_dir, policy
 
     def expand(self, pairs):
         keyed = pairs | "KeyByRequest" >> beam.Map(lambda rp: (rp[0].key, rp))
@@ -164,7 +239,8 @@ class CallTeacher(beam.PTransform):
         split = ({"requests": keyed, "journal": journal}
                  | "JoinJournal" >> beam.CoGroupByKey()
                  | "SplitHits" >> beam.ParDo(_SplitHits()).with_outputs("todo", EVENTS, main="hits"))
-        called = split.todo | "Call" >> beam.ParDo(_Call(self.config)).with_outputs(EVENTS, main="answers")
+        caller = _Defer(self.policy.pending_dir) if self.policy.mode == "batch" else _Call(self.config, self.policy)
+        called = split.todo | "Call" >> beam.ParDo(caller).with_outputs(EVENTS, main="answers")
         results = (split.hits, called.answers) | "AllAnswers" >> beam.Flatten()
         events = (split[EVENTS], called[EVENTS]) | "TeacherEvents" >> beam.Flatten()
         return results, events
@@ -227,13 +303,15 @@ class AskTeacher(beam.PTransform):
     """Example -> Example with extra[stage] = TeacherResult (main); Reject (tag "rejects"); Failure ("failed");
     Event ("events"). The one way any stage (judge, cot, verifier) asks the teacher."""
 
-    def __init__(self, builder: Callable[..., TeacherRequest], stage: str, config: TeacherConfig, journal_dir: str):
+    def __init__(self, builder: Callable[..., TeacherRequest], stage: str, config: TeacherConfig, journal_dir: str,
+                 policy: TeacherPolicy = TeacherPolicy()):
         super().__init__()
         self.builder, self.stage, self.config, self.journal_dir = builder, stage, config, journal_dir
+        self.policy = policy
 
     def expand(self, examples):
         requests, rejects = examples | "Requests" >> BuildRequests(self.builder, self.stage)
-        answers, events = requests | "Call" >> CallTeacher(self.config, self.journal_dir)
+        answers, events = requests | "Call" >> CallTeacher(self.config, self.journal_dir, self.policy)
         out = answers | "SplitAnswers" >> beam.FlatMap(_split_answer, self.stage).with_outputs(
             FAILED, EVENTS, main="ok")
         all_events = (events, out[EVENTS]) | "Events" >> beam.Flatten()
