@@ -10,7 +10,7 @@ BENCH_OUT ?= out/bench
 REPO ?=
 STAMP := $(VENV)/.installed-$(shell cat setup.py constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup dataset test lint train evaluate bench bench-teacher publish clean
+.PHONY: setup dataset test lint train evaluate bench bench-teacher bench-pipeline chaos publish clean
 
 setup: $(STAMP)
 
@@ -43,7 +43,19 @@ bench: $(STAMP)
 	$(PYTHON) -m trainer.bench --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --output_dir $(BENCH_OUT)/bench
 
 bench-teacher: $(STAMP)
-	$(PYTHON) scripts/bench_teacher.py
+	$(PYTHON) scripts/bench_teacher.py --json $(BENCH_OUT)/teacher.json
+
+## Pipeline scale benchmark on synthetic trees (SIZES=10000,100000,1000000), against the reference teacher.
+SIZES ?= 10000,100000
+bench-pipeline: $(STAMP)
+	mkdir -p $(BENCH_OUT)
+	$(PYTHON) scripts/bench_pipeline.py --sizes $(SIZES) --json $(BENCH_OUT)/pipeline.json
+	$(PYTHON) scripts/bench_pipeline.py --sizes $(SIZES) --dry_run --json $(BENCH_OUT)/pipeline-dry.json
+
+## Kill the pipeline with SIGKILL three times against a faulty teacher; compare with an undisturbed run.
+chaos: $(STAMP)
+	mkdir -p $(BENCH_OUT)
+	$(PYTHON) scripts/chaos_run.py --json $(BENCH_OUT)/chaos.json
 
 ## Upload OUT to the Hugging Face Hub as dataset REPO (token from HF_TOKEN).
 publish: $(STAMP)
