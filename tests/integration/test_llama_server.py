@@ -90,7 +90,7 @@ def test_cot_format_rate_on_the_text_prompt(client):
     well_formed = 0
     for dataset, instruction, query, target in QUERIES:
         r = ask(client, template.render(dataset=dataset, instruction=instruction, query_text=query,
-                                        target_text=target), max_tokens=96)
+                                        target_text=target), max_tokens=64)
         text = r.choices[0].message.content
         assert isinstance(text, str)
         if split_cot(text) is not None:
