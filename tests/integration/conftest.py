@@ -1,9 +1,10 @@
 """A real OpenAI-compatible server for integration tests: llama.cpp serving SmolLM2-135M-Instruct.
 
-`llama_base_url` (session scope) builds/installs llama-cpp-python on first use (several minutes on a clean
-clone, cached in .cache/ afterwards), starts the server on a free loopback port and yields
-"http://127.0.0.1:P/v1" (model name: `LLAMA_MODEL`). The server is text-only and answers one request at a
-time. Set MBEIR_SKIP_LLAMA=1 to skip these tests; otherwise a failed build is a test error.
+`llama_base_url` (session scope) builds/installs llama-cpp-python on first use (a clean clone compiles it:
+about 17 CPU-minutes, 10-35 min wall on 2 shared cores; cached in .cache/wheels afterwards), starts the server
+on a free loopback port and yields "http://127.0.0.1:P/v1" (model name: `LLAMA_MODEL`). The server is
+text-only (image parts -> HTTP 500) and answers one request at a time. Tests that need it live in this folder.
+Set MBEIR_SKIP_LLAMA=1 to skip them; otherwise a failed build is a test error.
 """
 
 from __future__ import annotations
