@@ -135,6 +135,14 @@ def result_from_record(record: dict[str, Any]) -> TeacherResult:
                          attempts=record.get("attempts", 0), from_journal=True, kind=kind)
 
 
+IMAGE_HINT = "the request carried images: is the teacher multimodal? (text-only servers refuse image parts)"
+
+
+def _has_images(req: TeacherRequest) -> bool:
+    return any(isinstance(m["content"], list) and any(p.get("type") == "image_url" for p in m["content"])
+               for m in req.messages)
+
+
 class _Malformed(Exception):
     pass
 
@@ -353,6 +361,8 @@ class TeacherClient:
             self._counts["reasks"] += 1
 
     def _failed(self, req: TeacherRequest, state: _Call, code: str, detail: str) -> TeacherResult:
+        if code in ("server_error", "bad_request") and _has_images(req):
+            detail = f"{IMAGE_HINT} {detail}"
         return TeacherResult(key=req.key, ok=False, content=state.content, model=state.model or req.model,
                              prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens,
                              attempts=state.calls, error=code, detail=detail[:500], kind=req.kind)

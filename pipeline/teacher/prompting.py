@@ -178,7 +178,9 @@ def _build(kind: str, prompt_id: str, example: Example, fields: dict[str, str], 
                 s, k = images.parts(IMAGE_LABELS[label], rel)
                 sent += s
                 keyed += k
-    messages = [{"role": "user", "content": sent}]
+    # A text-only request goes out as a plain string: some OpenAI-compatible servers (llama.cpp's chat templates)
+    # cannot concatenate content parts. The key is computed on the parts either way.
+    messages = [{"role": "user", "content": sent if len(sent) > 1 else text["text"]}]
     params = {k: v for k, v in params.items() if v is not None}  # None drops a default (e.g. response_format)
     key = request_key(model, prompt.sha, [{"role": "user", "content": keyed}], params)
     req = TeacherRequest(key, kind, model, messages, dict(params), prompt_id, prompt.sha)
