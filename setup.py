@@ -34,7 +34,7 @@ setup(
     include_package_data=True,
     install_requires=PIPELINE,
     extras_require={
-        "gcp": ["apache-beam[gcp]>=2.77,<3"],
+        "gcp": ["apache-beam[gcp]>=2.77,<3", "google-cloud-secret-manager>=2"],
         "train": TRAIN,
         "faiss": ["faiss-cpu>=1.8"],
         "dev": TRAIN + ["pytest>=8", "ruff>=0.6", "cloudpickle>=3"],

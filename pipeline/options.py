@@ -74,6 +74,9 @@ class MbeirCotOptions(PipelineOptions):
         g.add_argument("--teacher_base_url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
         g.add_argument("--teacher_model", default=None)
         g.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+        g.add_argument("--api_key_secret", default=None,
+                       help="Google Secret Manager secret holding the key (projects/P/secrets/NAME), read by each "
+                            "worker when the variable is unset: Dataflow workers do not see the launcher's environment")
         g.add_argument("--max_in_flight", type=int, default=64, help="requests in flight per worker process")
         g.add_argument("--rpm", type=float, default=None, help="requests per minute per worker process")
         g.add_argument("--tpm", type=float, default=None, help="tokens per minute per worker process")

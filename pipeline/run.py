@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shlex
+import shutil
 import sys
+import uuid
 from collections import Counter
 
 import apache_beam as beam
@@ -58,6 +61,7 @@ def _teacher(opts, journal_dir: str, dry_run: bool) -> TeacherConfig | None:
                           "--teacher_model; for a plan without calls add --dry_run")
     config = TeacherConfig(
         base_url=opts.teacher_base_url, model=opts.teacher_model, api_key_env=opts.api_key_env,
+        api_key_secret=opts.api_key_secret,
         max_in_flight=opts.max_in_flight, rpm=opts.rpm, tpm=opts.tpm, timeout_s=opts.teacher_timeout_s,
         max_retries=opts.max_retries, max_reasks=opts.max_reasks, journal_dir=journal_dir,
         flush_interval_s=opts.flush_interval_s, prices=_price_table(opts.price_table))
@@ -107,16 +111,34 @@ def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
                            FileSystems.join(opts.output_dir, PENDING_DIR))
     if teacher is not None and policy.mode == "batch":
         teacher = dataclasses.replace(teacher, price_discount=BATCH_DISCOUNT)
+    _check_writable(opts.output_dir, journal_dir)
     return RunPlan(root=root, query_files=query_files, pool_files=pool_files, output_dir=opts.output_dir,
                    journal_dir=journal_dir, teacher=teacher, rules=_rules(opts), verifier_threshold=threshold,
                    dry_run=dry_run, policy=policy)
 
 
 def _clear_outputs(output_dir: str) -> None:
+    """Delete what the previous run wrote (object stores have no folders: match the files under each)."""
     for folder in OUTPUT_FOLDERS:
-        path = FileSystems.join(output_dir, folder)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
+        pattern = FileSystems.join(output_dir, folder, "**")
+        paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+        if paths:
+            FileSystems.delete(paths)
+        local = FileSystems.join(output_dir, folder)
+        if "://" not in local and os.path.isdir(local):
+            shutil.rmtree(local)
+
+
+def _check_writable(*folders: str) -> None:
+    """Write and delete a probe file in each output folder, so an unwritable one stops the run before work."""
+    for folder in folders:
+        probe = FileSystems.join(folder, f".write-probe-{uuid.uuid4().hex}")
+        try:
+            shards.write_bytes(probe, b"")
+            FileSystems.delete([probe])
+        except Exception as e:  # noqa: BLE001 - any filesystem error means the same thing here
+            raise ConfigError(f"cannot write to {folder}: {e}; choose another --output_dir/--journal_dir "
+                              "or fix its permissions") from e
 
 
 def is_reference_teacher(config: TeacherConfig) -> bool:

@@ -241,7 +241,9 @@ class CallTeacher(beam.PTransform):
                  | "SplitHits" >> beam.ParDo(_SplitHits()).with_outputs("todo", EVENTS, main="hits"))
         caller = _Defer(self.policy.pending_dir) if self.policy.mode == "batch" else _Call(self.config, self.policy)
         called = split.todo | "Call" >> beam.ParDo(caller).with_outputs(EVENTS, main="answers")
-        results = (split.hits, called.answers) | "AllAnswers" >> beam.Flatten()
+        # The reshuffle keeps the rule filter and the next requests off the thread that submits calls.
+        results = ((split.hits, called.answers) | "AllAnswers" >> beam.Flatten()
+                   | "DetachFromCalls" >> beam.Reshuffle())
         events = (split[EVENTS], called[EVENTS]) | "TeacherEvents" >> beam.Flatten()
         return results, events
 

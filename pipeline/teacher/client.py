@@ -43,6 +43,7 @@ class TeacherConfig:
     base_url: str
     model: str
     api_key_env: str = "OPENAI_API_KEY"
+    api_key_secret: str | None = None  # projects/P/secrets/NAME[/versions/V], read on each worker
     max_in_flight: int = 64
     max_pending: int | None = 4096  # submit() blocks while this many are queued or in flight (None = never)
     rpm: float | None = None  # None = unlimited
@@ -60,14 +61,28 @@ class TeacherConfig:
     progress_interval_s: float = 5.0
 
     def resolve_api_key(self) -> str:
-        """The key from `api_key_env`; loopback servers may go without one."""
+        """The key from `api_key_env`, else from the Secret Manager secret `api_key_secret` (Dataflow workers do
+        not inherit the launcher's environment); loopback servers may go without one."""
         key = os.environ.get(self.api_key_env, "")
         if key:
             return key
+        if self.api_key_secret:
+            return read_secret(self.api_key_secret)
         if is_loopback(self.base_url):
             return DUMMY_LOCAL_KEY
         raise ValueError(f"environment variable {self.api_key_env} is not set; it must hold the API key "
                          f"for the teacher at {self.base_url}")
+
+
+def read_secret(name: str) -> str:
+    """The payload of a Google Secret Manager secret (latest version unless `name` names one)."""
+    try:
+        from google.cloud import secretmanager
+    except ImportError as e:
+        raise ValueError("--api_key_secret needs google-cloud-secret-manager: pip install 'mbeir-cot[gcp]'") from e
+    version = name if "/versions/" in name else f"{name}/versions/latest"
+    response = secretmanager.SecretManagerServiceClient().access_secret_version(name=version)
+    return response.payload.data.decode("utf-8").strip()
 
 
 def is_loopback(url: str) -> bool:

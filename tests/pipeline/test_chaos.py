@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from pipeline.mbeir.errors import ConfigError
 from tests.pipeline.conftest import output_files, run_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,10 +53,10 @@ def test_unwritable_output_dir_fails_before_any_call_and_writes_no_shard(sample_
     blocker = tmp_path / "file.txt"  # a regular file as a parent folder: unwritable even for root
     blocker.write_text("not a folder")
     out = str(blocker / "out")
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(ConfigError) as caught:  # a configuration error: stops before any work
         run_pipeline(sample_root, out, limit="2", teacher=teacher)
     message = str(caught.value)
-    assert "Not a directory" in message and str(blocker) in message, message
+    assert "cannot write to" in message and str(blocker) in message, message
     assert teacher.stats()["calls"] == 0
     assert sorted(os.listdir(tmp_path)) == ["file.txt"] and blocker.read_text() == "not a folder"
     assert not glob.glob(str(tmp_path / "**" / "*.parquet"), recursive=True)

@@ -176,3 +176,32 @@ def test_run_many_returns_results_in_request_order():
         results = client.run_many(reqs)
     assert [r.key for r in results] == [r.key for r in reqs]
     assert [r.ok for r in results] == [True, False, True]
+
+
+def test_api_key_from_secret_manager_when_the_variable_is_unset(monkeypatch):
+    import sys
+    import types
+
+    from pipeline.teacher.client import TeacherConfig
+
+    asked = []
+
+    class FakeClient:
+        def access_secret_version(self, name):
+            asked.append(name)
+            return types.SimpleNamespace(payload=types.SimpleNamespace(data=b"sk-from-secret\n"))
+
+    google = types.ModuleType("google")
+    cloud = types.ModuleType("google.cloud")
+    secretmanager = types.ModuleType("google.cloud.secretmanager")
+    secretmanager.SecretManagerServiceClient = FakeClient
+    cloud.secretmanager = secretmanager
+    google.cloud = cloud
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.cloud", cloud)
+    monkeypatch.setitem(sys.modules, "google.cloud.secretmanager", secretmanager)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = TeacherConfig(base_url="https://api.example.com/v1", model="m",
+                           api_key_secret="projects/p/secrets/teacher")
+    assert config.resolve_api_key() == "sk-from-secret"
+    assert asked == ["projects/p/secrets/teacher/versions/latest"]
