@@ -1,8 +1,9 @@
 """Join each query to its positive candidate(s) and its instruction.
 
 in: QueryRecord, CandidateRecord   out: Example (main), Reject (tag "rejects")
-The pool is never loaded into one process: candidates and the queries' positive references meet in a
-CoGroupByKey on did, then the found positives meet their query in a second CoGroupByKey on the query key.
+The pool is never loaded into one process: it streams past a filter that keeps only the dids some query
+points to, those candidates and the queries' positive references meet in a CoGroupByKey on did, then the found
+positives meet their query in a second CoGroupByKey on the query key.
 """
 
 from __future__ import annotations
@@ -91,7 +92,15 @@ class JoinPositives(beam.PTransform):
         queries, pool = inputs
         refs = queries | "PositiveRefs" >> beam.FlatMap(
             lambda q: [(did, q.key) for did in dict.fromkeys(q.pos_cand_list)])
-        cands = pool | "KeyByDid" >> beam.Map(lambda c: (c.did, c))
+        # Only candidates some query points to enter the shuffle, so memory follows the queries, not the pool
+        # (the global test pool is 5.6M lines).
+        needed = (refs
+                  | "NeededDid" >> beam.Map(lambda ref: ref[0])
+                  | "DistinctDid" >> beam.Distinct()
+                  | "AsEntry" >> beam.Map(lambda did: (did, True)))
+        cands = (pool
+                 | "KeepNeeded" >> beam.Filter(lambda c, wanted: c.did in wanted, wanted=beam.pvalue.AsDict(needed))
+                 | "KeyByDid" >> beam.Map(lambda c: (c.did, c)))
         positives = ({"cands": cands, "refs": refs}
                      | "JoinByDid" >> beam.CoGroupByKey()
                      | "ResolvePositive" >> beam.ParDo(_ResolveCandidate(self.root, self.image_check)))

@@ -30,15 +30,15 @@ class _ReadQueryFile(beam.DoFn):
         taken = 0
         for parsed in iter_query_file(self.root, rel_path, dataset):
             if self.limit is not None and taken >= self.limit:
-                return
+                break
             if isinstance(parsed, QueryRecord) and self.tasks is not None and parsed.task_id not in self.tasks:
                 continue  # outside the selection: not an input of this run
             taken += 1
-            yield beam.pvalue.TaggedOutput(EVENTS, Event("input", dataset))
             if isinstance(parsed, Reject):
                 yield beam.pvalue.TaggedOutput(REJECTS, parsed)
             else:
                 yield parsed
+        yield beam.pvalue.TaggedOutput(EVENTS, Event("input", dataset, n=taken))  # one count per file, not per line
 
 
 class _ReadPoolFile(beam.DoFn):
@@ -46,13 +46,15 @@ class _ReadPoolFile(beam.DoFn):
         self.root = root
 
     def process(self, rel_path: str):
+        lines = 0
         for parsed in iter_candidate_file(self.root, rel_path):
-            yield beam.pvalue.TaggedOutput(EVENTS, Event("pool_line"))
+            lines += 1
             if isinstance(parsed, Reject):
                 yield beam.pvalue.TaggedOutput(REJECTS, dataclasses.replace(parsed, stage="pool"))
                 yield beam.pvalue.TaggedOutput(EVENTS, Event("pool_rejected", code=parsed.reason))
             else:
                 yield parsed
+        yield beam.pvalue.TaggedOutput(EVENTS, Event("pool_line", n=lines))
 
 
 class ReadQueries(beam.PTransform):
@@ -78,7 +80,8 @@ class ReadPool(beam.PTransform):
         out = (pbegin
                | "PoolFiles" >> beam.Create(self.files)
                | "ReadPoolLines" >> beam.ParDo(_ReadPoolFile(self.root)).with_outputs(REJECTS, EVENTS, main="records"))
-        return out.records | "SpreadPool" >> beam.Reshuffle(), out[REJECTS], out[EVENTS]
+        # No reshuffle here: the join filters the stream down to the candidates queries need before any shuffle.
+        return out.records, out[REJECTS], out[EVENTS]
 
 
 class _FirstOfEachQid(beam.DoFn):
