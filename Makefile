@@ -38,7 +38,7 @@ train: $(STAMP)
 
 ## The whole chain on the sample: dataset -> train -> evaluate -> bench.
 bench: $(STAMP)
-	test -f $(CKPT)/trainer_state.json || $(MAKE) train OUT=$(OUT) CKPT=$(CKPT)
+	test -f $(CKPT)/trace_config.json || $(MAKE) train OUT=$(OUT) CKPT=$(CKPT)
 	$(PYTHON) -m trainer.evaluate --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --split test --pool both --output_dir $(BENCH_OUT)/eval
 	$(PYTHON) -m trainer.bench --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --output_dir $(BENCH_OUT)/bench
 

@@ -24,6 +24,7 @@ class TrainConfig:
     temperature: float = 0.05  # PAPER.md §3: not given; LamRA default 0.05
     ce_weight: float = 1.0  # PAPER.md §3: L = 1.0·CE + 1.0·InfoNCE
     nce_weight: float = 1.0
+    route_weight: float = 0.0  # extra CE on each row's first target token; not in the paper (0), tiny mode only
     # model
     lora_r: int = 128  # PAPER.md §3: LoRA r=128, alpha=256
     lora_alpha: int = 256
@@ -40,9 +41,13 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on rank 0
 
 
-# Offline tiny mode: small enough for CPU tests; applied unless the flag is given explicitly.
-TINY_DEFAULTS = {"global_batch": 16, "micro_batch": 8, "lora_r": 16, "lora_alpha": 32, "lr": 1e-3,
-                 "max_text_tokens": 96, "max_target_tokens": 96}
+# Offline tiny mode: small enough for CPU tests; applied unless the flag is given explicitly. The model has
+# random weights, so it is fully fine-tuned (lora_r=0; LoRA on random weights cannot learn the routing), over
+# several epochs of the sample; the routing token gets its own CE (a 32-token target would otherwise weigh
+# it 1/32 against the direct rows' single <|emb|>), and targets are cut to 32 tokens to keep CPU steps cheap.
+# lr 3e-4: at 1e-3 InfoNCE collapses every embedding to one vector (loss stuck at ln(batch)).
+TINY_DEFAULTS = {"global_batch": 16, "micro_batch": 8, "lora_r": 0, "lr": 3e-4, "epochs": 4.0,
+                 "route_weight": 1.0, "max_text_tokens": 96, "max_target_tokens": 32}
 
 
 def config_fields() -> list:

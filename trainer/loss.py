@@ -31,6 +31,18 @@ def target_ce(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Modu
     return F.cross_entropy(logits, shift[keep]), n
 
 
+def route_ce(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
+    """CE of each row's first target token — the routing decision (<|emb|> at once, or start reasoning) —
+    averaged over rows, so a long reasoning target weighs its routing token as much as a direct row does."""
+    has = (labels != IGNORE).any(-1)
+    if not bool(has.any()):
+        return hidden.sum() * 0.0
+    labels, hidden = labels[has].to(hidden.device), hidden[has]
+    first = (labels != IGNORE).int().argmax(-1)
+    rows = torch.arange(len(labels), device=hidden.device)
+    return F.cross_entropy(lm_head(hidden[rows, first - 1]).float(), labels[rows, first])
+
+
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(x of every rank concatenated, offset of this rank's rows). Differentiable: gradients flow back to each
     rank's own slice. Ranks may hold different row counts (skipped bad rows)."""

@@ -23,7 +23,7 @@ LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_
 @dataclass
 class ModelConfig:
     base_model: str  # name or path of the Qwen2-VL / Qwen2.5-VL checkpoint
-    lora_r: int = 128  # PAPER.md §3: LoRA r=128
+    lora_r: int = 128  # PAPER.md §3: LoRA r=128; 0 = no LoRA, fully fine-tune the language model (tiny mode)
     lora_alpha: int = 256  # PAPER.md §3: alpha=256
     lora_dropout: float = 0.05  # LamRA default
     gradient_checkpointing: bool = False
@@ -71,15 +71,22 @@ class TraceEmbedder(nn.Module):
     @classmethod
     def from_model(cls, model: nn.Module, processor: TraceProcessor, cfg: ModelConfig,
                    device: torch.device | str) -> TraceEmbedder:
-        """LoRA on the language model, vision encoder frozen, projector (merger) and the <|emb|> rows trained."""
-        from peft import LoraConfig, get_peft_model
-
+        """Vision encoder frozen, projector (merger) trained (PAPER.md §3). lora_r > 0: LoRA on the language
+        model plus the <|emb|> rows. lora_r == 0: the whole language model and its head are trained — for the
+        random-weight tiny model, where a low-rank update of random weights cannot learn routing."""
         for p in model.parameters():
             p.requires_grad_(False)
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=LANGUAGE_LORA_TARGETS, modules_to_save=["visual.merger"],
-                          trainable_token_indices={"embed_tokens": [processor.emb_id]})
-        model = get_peft_model(model, lora)
+        if cfg.lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=LANGUAGE_LORA_TARGETS, modules_to_save=["visual.merger"],
+                              trainable_token_indices={"embed_tokens": [processor.emb_id]})
+            model = get_peft_model(model, lora)
+        else:
+            for name, p in model.named_parameters():
+                if not name.startswith("model.visual.") or name.startswith("model.visual.merger."):
+                    p.requires_grad_(True)
         if cfg.gradient_checkpointing:
             model.get_base_model().gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -89,9 +96,8 @@ class TraceEmbedder(nn.Module):
     @classmethod
     def load(cls, checkpoint_dir: str | Path, device: torch.device | str | None = None,
              trainable: bool = False) -> TraceEmbedder:
-        """Load a checkpoint written by `save` (base model + LoRA adapter + tokenizer)."""
-        from peft import PeftModel
-
+        """Load a checkpoint written by `save`: base model + LoRA adapter + tokenizer, or (lora_r == 0) the
+        fully fine-tuned model stored in the checkpoint folder itself."""
         ckpt = Path(checkpoint_dir)
         cfg = ModelConfig(**json.loads((ckpt / TRACE_CONFIG).read_text()))
         base = cfg.base_model
@@ -99,21 +105,31 @@ class TraceEmbedder(nn.Module):
             base = str(ckpt / base)
         device = torch.device(device) if device else default_device()
         model, processor = _load_parts(base, cfg, device, tokenizer_path=str(ckpt))
-        model = PeftModel.from_pretrained(model, str(ckpt / ADAPTER_DIR), is_trainable=trainable)
+        if cfg.lora_r > 0:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(ckpt / ADAPTER_DIR), is_trainable=trainable)
+        else:
+            model.requires_grad_(trainable)
         emb = cls(model, processor, cfg).to(device)
         emb.eval()
         return emb
 
     def save(self, out_dir: str | Path, base_model: str | None = None) -> None:
-        """Write adapter (LoRA + merger + <|emb|> rows), tokenizer, image processor and trace_config.json."""
+        """Write the adapter (LoRA + merger + <|emb|> rows) or, with lora_r == 0, the whole model (base_model
+        becomes "."), plus tokenizer, image processor and trace_config.json."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out / ADAPTER_DIR)
+        cfg = asdict(self.config)
+        if self.config.lora_r > 0:
+            self.model.save_pretrained(out / ADAPTER_DIR)
+            if base_model is not None:
+                cfg["base_model"] = base_model
+        else:
+            self.model.save_pretrained(out)
+            cfg["base_model"] = "."
         self.processor.tokenizer.save_pretrained(out)
         self.processor.image_processor.save_pretrained(out)
-        cfg = asdict(self.config)
-        if base_model is not None:
-            cfg["base_model"] = base_model
         (out / TRACE_CONFIG).write_text(json.dumps(cfg, indent=2))
 
     # ---- forward pieces -----------------------------------------------------------------------------------

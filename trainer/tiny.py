@@ -62,11 +62,14 @@ def build_config(tokenizer, hidden: int = 128, layers: int = 2, heads: int = 4):
     text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                 max_position_embeddings=4096, bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
-                pad_token_id=ids("<|endoftext|>"), tie_word_embeddings=True,
+                pad_token_id=ids("<|endoftext|>"), tie_word_embeddings=True, initializer_range=hidden ** -0.5,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                  "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter]})
+    # Weights drawn at 1/sqrt(width), not the checkpoint default 0.02: with 0.02 the residual stream of this
+    # random model is its current token's embedding, so every query's last prompt state is the same vector
+    # (cosine 0.999) and neither the routing CE nor InfoNCE has a signal to start from.
     vision = dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2)
+                  spatial_merge_size=2, temporal_patch_size=2, initializer_range=32 ** -0.5)
     return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
                          video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
                          vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=True)

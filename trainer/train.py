@@ -24,7 +24,7 @@ from torch import nn
 
 from trainer.config import TINY_DEFAULTS, TrainConfig, config_fields
 from trainer.data import Example, TrainData
-from trainer.loss import info_nce, target_ce
+from trainer.loss import info_nce, route_ce, target_ce
 from trainer.model import TraceEmbedder
 
 STATE_FILE = "training_state.pt"
@@ -39,12 +39,14 @@ class TrainStep(nn.Module):
         self.embedder = embedder
 
     def forward(self, q_batch: dict, c_batch: dict):
+        """(query embeddings, candidate embeddings, target-token CE, first-target-token (routing) CE)."""
         emb = self.embedder
         q_emb, q_hidden = emb.embed_sequences(q_batch)
-        ce, n = target_ce(q_hidden, q_batch["labels"], emb.lm_head)
+        ce, _ = target_ce(q_hidden, q_batch["labels"], emb.lm_head)
+        route = route_ce(q_hidden, q_batch["labels"], emb.lm_head)
         h = emb.hidden(c_batch).last_hidden_state[:, -1]  # the state feeding <|emb|>, as at inference
         c_emb = torch.nn.functional.normalize(h.float(), dim=-1)
-        return q_emb, c_emb, ce, torch.tensor(n)
+        return q_emb, c_emb, ce, route
 
 
 def _dist() -> tuple[int, int, int]:
@@ -105,6 +107,9 @@ def train(cfg: TrainConfig) -> list[dict]:
         if world > 1:
             dist.barrier()
 
+    resume = latest_checkpoint(out) if cfg.resume == "auto" else (Path(cfg.resume) if cfg.resume else None)
+    if resume is not None and cfg.lora_r == 0:  # full fine-tuning: the checkpoint folder is the model
+        base = str(resume)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -126,12 +131,13 @@ def train(cfg: TrainConfig) -> list[dict]:
     scheduler = cosine_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
 
     step = 0
-    resume = latest_checkpoint(out) if cfg.resume == "auto" else (Path(cfg.resume) if cfg.resume else None)
     if resume is not None:
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
+        if cfg.lora_r > 0:
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
 
-        set_peft_model_state_dict(embedder.model, load_peft_weights(str(resume / "adapter"), device=str(device)))
+            adapter = load_peft_weights(str(resume / "adapter"), device=str(device))
+            set_peft_model_state_dict(embedder.model, adapter)
         state = torch.load(resume / STATE_FILE, weights_only=False, map_location="cpu")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -151,7 +157,8 @@ def train(cfg: TrainConfig) -> list[dict]:
         bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True)
     batches = iter(data)
     while step < total:
-        t0, rows, tokens, parts = time.perf_counter(), 0, 0, {"loss": 0.0, "ce": 0.0, "nce": 0.0}
+        t0, rows, tokens, parts = time.perf_counter(), 0, 0, {"loss": 0.0, "ce": 0.0, "nce": 0.0,
+                                                                           "route": 0.0}
         optimizer.zero_grad(set_to_none=True)
         for micro in range(accum):
             examples = next(batches)
@@ -159,13 +166,13 @@ def train(cfg: TrainConfig) -> list[dict]:
             sync = world == 1 or micro == accum - 1
             ctx = step_module.no_sync() if not sync and hasattr(step_module, "no_sync") else _null()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                q_emb, c_emb, ce, _ = step_module(q_batch, c_batch)
+                q_emb, c_emb, ce, route = step_module(q_batch, c_batch)
                 nce = info_nce(q_emb, c_emb, cfg.temperature)
-                loss = cfg.ce_weight * ce + cfg.nce_weight * nce
+                loss = cfg.ce_weight * ce + cfg.nce_weight * nce + cfg.route_weight * route
                 (loss / accum).backward()
             rows += len(examples)
             tokens += int(q_batch["attention_mask"].sum() + c_batch["attention_mask"].sum())
-            for k, v in (("loss", loss), ("ce", ce), ("nce", nce)):
+            for k, v in (("loss", loss), ("ce", ce), ("nce", nce), ("route", route)):
                 parts[k] += float(v.detach()) / accum
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()

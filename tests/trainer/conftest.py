@@ -1,4 +1,5 @@
-"""Fixtures for trainer tests: a tiny random Qwen2-VL checkpoint folder."""
+"""Fixtures for trainer tests: a tiny random Qwen2-VL checkpoint folder, M-BEIR-CoT from the real pipeline
+(`pipeline_cot`) and crafted rows in the same contract (`sample_cot`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def tiny_base(tmp_path_factory):
     return save_tiny_base(tmp_path_factory.mktemp("tiny_base"))
 
 
-# ---- M-BEIR-CoT rows built directly from the sample (stand-in until the pipeline's own output is used) ----
+# ---- crafted M-BEIR-CoT rows from the sample, for tests that need rows of a known shape ----
 DIRECT_DATASETS = ("visualnews", "mscoco", "fashion200k", "webqa", "edis", "nights")  # PAPER.md §2
 REASONING_DATASETS = ("cirr", "fashioniq", "infoseek", "oven")
 SAMPLE_DATASETS = DIRECT_DATASETS + REASONING_DATASETS
@@ -94,3 +95,17 @@ def sample_cot(sample_root, tmp_path_factory) -> str:
     for row in rows:
         check.validate(row)
     return write_cot_shards(rows, tmp_path_factory.mktemp("sample_cot"))
+
+
+@pytest.fixture(scope="session")
+def pipeline_cot(sample_root, tmp_path_factory) -> str:
+    """M-BEIR-CoT built from the sample by the real pipeline with the bundled reference teacher (as
+    `make dataset` does); images stay under sample_root."""
+    from pipeline.run import run
+    from pipeline.teacher.reference_server import ReferenceServer
+
+    out = str(tmp_path_factory.mktemp("pipeline_cot"))
+    with ReferenceServer() as teacher:
+        run(["--mbeir_root", sample_root, "--output_dir", out, "--teacher_base_url", teacher.base_url,
+             "--teacher_model", "reference-teacher"])
+    return out

@@ -6,7 +6,7 @@ import textwrap
 import torch
 import torch.nn.functional as F
 
-from trainer.loss import info_nce, target_ce, trace_loss
+from trainer.loss import info_nce, route_ce, target_ce, trace_loss
 from trainer.processor import IGNORE
 
 
@@ -22,6 +22,18 @@ def test_target_ce_equals_full_vocabulary_ce_restricted_to_targets():
     full = F.cross_entropy(head(hidden)[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
     assert n == 7
     torch.testing.assert_close(ce, full)
+
+
+def test_route_ce_scores_each_rows_first_target_token_once():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(3, 7, 16)
+    labels = torch.full((3, 7), IGNORE)
+    labels[0, 2:] = torch.tensor([5, 6, 7, 8, 49])  # long reasoning target: only token 5 at position 2 counts
+    labels[1, 6] = 49  # direct row: <|emb|> right after the prompt
+    expected = F.cross_entropy(head(torch.stack([hidden[0, 1], hidden[1, 5]])), torch.tensor([5, 49]))
+    torch.testing.assert_close(route_ce(hidden, labels, head), expected)  # row 2 has no target: skipped
+    assert route_ce(hidden, torch.full((3, 7), IGNORE), head) == 0
 
 
 def test_info_nce_is_cross_entropy_over_in_batch_candidates():
@@ -62,9 +74,17 @@ def test_negatives_are_gathered_across_ranks_with_gradients(tmp_path):
     """)
     (tmp_path / "run.py").write_text(script)
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path), str(r)], env=env)
-             for r in range(2)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    procs = []
+    try:
+        for r in range(2):
+            procs.append(subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path), str(r)], env=env))
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:  # a timeout or failed start must not leave a rank waiting forever at the rendezvous
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == [0, 0]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     torch.manual_seed(0)
     q_all = torch.randn(5, 6).requires_grad_(True)

@@ -19,14 +19,23 @@ def _queries():
             QueryInput("Which city is this building in?", img.rotate(90), "infoseek", 6)]
 
 
-def _manual_pretoken(emb: TraceEmbedder, q: QueryInput, generated: list[int]) -> torch.Tensor:
-    """Full teacher-forced forward of prompt + generated + <|emb|> through the plain HF model."""
-    item = emb.query_items([q])[0]
-    item.target = emb.processor.tokenizer.decode(generated) + "<|emb|>"
-    batch = emb.processor([item])
-    assert batch["input_ids"][0, -1] == emb.emb_id
-    out = emb.base(**batch, output_hidden_states=True)
-    return torch.nn.functional.normalize(out.hidden_states[-1][0, -2], dim=-1)
+def _manual_greedy(emb: TraceEmbedder, q: QueryInput, mode: str, max_new: int) -> tuple[list[int], torch.Tensor]:
+    """Greedy decoding by full forwards (no cache) of the plain HF model: (generated ids, pre-token state)."""
+    batch = emb.processor(emb.query_items([q]))
+    generated: list[int] = []
+    while True:
+        ids = torch.cat([batch["input_ids"], torch.tensor([generated], dtype=torch.long)], dim=1)
+        extra = torch.zeros(1, len(generated), dtype=torch.long)
+        step = {**batch, "input_ids": ids, "attention_mask": torch.cat([batch["attention_mask"], extra + 1], 1),
+                "mm_token_type_ids": torch.cat([batch["mm_token_type_ids"], extra], 1)}
+        h = emb.base(**step, output_hidden_states=True).hidden_states[-1][0, -1]
+        logits = emb.lm_head(h)
+        if not generated and mode != "adaptive":
+            logits[emb.emb_id] = float("inf") if mode == "direct" else float("-inf")
+        nxt = int(logits.argmax())
+        if nxt == emb.emb_id or len(generated) == max_new:
+            return generated, torch.nn.functional.normalize(h, dim=-1)
+        generated.append(nxt)
 
 
 @pytest.mark.parametrize("mode", ["adaptive", "direct", "always"])
@@ -35,9 +44,8 @@ def test_query_embedding_is_the_pre_token_hidden_state(embedder, mode):
     res = embedder.encode_queries(qs, mode=mode, max_new_tokens=4, batch_size=2)
     assert res.embeddings.shape == (3, embedder.base.config.text_config.hidden_size)
     for i, q in enumerate(qs):
-        ids = embedder.processor.tokenizer(res.texts[i], add_special_tokens=False)["input_ids"]
-        assert len(ids) == res.generated_tokens[i]
-        manual = _manual_pretoken(embedder, q, ids)
+        ids, manual = _manual_greedy(embedder, q, mode, 4)
+        assert res.generated_tokens[i] == len(ids) and res.texts[i] == embedder.processor.tokenizer.decode(ids)
         torch.testing.assert_close(res.embeddings[i], manual, atol=1e-4, rtol=1e-4)
     if mode == "direct":
         assert res.reasoned == [False] * 3 and res.generated_tokens == [0] * 3
@@ -74,3 +82,19 @@ def test_save_then_load_reproduces_embeddings(embedder, tiny_base, tmp_path):
                                embedder.encode_queries(qs, mode="direct").embeddings, atol=1e-5, rtol=1e-5)
     cands = [CandidateInput("a red circle", None, "text")]
     torch.testing.assert_close(loaded.encode_candidates(cands), embedder.encode_candidates(cands))
+
+
+def test_full_fine_tuning_trains_the_language_model_and_saves_a_whole_checkpoint(tiny_base, tmp_path):
+    torch.manual_seed(0)
+    emb = TraceEmbedder.from_base(str(tiny_base), device="cpu", lora_r=0)
+    trainable = {n for n, p in emb.model.named_parameters() if p.requires_grad}
+    assert any(".language_model." in n for n in trainable) and any("visual.merger." in n for n in trainable)
+    assert not any(n.startswith("model.visual.blocks.") for n in trainable)  # vision encoder frozen (PAPER §3)
+    with torch.no_grad():
+        emb.model.get_input_embeddings().weight[emb.emb_id].mul_(3.0)  # trained weights must survive the round trip
+    emb.save(tmp_path / "ckpt", base_model=str(tiny_base))
+    assert not (tmp_path / "ckpt" / "adapter").exists()
+    loaded = TraceEmbedder.load(tmp_path / "ckpt", device="cpu")
+    qs = _queries()
+    torch.testing.assert_close(loaded.encode_queries(qs, mode="adaptive", max_new_tokens=3).embeddings,
+                               emb.eval().encode_queries(qs, mode="adaptive", max_new_tokens=3).embeddings)
