@@ -110,13 +110,13 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
     reasoning = routed | "Reasoning" >> beam.Filter(lambda x: x.route == "reasoning")
 
     if plan.dry_run:
-        requests, r = reasoning | "PlanCot" >> BuildRequests(_builder(build_cot_request, opts, plan), "cot")
-        rejects.append(r)
+        # A request that cannot be built is only planned here; a full run rejects it (it is already routed).
+        requests, _ = reasoning | "PlanCot" >> BuildRequests(_builder(build_cot_request, opts, plan), "cot")
         events.append(requests | "PlanEvents" >> beam.FlatMap(_plan_events, "cot"))
         if opts.verifier == "on":  # one verifier call per CoT that passes the rules (at most one per CoT)
             events.append(requests | "PlanVerifierEvents" >> beam.FlatMap(_plan_events, "verifier"))
         if opts.routing == "judge":
-            judged, r = examples | "PlanJudge" >> BuildRequests(_builder(build_judge_request, opts, plan), "judge")
+            judged, _ = examples | "PlanJudge" >> BuildRequests(_builder(build_judge_request, opts, plan), "judge")
             events.append(judged | "PlanJudgeEvents" >> beam.FlatMap(_plan_events, "judge"))
     else:
         cot, r, f, e = reasoning | "Teacher" >> AskTeacher(_builder(build_cot_request, opts, plan), "cot",
