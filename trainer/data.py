@@ -21,7 +21,7 @@ from PIL import Image
 from trainer.interface import CandidateInput, QueryInput
 from trainer.student import format_query_text
 
-ROW_COLUMNS = ["id", "dataset", "task_id", "instruction", "query_txt", "query_img_path", "pos_txt",
+ROW_COLUMNS = ["id", "pos_did", "dataset", "task_id", "instruction", "query_txt", "query_img_path", "pos_txt",
                "pos_img_path", "cand_modality", "route", "target"]
 IMAGE_COLUMNS = ["query_image", "pos_image"]  # optional Hugging Face Image structs {bytes, path}
 
@@ -48,6 +48,7 @@ class Example:
     candidate: CandidateInput
     route: str
     row_id: str
+    cand_key: str = ""  # the positive's identity (did): equal keys in one batch are not negatives
 
 
 class ShardIndex:
@@ -188,7 +189,8 @@ class RowDecoder:
             return None
         return Example(QueryInput(text, q_img, row["dataset"], int(row["task_id"])), target,
                        CandidateInput(row.get("pos_txt"), c_img, row.get("cand_modality") or "text"),
-                       row.get("route", ""), row.get("id", ""))
+                       row.get("route", ""), row.get("id", ""),
+                       row.get("pos_did") or f"{row.get('pos_img_path')}|{row.get('pos_txt')}")
 
 
 class TrainData:

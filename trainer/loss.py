@@ -59,10 +59,24 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]), sum(sizes[: dist.get_rank()])
 
 
-def info_nce(q: torch.Tensor, c: torch.Tensor, temperature: float) -> torch.Tensor:
-    """This rank's query i against every candidate of every rank; its positive is this rank's candidate i."""
+def same_candidate_mask(keys: list[str]) -> torch.Tensor:
+    """(B, B) True where candidate j is the same item as row i's positive but j != i: a false negative."""
+    n = len(keys)
+    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.bool).reshape(n, n)
+    return same & ~torch.eye(n, dtype=torch.bool)
+
+
+def info_nce(q: torch.Tensor, c: torch.Tensor, temperature: float,
+             false_negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """This rank's query i against every candidate of every rank; its positive is this rank's candidate i.
+    false_negatives (B, B), optional: this rank's duplicates of the positive, left out of the denominator
+    (duplicates on other ranks are not detected)."""
     c_all, offset = gather_with_grad(c)
     logits = q @ c_all.T / temperature
+    if false_negatives is not None and bool(false_negatives.any()):
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask[:, offset:offset + len(q)] = false_negatives.to(logits.device)
+        logits = logits.masked_fill(mask, float("-inf"))
     return F.cross_entropy(logits, torch.arange(len(q), device=logits.device) + offset)
 
 

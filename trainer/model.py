@@ -30,6 +30,7 @@ class ModelConfig:
     max_text_tokens: int = 480  # PAPER.md §3: LamRA default, text cut at 480 tokens
     max_target_tokens: int = 512
     image_max_pixels: int | None = None  # None: keep the checkpoint's image processor setting
+    train_vision: bool = False  # PAPER.md §3 freezes the vision encoder; True only for the random tiny model
 
 
 def default_device() -> torch.device:
@@ -85,7 +86,7 @@ class TraceEmbedder(nn.Module):
             model = get_peft_model(model, lora)
         else:
             for name, p in model.named_parameters():
-                if not name.startswith("model.visual.") or name.startswith("model.visual.merger."):
+                if cfg.train_vision or not name.startswith("model.visual.") or name.startswith("model.visual.merger."):
                     p.requires_grad_(True)
         if cfg.gradient_checkpointing:
             model.get_base_model().gradient_checkpointing_enable(

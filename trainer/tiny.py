@@ -12,7 +12,7 @@ import prompts
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>", "<|emb|>"]
-TINY_IMAGE_PIXELS = 56 * 56  # images resized to about 56x56: 16 patches, 4 image tokens after merging
+TINY_IMAGE_PIXELS = 112 * 112  # images resized to 112x112: 64 patches, 16 image tokens after merging
 _WORDS = """a an the of and or with without to in on at by for from is are was were be this that these those
 it its which what who where when how why not no yes one two three four five six many few more less same different
 red green blue yellow orange purple pink brown black white grey gray gold silver dark light bright pale

@@ -24,7 +24,7 @@ from torch import nn
 
 from trainer.config import TINY_DEFAULTS, TrainConfig, config_fields
 from trainer.data import Example, TrainData
-from trainer.loss import info_nce, route_ce, target_ce
+from trainer.loss import info_nce, route_ce, same_candidate_mask, target_ce
 from trainer.model import TraceEmbedder
 
 STATE_FILE = "training_state.pt"
@@ -116,7 +116,8 @@ def train(cfg: TrainConfig) -> list[dict]:
     embedder = TraceEmbedder.from_base(
         base, device=device, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         gradient_checkpointing=cfg.gradient_checkpointing, max_text_tokens=cfg.max_text_tokens,
-        max_target_tokens=cfg.max_target_tokens, image_max_pixels=cfg.image_max_pixels or None)
+        max_target_tokens=cfg.max_target_tokens, image_max_pixels=cfg.image_max_pixels or None,
+        train_vision=cfg.train_vision)
     embedder.train()
     step_module: nn.Module = TrainStep(embedder)
     if world > 1:
@@ -167,7 +168,7 @@ def train(cfg: TrainConfig) -> list[dict]:
             ctx = step_module.no_sync() if not sync and hasattr(step_module, "no_sync") else _null()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 q_emb, c_emb, ce, route = step_module(q_batch, c_batch)
-                nce = info_nce(q_emb, c_emb, cfg.temperature)
+                nce = info_nce(q_emb, c_emb, cfg.temperature, same_candidate_mask([e.cand_key for e in examples]))
                 loss = cfg.ce_weight * ce + cfg.nce_weight * nce + cfg.route_weight * route
                 (loss / accum).backward()
             rows += len(examples)
