@@ -99,3 +99,17 @@ def test_negatives_are_gathered_across_ranks_with_gradients(tmp_path):
     (per_rank[0] + per_rank[1]).backward()
     torch.testing.assert_close(torch.cat([r0["gq"], r1["gq"]]), q_all.grad)
     torch.testing.assert_close(torch.cat([r0["gc"], r1["gc"]]), c_all.grad)
+
+
+def test_duplicate_positives_are_not_counted_as_negatives():
+    from trainer.loss import same_candidate_mask
+
+    torch.manual_seed(0)
+    q = F.normalize(torch.randn(4, 8), dim=-1)
+    c = F.normalize(torch.randn(4, 8), dim=-1)
+    c[2] = c[0]  # rows 0 and 2 share one positive candidate
+    mask = same_candidate_mask(["a", "b", "a", "d"])
+    assert mask.tolist() == [[False, False, True, False], [False] * 4, [True, False, False, False], [False] * 4]
+    masked, plain = info_nce(q, c, 0.05, mask), info_nce(q, c, 0.05)
+    assert masked < plain
+    torch.testing.assert_close(info_nce(q, c, 0.05, torch.zeros(4, 4, dtype=torch.bool)), plain)
