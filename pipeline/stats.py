@@ -27,7 +27,7 @@ CATEGORIES = (
     "rule_hit",  # code = every rule a rejected CoT failed (a row can fail several)
     "pool_line",  # a candidate pool line read
     "pool_rejected",  # code = reason
-    "teacher_requests", "teacher_journal_hits", "teacher_retries", "teacher_reasks",  # code = model
+    "teacher_requests", "teacher_journal_hits", "teacher_retries",  # code = model
     "teacher_prompt_tokens", "teacher_completion_tokens",  # code = model
     "plan_requests", "plan_prompt_tokens", "plan_completion_tokens",  # code = model (dry run)
 )

@@ -67,9 +67,8 @@ def close_clients() -> None:
 
 
 def usage_events(result: TeacherResult) -> list[Event]:
+    """What one answered call cost (journal hits are counted where they are found, in _SplitHits)."""
     model = result.model or ""
-    if result.from_journal:
-        return [Event("teacher_journal_hits", code=model)]
     events = [Event("teacher_requests", code=model, n=result.attempts),
               Event("teacher_retries", code=model, n=max(result.attempts - 1, 0))]
     if result.prompt_tokens or result.completion_tokens:
