@@ -34,6 +34,8 @@ def qwen2_vl_2b_config(tokenizer):
     t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads = 28, 12, 2
     t.rope_parameters = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}
     t.max_position_embeddings = 32768
+    t.max_window_layers = t.num_hidden_layers  # no sliding window, as in the released config
+    t.layer_types = ["full_attention"] * t.num_hidden_layers  # the tiny config's list is too short for 28 layers
     v = cfg.vision_config
     v.depth, v.embed_dim, v.num_heads, v.mlp_ratio, v.hidden_size = 32, 1280, 16, 4, 1536
     return cfg
