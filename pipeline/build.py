@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -53,6 +54,8 @@ class RunPlan:
     verifier_threshold: float
     dry_run: bool = False
     policy: TeacherPolicy = TeacherPolicy()
+    query_lines: dict[str, Any] | None = None  # one partition of a local run: query file -> its line numbers
+    report_pool: bool = True  # False in all but the first partition, so pool counts and rejects add up
 
 
 def _builder(fn, opts, plan: RunPlan):
@@ -87,10 +90,14 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
     root, out = plan.root, plan.output_dir
     rejects, failed, events = [], [], []
 
-    queries, r, e = p | "ReadQueries" >> ReadQueries(root, plan.query_files, opts.tasks, opts.limit)
+    queries, r, e = p | "ReadQueries" >> ReadQueries(root, plan.query_files, opts.tasks, opts.limit,
+                                                     plan.query_lines)
     rejects.append(r), events.append(e)
     pool, pool_rejects, e = p | "ReadPool" >> ReadPool(root, plan.pool_files)
-    events.append(e)
+    if plan.report_pool:
+        events.append(e)
+    else:
+        pool_rejects = p | "NoPoolRejects" >> beam.Create([])
     queries, r = queries | "DropDuplicateQids" >> DropDuplicateQids()
     rejects.append(r)
     queries, r = queries | "CheckQueryImages" >> CheckQueryImages(root, opts.check_images)
@@ -142,7 +149,7 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
             num_shards=opts.num_shards,
             target_rows=shards.TARGET_ROWS_WITH_IMAGES if opts.embed_images else shards.TARGET_ROWS)]
         (rows
-         | "CardSample" >> beam.combiners.Top.Of(CARD_SAMPLE_ROWS, key=_sample_rank, reverse=True)
+         | "CardSample" >> beam.combiners.Top.Of(CARD_SAMPLE_ROWS, key=sample_rank, reverse=True)
          | "NoImageBytes" >> beam.Map(lambda rs: [_strip_images(x) for x in rs])
          | "WriteCardSample" >> beam.Map(_write_json, FileSystems.join(out, WORK, "card_rows.json")))
 
@@ -177,7 +184,7 @@ def _record_sort_key(record: dict) -> str:
     return json.dumps(record, sort_keys=True)
 
 
-def _sample_rank(row: dict) -> str:
+def sample_rank(row: dict) -> str:
     return hashlib.sha1(row["id"].encode("utf-8")).hexdigest()
 
 

@@ -15,6 +15,10 @@ from pipeline.mbeir.layout import DATASET_IDS, SPLITS, TASKS
 ROUTINGS = ("dataset", "judge", "heuristic")
 IMAGE_CHECKS = ("none", "exists", "decode")
 DEFAULT_LOCAL_RUNNER = "FnApiRunner"  # Prism (Beam's DirectRunner default) cannot start offline: ENVIRONMENT.md
+LOCAL_RUNNERS = frozenset({"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+                           "PrismRunner"})
+# The in-process runner holds every shuffle's input, about 6 KB per query: 50,000 queries peak near 0.6 GB.
+LOCAL_PARTITION_QUERIES = 50_000
 
 
 def _csv(value: str) -> list[str]:
@@ -60,6 +64,9 @@ class MbeirCotOptions(PipelineOptions):
         g = parser.add_argument_group("output")
         g.add_argument("--output_dir", required=False, default=None, help="output folder (local or gs://)")
         g.add_argument("--num_shards", type=int, default=0, help="data shards; 0 = from the row count")
+        g.add_argument("--partition_queries", type=int, default=LOCAL_PARTITION_QUERIES,
+                       help="local runners only: run the queries in partitions of about this many lines each, "
+                            "so memory stays flat at any input size (pipeline/partition.py); 0 = one pass")
         g.add_argument("--embed_images", action="store_true",
                        help="store image bytes in the rows as Hugging Face Image structs")
 

@@ -17,12 +17,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline import shards
-from pipeline.build import WORK, RunPlan, build
+from pipeline.build import CARD_SAMPLE_ROWS, WORK, RunPlan, build, sample_rank
 from pipeline.card.card import write_card
 from pipeline.mbeir import layout
 from pipeline.mbeir.errors import ConfigError
 from pipeline.mbeir.source import resolve_root, selection_files
-from pipeline.options import DEFAULT_LOCAL_RUNNER, MbeirCotOptions, take_dry_run
+from pipeline.options import DEFAULT_LOCAL_RUNNER, LOCAL_RUNNERS, MbeirCotOptions, take_dry_run
+from pipeline.partition import PARTS, merge_partitions, plan_partitions
 from pipeline.stages.teacher import TeacherPolicy, close_clients
 from pipeline.stats import check_identity, summary, to_stats
 from pipeline.teacher.batch import BatchJobs
@@ -35,7 +36,7 @@ log = logging.getLogger("pipeline")
 REFERENCE_OWNER = "offline-reference"  # pipeline/teacher/reference_server.py's /v1/models owner
 PENDING_DIR, BATCH_STATE_DIR = "batches/pending", "batches/state"
 # Rewritten by every run; the journal and the batch state are kept.
-OUTPUT_FOLDERS = ("data", "rejects", "failed", WORK, PENDING_DIR)
+OUTPUT_FOLDERS = ("data", "rejects", "failed", WORK, PARTS, PENDING_DIR)
 
 
 def select_files(split: str, datasets: list[str] | None, tasks: list[int] | None) -> tuple[list[str], list[str]]:
@@ -117,16 +118,19 @@ def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
                    dry_run=dry_run, policy=policy)
 
 
+def _delete_tree(folder: str) -> None:
+    """Delete a folder and everything under it (object stores have no folders: match the files under it)."""
+    paths = [m.path for m in FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list]
+    if paths:
+        FileSystems.delete(paths)
+    if "://" not in folder and os.path.isdir(folder):
+        shutil.rmtree(folder)
+
+
 def _clear_outputs(output_dir: str) -> None:
-    """Delete what the previous run wrote (object stores have no folders: match the files under each)."""
+    """Delete what the previous run wrote."""
     for folder in OUTPUT_FOLDERS:
-        pattern = FileSystems.join(output_dir, folder, "**")
-        paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-        if paths:
-            FileSystems.delete(paths)
-        local = FileSystems.join(output_dir, folder)
-        if "://" not in local and os.path.isdir(local):
-            shutil.rmtree(local)
+        _delete_tree(FileSystems.join(output_dir, folder))
 
 
 def _check_writable(*folders: str) -> None:
@@ -198,12 +202,43 @@ def finalize(opts, plan: RunPlan, argv: list[str]) -> dict:
     return stats
 
 
+def _run_graph(opts, plan: RunPlan) -> None:
+    with beam.Pipeline(options=opts) as p:
+        build(p, opts, plan)
+
+
+def _partitions(opts, plan: RunPlan) -> list[dict] | None:
+    """The query partitions of a local run over more than --partition_queries lines; None for one pass."""
+    runner = opts.view_as(StandardOptions).runner
+    local = (runner if isinstance(runner, str) else type(runner).__name__) in LOCAL_RUNNERS
+    if not local or opts.partition_queries <= 0:
+        return None
+    parts = plan_partitions(plan.root, plan.query_files, opts.tasks, opts.limit, opts.partition_queries)
+    return parts if len(parts) > 1 else None
+
+
+def _run_partitioned(opts, plan: RunPlan, parts: list[dict]) -> None:
+    part_dirs = []
+    for i, lines in enumerate(parts):
+        part_dir = FileSystems.join(plan.output_dir, PARTS, f"p{i:04d}")
+        print(f"partition {i + 1}/{len(parts)}: {sum(len(v) for v in lines.values())} query lines", flush=True)
+        _run_graph(opts, dataclasses.replace(plan, output_dir=part_dir, query_lines=lines, report_pool=i == 0))
+        part_dirs.append(part_dir)
+    merge_partitions(plan.output_dir, part_dirs, FileSystems.join(plan.output_dir, WORK), CARD_SAMPLE_ROWS,
+                     sample_rank)
+    _delete_tree(FileSystems.join(plan.output_dir, PARTS))
+
+
 def execute(opts, plan: RunPlan, argv: list[str]) -> dict:
-    """Run the graph once and write stats.json, manifest.json and the card."""
+    """Run the graph (once, or once per partition on a local runner) and write stats.json, manifest.json and
+    the card."""
     _clear_outputs(plan.output_dir)
     try:
-        with beam.Pipeline(options=opts) as p:
-            build(p, opts, plan)
+        parts = _partitions(opts, plan)
+        if parts is None:
+            _run_graph(opts, plan)
+        else:
+            _run_partitioned(opts, plan, parts)
     finally:
         close_clients()  # in-process runners: make the journal durable before the driver moves on
     return finalize(opts, plan, argv)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import os
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -141,6 +142,13 @@ def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file through Beam FileSystems (local, gs://, ...)."""
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(data)
+
+
+def move(source: str, target: str) -> None:
+    """Rename a file through Beam FileSystems, making the local target folder first (object stores have none)."""
+    if "://" not in target:
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    FileSystems.rename([source], [target])
 
 
 def write_shard(rows: list[dict[str, Any]], path: str, schema: pa.Schema) -> dict[str, Any]:

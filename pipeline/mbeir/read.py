@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
@@ -33,13 +33,30 @@ def read_text(root: str, rel_path: str) -> str:
         return f.read().decode("utf-8-sig")
 
 
-def iter_query_file(root: str, rel_path: str, dataset: str | None = None) -> Iterator[QueryRecord | Reject]:
-    """Every non-blank line of a query file, parsed; dataset defaults to the one in the file name."""
+def iter_query_file(root: str, rel_path: str, dataset: str | None = None,
+                    lines: Collection[int] | None = None) -> Iterator[QueryRecord | Reject]:
+    """Every non-blank line of a query file, parsed (only the line numbers in `lines` when given; the others
+    are skipped unparsed); dataset defaults to the one in the file name."""
     dataset = dataset_of_file(rel_path) if dataset is None else dataset
     with _open(root, rel_path) as f:
         for number, raw, complete in iter_lines(f):
-            yield parse_query_line(raw, source_file=rel_path, line_number=number, dataset=dataset,
-                                   complete=complete)
+            if lines is None or number in lines:
+                yield parse_query_line(raw, source_file=rel_path, line_number=number, dataset=dataset,
+                                       complete=complete)
+
+
+def select_queries(root: str, rel_path: str, tasks: Collection[int] | None = None,
+                   limit: int | None = None) -> Iterator[QueryRecord | Reject]:
+    """The inputs of a run in one query file: its first `limit` lines (all when None), leaving out valid
+    queries of tasks outside `tasks`. A bad line is an input (it becomes a reject)."""
+    taken = 0
+    for parsed in iter_query_file(root, rel_path):
+        if limit is not None and taken >= limit:
+            break
+        if isinstance(parsed, QueryRecord) and tasks is not None and parsed.task_id not in tasks:
+            continue  # outside the selection: not an input of this run
+        taken += 1
+        yield parsed
 
 
 def iter_candidate_file(root: str, rel_path: str) -> Iterator[CandidateRecord | Reject]:

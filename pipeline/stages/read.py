@@ -10,11 +10,12 @@ kill the run on one invalid UTF-8 line), so a bad line becomes a reject with its
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import apache_beam as beam
 
 from pipeline.mbeir import images, reasons
-from pipeline.mbeir.read import dataset_of_file, iter_candidate_file, iter_query_file
+from pipeline.mbeir.read import dataset_of_file, iter_candidate_file, iter_query_file, select_queries
 from pipeline.mbeir.records import QueryRecord, Reject
 from pipeline.stats import Event
 
@@ -22,17 +23,21 @@ REJECTS, EVENTS = "rejects", "events"
 
 
 class _ReadQueryFile(beam.DoFn):
-    def __init__(self, root: str, tasks: list[int] | None, limit: int | None):
-        self.root, self.tasks, self.limit = root, set(tasks) if tasks else None, limit
+    """With `lines` (a partition of a local run, pipeline.partition) only those line numbers of each file are
+    read; they were selected with the same tasks and limit."""
+
+    def __init__(self, root: str, tasks: list[int] | None, limit: int | None, lines: dict[str, Any] | None):
+        self.root, self.tasks, self.limit, self.lines = root, set(tasks) if tasks else None, limit, lines
 
     def process(self, rel_path: str):
         dataset = dataset_of_file(rel_path)
+        if self.lines is None:
+            inputs = select_queries(self.root, rel_path, self.tasks, self.limit)
+        else:
+            wanted = set(self.lines.get(rel_path, ()))
+            inputs = iter_query_file(self.root, rel_path, dataset, lines=wanted) if wanted else iter(())
         taken = 0
-        for parsed in iter_query_file(self.root, rel_path, dataset):
-            if self.limit is not None and taken >= self.limit:
-                break
-            if isinstance(parsed, QueryRecord) and self.tasks is not None and parsed.task_id not in self.tasks:
-                continue  # outside the selection: not an input of this run
+        for parsed in inputs:
             taken += 1
             if isinstance(parsed, Reject):
                 yield beam.pvalue.TaggedOutput(REJECTS, parsed)
@@ -58,14 +63,15 @@ class _ReadPoolFile(beam.DoFn):
 
 
 class ReadQueries(beam.PTransform):
-    def __init__(self, root: str, files: list[str], tasks: list[int] | None = None, limit: int | None = None):
+    def __init__(self, root: str, files: list[str], tasks: list[int] | None = None, limit: int | None = None,
+                 lines: dict[str, Any] | None = None):
         super().__init__()
-        self.root, self.files, self.tasks, self.limit = root, files, tasks, limit
+        self.root, self.files, self.tasks, self.limit, self.lines = root, files, tasks, limit, lines
 
     def expand(self, pbegin):
         out = (pbegin
                | "QueryFiles" >> beam.Create(self.files)
-               | "ReadQueryLines" >> beam.ParDo(_ReadQueryFile(self.root, self.tasks, self.limit))
+               | "ReadQueryLines" >> beam.ParDo(_ReadQueryFile(self.root, self.tasks, self.limit, self.lines))
                .with_outputs(REJECTS, EVENTS, main="records"))
         records = out.records | "SpreadQueries" >> beam.Reshuffle()
         return records, out[REJECTS], out[EVENTS]
