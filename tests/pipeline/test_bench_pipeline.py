@@ -1,0 +1,26 @@
+"""scripts/bench_pipeline.py end to end at toy sizes: it runs, prints every figure and writes the JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_bench_pipeline_prints_and_records_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    printed = subprocess.run(
+        [sys.executable, "scripts/bench_pipeline.py", "--sizes", "400,800", "--direct_sizes", "400,800",
+         "--latency_ms", "5", "--work_dir", str(tmp_path / "work"), "--json", str(out)],
+        env=env, capture_output=True, text=True, check=True, timeout=600).stdout
+    assert "teacher" in printed and "req/s" in printed and "partitions 1" in printed
+    report = json.loads(out.read_text())
+    full = report["results"]
+    assert [r["size"] for r in full] == [400, 800] and all(r["mode"] == "full" for r in full)
+    assert all(r["teacher_requests"] > 0 and r["peak_rss_mib"] > 0 and r["cpu_s"] > 0 for r in full)
+    assert [r["input"] for r in report["direct"]] == [240, 480]  # 6 of the 10 datasets route direct
+    assert all(r["teacher_requests"] == 0 and r["reasoning"] == 0 for r in report["direct"])
+    assert set(report["checks"]) == {"cpu_ms_per_direct_row", "marginal_cpu_ms_per_row", "memory_growth"}
+    assert report["machine"]["cpus"] >= 1
