@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,12 +100,12 @@ class ChaosResult:
     log: str = ""
 
 
-def pipeline_args(root: str, out: str, base_url: str, limit: int, max_in_flight: int, flush_interval_s: float
-                  ) -> list[str]:
+def pipeline_args(root: str, out: str, base_url: str, limit: int, max_in_flight: int, flush_interval_s: float,
+                  extra: Sequence[str] = ()) -> list[str]:
     return ["--mbeir_root", root, "--output_dir", out, "--limit", str(limit), "--teacher_base_url", base_url,
             "--teacher_model", "reference-teacher", "--max_in_flight", str(max_in_flight),
             "--flush_interval_s", str(flush_interval_s), "--teacher_timeout_s", str(CLIENT_TIMEOUT_S),
-            "--temp_location", out + "-tmp"]
+            "--temp_location", out + "-tmp", *extra]
 
 
 def _segments(out: str) -> int:
@@ -221,11 +222,11 @@ def check_identity(out: str) -> str | None:
     return identity(_stats(out), dry_run=False)
 
 
-def undisturbed(root: str, out: str, limit: int, latency_ms: float, max_in_flight: int, flush_interval_s: float
-                ) -> int:
+def undisturbed(root: str, out: str, limit: int, latency_ms: float, max_in_flight: int, flush_interval_s: float,
+                extra: Sequence[str] = ()) -> int:
     """The reference run: the same flags against a clean teacher, never killed. Returns its teacher calls."""
     with Teacher(latency_ms, clean=True) as teacher:
-        args = pipeline_args(root, out, teacher.base_url, limit, max_in_flight, flush_interval_s)
+        args = pipeline_args(root, out, teacher.base_url, limit, max_in_flight, flush_interval_s, extra)
         result = run_with_kills(args, out, 0, random.Random(0), 0.0)
         calls = teacher.stats()["ok"]
     if result.returncode != 0:
@@ -235,22 +236,25 @@ def undisturbed(root: str, out: str, limit: int, latency_ms: float, max_in_fligh
 
 def chaos(root: str, work_dir: str, limit: int, kills: int, seed: int, latency_ms: float, max_in_flight: int,
           flush_interval_s: float, max_delay_s: float, slack_s: float,
-          reference: tuple[str, int] | None = None) -> dict:
+          reference: tuple[str, int] | None = None, extra: Sequence[str] = ()) -> dict:
     """The chaos run, compared with `reference` (output folder, teacher calls) of an undisturbed run with the
-    same --limit, or with one made first. Returns a report whose `problems` is empty when every check passes."""
+    same --limit and `extra` pipeline flags, or with one made first. Returns a report whose `problems` is empty
+    when every check passes."""
     shutil.rmtree(work_dir, ignore_errors=True)
     os.makedirs(work_dir)
     chaos_out = os.path.join(work_dir, "chaos")
     report: dict = {"limit": limit, "kills_asked": kills, "seed": seed, "latency_ms": latency_ms,
-                    "max_in_flight": max_in_flight, "flush_interval_s": flush_interval_s, "faults": FAULTS}
+                    "max_in_flight": max_in_flight, "flush_interval_s": flush_interval_s, "faults": FAULTS,
+                    "pipeline_args": list(extra)}
     if reference is None:
         t = time.monotonic()
         clean_out = os.path.join(work_dir, "clean")
-        reference = clean_out, undisturbed(root, clean_out, limit, latency_ms, max_in_flight, flush_interval_s)
+        reference = clean_out, undisturbed(root, clean_out, limit, latency_ms, max_in_flight, flush_interval_s,
+                                           extra)
         report["clean_wall_s"] = time.monotonic() - t
     clean_out, clean_calls = reference
     with Teacher(latency_ms, seed=seed) as teacher:
-        args = pipeline_args(root, chaos_out, teacher.base_url, limit, max_in_flight, flush_interval_s)
+        args = pipeline_args(root, chaos_out, teacher.base_url, limit, max_in_flight, flush_interval_s, extra)
         t = time.monotonic()
         result = run_with_kills(args, chaos_out, kills, random.Random(seed), max_delay_s)
         report["chaos_wall_s"] = time.monotonic() - t
@@ -292,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flush_interval_s", type=float, default=0.5)
     p.add_argument("--max_delay_s", type=float, default=2.0, help="kill at most this long after the first segment")
     p.add_argument("--slack_s", type=float, default=1.0, help="added to the flush interval for the bound")
+    p.add_argument("--partition_queries", type=int, default=60,
+                   help="the pipeline's local partitions (200 queries: 4 partitions, so kills land in several)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     root = a.mbeir_root
@@ -303,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.exists(os.path.join(root, "query")):
             generate(root, seed=0, scale=1)
     report = chaos(root, a.work_dir, a.limit, a.kills, a.seed, a.latency_ms, a.max_in_flight, a.flush_interval_s,
-                   a.max_delay_s, a.slack_s)
+                   a.max_delay_s, a.slack_s, extra=["--partition_queries", str(a.partition_queries)])
     print(json.dumps(report, indent=2))
     if a.json:
         with open(a.json, "w") as f:

@@ -28,13 +28,15 @@ def chaos_run():
 
 
 def test_killed_runs_against_a_faulty_teacher_match_an_undisturbed_run(chaos_run, sample_root, tmp_path, teacher):
-    # Short version of `scripts/chaos_run.py` (three kills, more queries): two kills, 40 queries, and the
-    # undisturbed run in this process against a clean teacher.
+    # Short version of `scripts/chaos_run.py` (three kills, more queries): two kills, 40 queries in three local
+    # partitions (so a restart also redoes finished partitions), and the undisturbed run in this process
+    # against a clean teacher.
+    partitions = ("--partition_queries", "15")
     clean = str(tmp_path / "clean")
-    run_pipeline(sample_root, clean, limit="4", teacher=teacher)
+    run_pipeline(sample_root, clean, *partitions, limit="4", teacher=teacher)
     report = chaos_run.chaos(sample_root, str(tmp_path / "chaos"), limit=4, kills=2, seed=0, latency_ms=400,
                              max_in_flight=2, flush_interval_s=0.5, max_delay_s=1.0, slack_s=1.0,
-                             reference=(clean, teacher.stats()["ok"]))
+                             reference=(clean, teacher.stats()["ok"]), extra=partitions)
     assert report["problems"] == [], json.dumps(report, indent=2)
     assert report["kills"] == 2 and report["attempts"] == 3
     faults = report["chaos_outcomes"]
