@@ -230,11 +230,15 @@ class CallTeacher(beam.PTransform):
 
     def expand(self, pairs):
         keyed = pairs | "KeyByRequest" >> beam.Map(lambda rp: (rp[0].key, rp))
+        asked = keyed | "AskedKeys" >> beam.Map(lambda kv: (kv[0], True))
+        # Only the journal records this run asks for enter the shuffle: the journal grows with every run and
+        # every local partition, the requests of one run do not.
         journal = (pairs.pipeline
                    | "MatchJournal" >> fileio.MatchFiles(journal_glob(self.journal_dir),
                                                          empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
                    | "OpenJournal" >> fileio.ReadMatches()
-                   | "ReadJournal" >> beam.ParDo(_ReadJournal()))
+                   | "ReadJournal" >> beam.ParDo(_ReadJournal())
+                   | "KeepAsked" >> beam.Filter(lambda kv, keys: kv[0] in keys, keys=beam.pvalue.AsDict(asked)))
         split = ({"requests": keyed, "journal": journal}
                  | "JoinJournal" >> beam.CoGroupByKey()
                  | "SplitHits" >> beam.ParDo(_SplitHits()).with_outputs("todo", EVENTS, main="hits"))
