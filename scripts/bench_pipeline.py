@@ -97,6 +97,11 @@ class Teacher:
         self.base_url = line.rsplit("listening on ", 1)[1].strip()
         return self
 
+    def cpu_s(self) -> float:
+        """CPU seconds the teacher server has used so far (it is not part of the pipeline's figures)."""
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
@@ -165,7 +170,9 @@ def measure(size: int, args, extra: list[str], mode: str) -> dict:
         if mode == "direct":
             extra = [*extra, "--datasets", ",".join(_direct_datasets())]
         with Teacher(args.latency_ms) as teacher:
+            start = teacher.cpu_s()
             r = run_once(root, out, args, extra, teacher.base_url)
+            r["teacher_server_cpu_s"] = teacher.cpu_s() - start
     stats = r.pop("stats")
     requests = stats.get("teacher", {}).get("requests", 0)
     ideal = args.max_in_flight / (args.latency_ms / 1000.0)
@@ -211,7 +218,7 @@ def report(r: dict, args) -> dict:
     if r["teacher_requests"]:
         print(f"  teacher {r['teacher_requests']} requests, {r['teacher_rps']:.0f} req/s over the whole run "
               f"(ideal {r['teacher_ideal_rps']:.0f} = {args.max_in_flight} in flight / "
-              f"{args.latency_ms:.0f} ms)", flush=True)
+              f"{args.latency_ms:.0f} ms); the server used {r['teacher_server_cpu_s']:.1f} s CPU", flush=True)
     return r
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -154,6 +154,7 @@ class _Call(beam.DoFn):
 
     def start_bundle(self):
         self.pending: dict = {}
+        self.finished: queue.SimpleQueue = queue.SimpleQueue()  # futures in completion order
 
     def process(self, element):
         request, payloads = element
@@ -165,7 +166,9 @@ class _Call(beam.DoFn):
                 for payload in payloads:
                     yield payload, result
                 return
-        self.pending[self.client.submit(request)] = (payloads, reserved)
+        future = self.client.submit(request)
+        self.pending[future] = (payloads, reserved)
+        future.add_done_callback(self.finished.put)
         for tag, value in self._completed(block=len(self.pending) >= self.backlog):
             yield value if tag is None else beam.pvalue.TaggedOutput(tag, value)
 
@@ -180,10 +183,12 @@ class _Call(beam.DoFn):
         """(tag, value) for every finished call: None tags the main output."""
         if not self.pending:
             return
-        if block:
-            done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
-        else:
-            done = [f for f in self.pending if f.done()]
+        done = [self.finished.get()] if block else []
+        while True:
+            try:
+                done.append(self.finished.get_nowait())
+            except queue.Empty:
+                break
         for future in done:
             payloads, reserved = self.pending.pop(future)
             result = future.result()
