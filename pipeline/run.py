@@ -179,7 +179,7 @@ def _run_info(opts, plan: RunPlan, argv: list[str]) -> dict:
     }
 
 
-def finalize(opts, plan: RunPlan, argv: list[str]) -> dict:
+def finalize(opts, plan: RunPlan, argv: list[str], partitions: int = 1) -> dict:
     """stats.json, manifest.json and the card from the graph's scratch outputs; then drop the scratch."""
     out = plan.output_dir
     work = FileSystems.join(out, WORK)
@@ -192,7 +192,7 @@ def finalize(opts, plan: RunPlan, argv: list[str]) -> dict:
     if not plan.dry_run and not any(shards.relative_path(out, f["path"]).startswith("data/") for f in files):
         empty = FileSystems.join(out, shards.shard_name(0, 1))
         files.append(shards.write_shard([], empty, shards.row_arrow_schema(opts.embed_images)))
-    shards.write_manifest(out, files, {"stats": "stats.json", "dry_run": plan.dry_run})
+    shards.write_manifest(out, files, {"stats": "stats.json", "dry_run": plan.dry_run, "partitions": partitions})
     if not plan.dry_run:
         sample_path = FileSystems.join(work, "card_rows.json")
         examples = shards.read_json(sample_path) if FileSystems.exists(sample_path) else []
@@ -241,7 +241,7 @@ def execute(opts, plan: RunPlan, argv: list[str]) -> dict:
             _run_partitioned(opts, plan, parts)
     finally:
         close_clients()  # in-process runners: make the journal durable before the driver moves on
-    return finalize(opts, plan, argv)
+    return finalize(opts, plan, argv, partitions=len(parts) if parts else 1)
 
 
 def _preview_spend(opts, plan: RunPlan, argv: list[str]) -> None:

@@ -79,6 +79,7 @@ def test_partitioned_run_equals_one_pass(sample_root, tmp_path, teacher):
     names = sorted(f["path"] for f in manifest["files"] if f["path"].startswith("rejects/"))
     assert names == [f"rejects/rejects-{i:05d}-of-{len(names):05d}.parquet" for i in range(len(names))]
     assert manifest["rows"] == read_json(os.path.join(one, "manifest.json"))["rows"]
+    assert manifest["partitions"] == 10 and read_json(os.path.join(one, "manifest.json"))["partitions"] == 1
     assert not os.path.exists(os.path.join(parts, "_parts"))
     assert _card(parts) == _card(one)  # same examples and figures; only file sizes and the command differ
 
