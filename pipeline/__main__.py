@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipeline.mbeir.errors import ConfigError
+from pipeline.mbeir.errors import ConfigError, OutputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
+    except OutputError as e:
+        print(f"output error: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

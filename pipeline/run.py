@@ -4,10 +4,9 @@ manifest.json and the dataset card, and print the summary."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
-import os
 import shlex
-import shutil
 import sys
 import uuid
 from collections import Counter
@@ -20,7 +19,7 @@ from pipeline import shards
 from pipeline.build import CARD_SAMPLE_ROWS, WORK, RunPlan, build, sample_rank
 from pipeline.card.card import write_card
 from pipeline.mbeir import layout
-from pipeline.mbeir.errors import ConfigError
+from pipeline.mbeir.errors import ConfigError, OutputError
 from pipeline.mbeir.source import resolve_root, selection_files
 from pipeline.options import DEFAULT_LOCAL_RUNNER, LOCAL_RUNNERS, MbeirCotOptions, take_dry_run
 from pipeline.partition import PARTS, merge_partitions, plan_partitions
@@ -123,8 +122,21 @@ def _delete_tree(folder: str) -> None:
     paths = [m.path for m in FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list]
     if paths:
         FileSystems.delete(paths)
-    if "://" not in folder and os.path.isdir(folder):
-        shutil.rmtree(folder)
+    if FileSystems.get_filesystem(folder).has_dirs() and FileSystems.exists(folder):
+        FileSystems.delete([folder])
+
+
+def _disk_full(error: BaseException) -> bool:
+    """True when a write failed for lack of space; runners may re-raise a worker's error as text."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or f"[Errno {errno.ENOSPC}]" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _clear_outputs(output_dir: str) -> None:
@@ -271,7 +283,15 @@ def run(argv: list[str] | None = None) -> dict:
               f"{collected['in_progress_batches']} batches still in progress")
     if plan.policy.budgeted and not plan.dry_run:
         _preview_spend(opts, plan, argv)
-    stats = execute(opts, plan, argv)
+    try:
+        stats = execute(opts, plan, argv)
+    except Exception as e:
+        if _disk_full(e):
+            raise OutputError(
+                f"no space left on the device of {plan.output_dir} (or {plan.journal_dir}): free some space or "
+                "choose another --output_dir, then rerun the same command. Shards are renamed into place only "
+                "when complete, so none is truncated, and every paid answer is in the journal.") from e
+        raise
     print(summary(stats, dry_run=plan.dry_run))
     problem = check_identity(stats, dry_run=plan.dry_run)
     if problem:

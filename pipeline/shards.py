@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import math
-import os
+import uuid
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -138,16 +138,36 @@ def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     return sink.getvalue()
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Write a whole file through Beam FileSystems (local, gs://, ...)."""
+def _create(path: str, data: bytes) -> None:
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(data)
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file through Beam FileSystems (local, gs://, ...), never leaving a partial file under
+    `path`: on filesystems with folders (disks) the bytes go to a temporary sibling that is renamed into place
+    once complete (a full disk or a crash leaves no truncated shard); object stores publish an object only
+    when its upload completes."""
+    if not FileSystems.get_filesystem(path).has_dirs():
+        _create(path, data)
+        return
+    partial = f"{path}.partial-{uuid.uuid4().hex}"
+    try:
+        _create(partial, data)
+        FileSystems.rename([partial], [path])
+    except BaseException:
+        try:
+            FileSystems.delete([partial])
+        except Exception:  # noqa: BLE001 - the write's own error is the one to report
+            pass
+        raise
+
+
 def move(source: str, target: str) -> None:
-    """Rename a file through Beam FileSystems, making the local target folder first (object stores have none)."""
-    if "://" not in target:
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    """Rename a file through Beam FileSystems, making the target folder first where folders exist."""
+    folder = FileSystems.split(target)[0]
+    if FileSystems.get_filesystem(target).has_dirs() and not FileSystems.exists(folder):
+        FileSystems.mkdirs(folder)
     FileSystems.rename([source], [target])
 
 

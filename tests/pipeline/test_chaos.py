@@ -8,11 +8,14 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
-from pipeline.mbeir.errors import ConfigError
+from pipeline.mbeir.errors import ConfigError, OutputError
+from tests.pipeline import testfs
 from tests.pipeline.conftest import output_files, run_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -62,6 +65,28 @@ def test_unwritable_output_dir_fails_before_any_call_and_writes_no_shard(sample_
     assert teacher.stats()["calls"] == 0
     assert sorted(os.listdir(tmp_path)) == ["file.txt"] and blocker.read_text() == "not a folder"
     assert not glob.glob(str(tmp_path / "**" / "*.parquet"), recursive=True)
+
+
+def test_full_disk_stops_with_a_clear_error_and_no_truncated_file(sample_root, tmp_path, teacher, monkeypatch):
+    root = tmp_path / "fs"
+    shutil.copytree(sample_root, root / "mbeir")
+    args = ("testfs://mbeir", "testfs://out", "--journal_dir", str(tmp_path / "journal"))
+    with testfs.mounted(str(root)):
+        testfs.reset_quota()
+        monkeypatch.setenv(testfs.QUOTA_ENV, "30000")  # room for one of the shard and the card sample (~22 KB)
+        with pytest.raises(OutputError) as caught:
+            run_pipeline(*args, limit="3", teacher=teacher)
+        assert "no space left" in str(caught.value) and "rerun" in str(caught.value)
+        written = [p for p in (root / "out").rglob("*") if p.is_file()]
+        assert not [p for p in written if ".partial-" in p.name]  # nothing half-written left
+        for path in written:
+            if path.suffix == ".parquet":
+                pq.read_table(path)  # every shard under its final name is complete
+        calls = teacher.stats()["calls"]
+        assert calls > 0
+        monkeypatch.delenv(testfs.QUOTA_ENV)  # space freed: the same command finishes from the journal
+        stats = run_pipeline(*args, limit="3", teacher=teacher)
+    assert teacher.stats()["calls"] == calls and sum(stats["accepted"].values()) > 0
 
 
 def _journal_lines(out: str) -> dict[str, list[bytes]]:

@@ -174,3 +174,12 @@ def test_full_run_over_a_remote_scheme(fs_root, teacher):
     assert glob.glob(str(out / "journal" / "journal-*.jsonl"))
     for name in ("README.md", "manifest.json"):
         assert (out / name).exists(), name
+
+
+def test_partitioned_run_over_a_remote_scheme(fs_root, teacher):
+    stats = run_pipeline("testfs://mbeir", "testfs://out", "--partition_queries", "12", limit="3", teacher=teacher)
+    out = fs_root / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["partitions"] == 3 and not (out / "_parts").exists()
+    rows = sum(pq.read_table(out / f["path"]).num_rows for f in manifest["files"] if f["path"].startswith("data/"))
+    assert rows == sum(stats["accepted"].values()) > 0

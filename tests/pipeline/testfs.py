@@ -3,10 +3,13 @@
 Importing this module registers the scheme (Beam finds FileSystem subclasses by `scheme()`). Code that goes
 through apache_beam.io.filesystems.FileSystems reads and writes these paths; a plain open(), os.path or os.makedirs
 on them does not reach the files, so a run over testfs:// proves that every data path goes through FileSystems.
+With $TESTFS_QUOTA_BYTES set, the disk is full after that many bytes written in this process: the write that
+crosses it stores what fits and raises ENOSPC, as a real full disk does.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 
@@ -16,6 +19,38 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 SCHEME = "testfs"
 PREFIX = f"{SCHEME}://"
 ROOT_ENV = "TESTFS_ROOT"
+QUOTA_ENV = "TESTFS_QUOTA_BYTES"
+_written = 0  # bytes written through testfs in this process
+
+
+def reset_quota() -> None:
+    global _written
+    _written = 0
+
+
+class _QuotaWriter:
+    def __init__(self, inner):
+        self._inner = inner
+
+    def write(self, data) -> int:
+        global _written
+        quota = os.environ.get(QUOTA_ENV)
+        room = len(data) if quota is None else max(0, int(quota) - _written)
+        if room < len(data):
+            self._inner.write(data[:room])
+            _written += room
+            raise OSError(errno.ENOSPC, "No space left on device")
+        _written += len(data)
+        return self._inner.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.close()
 
 
 def local_path(path: str) -> str:
@@ -83,7 +118,7 @@ class TestFileSystem(FileSystem):
 
     def create(self, path: str, mime_type: str = "application/octet-stream",
                compression_type: str = CompressionTypes.AUTO):
-        return self._local.create(local_path(path), mime_type, compression_type)
+        return _QuotaWriter(self._local.create(local_path(path), mime_type, compression_type))
 
     def open(self, path: str, mime_type: str = "application/octet-stream",
              compression_type: str = CompressionTypes.AUTO):
