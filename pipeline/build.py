@@ -58,12 +58,17 @@ class RunPlan:
     report_pool: bool = True  # False in all but the first partition, so pool counts and rejects add up
 
 
+def _image_loader(opts, plan: RunPlan) -> ImageLoader | None:
+    return ImageLoader(plan.root) if opts.image_mode == "data_url" else None
+
+
 def _builder(fn, opts, plan: RunPlan):
+    """Request builder; data-URL images stay references until the call (CallTeacher encodes them)."""
     model = plan.teacher.model if plan.teacher else (opts.teacher_model or "unspecified")
     return functools.partial(
         fn, model=model, params={"temperature": opts.temperature, "max_tokens": opts.max_tokens},
-        image_loader=ImageLoader(plan.root) if opts.image_mode == "data_url" else None,
-        image_mode=opts.image_mode, max_side=opts.image_max_side, image_url_base=opts.image_url_base or "")
+        image_loader=_image_loader(opts, plan), image_mode=opts.image_mode, max_side=opts.image_max_side,
+        image_url_base=opts.image_url_base or "", defer_images=True)
 
 
 def _verifier_builder(example, build):
@@ -108,7 +113,7 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
     judge = None
     if opts.routing == "judge" and not plan.dry_run:
         judge = AskTeacher(_builder(build_judge_request, opts, plan), "judge", plan.teacher, plan.journal_dir,
-                           plan.policy)
+                           plan.policy, _image_loader(opts, plan))
     routing = "dataset" if opts.routing == "judge" and plan.dry_run else opts.routing  # dry run: no judge calls
     routed, r, f, e = examples | "Route" >> Route(routing, judge=judge, judge_min_confidence=opts.judge_min_confidence)
     rejects.append(r), failed.append(f), events.append(e)
@@ -127,14 +132,15 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
             events.append(judged | "PlanJudgeEvents" >> beam.FlatMap(_plan_events, "judge"))
     else:
         cot, r, f, e = reasoning | "Teacher" >> AskTeacher(_builder(build_cot_request, opts, plan), "cot",
-                                                           plan.teacher, plan.journal_dir, plan.policy)
+                                                           plan.teacher, plan.journal_dir, plan.policy,
+                                                           _image_loader(opts, plan))
         rejects.append(r), failed.append(f), events.append(e)
         kept, r, e = cot | "Rules" >> ApplyRules(plan.rules)
         rejects.append(r), events.append(e)
         if opts.verifier == "on":
             verify = functools.partial(_verifier_builder, build=_builder(build_verifier_request, opts, plan))
             kept, r, f, e = kept | "Verifier" >> AskTeacher(verify, "verifier", plan.teacher, plan.journal_dir,
-                                                            plan.policy)
+                                                            plan.policy, _image_loader(opts, plan))
             rejects.append(r), failed.append(f), events.append(e)
             kept, r = kept | "KeepVerified" >> KeepVerified(plan.verifier_threshold)
             rejects.append(r)

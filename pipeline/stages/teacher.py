@@ -34,7 +34,7 @@ from pipeline.teacher.batch import pending_line
 from pipeline.teacher.budget import Budget
 from pipeline.teacher.client import TeacherClient, TeacherConfig, TeacherResult, result_from_record
 from pipeline.teacher.journal import journal_glob, parse_journal_line
-from pipeline.teacher.prompting import TeacherRequest
+from pipeline.teacher.prompting import TeacherRequest, materialize_images
 
 EVENTS, REJECTS, FAILED = "events", "rejects", "failed"
 # Results that are neither answers nor failures: the item waits for a later run (stats "pending").
@@ -136,7 +136,7 @@ def shared_budget(config: TeacherConfig, policy: TeacherPolicy) -> Budget:
         return _BUDGETS[key]
 
 
-def _pending(request: TeacherRequest, error: str, detail: str) -> TeacherResult:
+def _unanswered(request: TeacherRequest, error: str, detail: str) -> TeacherResult:
     return TeacherResult(key=request.key, ok=False, error=error, detail=detail, model=request.model,
                          kind=request.kind)
 
@@ -144,8 +144,8 @@ def _pending(request: TeacherRequest, error: str, detail: str) -> TeacherResult:
 class _Call(beam.DoFn):
     """Submits as elements arrive and yields answers as they complete, so the pipe stays full across a bundle."""
 
-    def __init__(self, config: TeacherConfig, policy: TeacherPolicy):
-        self.config, self.policy = config, policy
+    def __init__(self, config: TeacherConfig, policy: TeacherPolicy, image_loader: ImageLoader | None = None):
+        self.config, self.policy, self.image_loader = config, policy, image_loader
         self.backlog = max(4 * config.max_in_flight, 64)
 
     def setup(self):
@@ -158,11 +158,16 @@ class _Call(beam.DoFn):
 
     def process(self, element):
         request, payloads = element
+        request, unsent = _materialized(request, self.image_loader)
+        if unsent is not None:
+            for payload in payloads:
+                yield payload, unsent
+            return
         reserved = None
         if self.budget is not None:
             reserved = (request.est_prompt_tokens, COMPLETION_ESTIMATES.get(request.kind, 0))
             if not self.budget.try_reserve(*reserved):
-                result = _pending(request, PENDING_BUDGET, "the spend budget is reached; rerun with a higher one")
+                result = _unanswered(request, PENDING_BUDGET, "the spend budget is reached; rerun with a higher one")
                 for payload in payloads:
                     yield payload, result
                 return
@@ -208,16 +213,21 @@ class _Call(beam.DoFn):
 class _Defer(beam.DoFn):
     """Batch mode: write each request as an OpenAI batch input line; the driver submits the files."""
 
-    def __init__(self, pending_dir: str):
-        self.pending_dir = pending_dir
+    def __init__(self, pending_dir: str, image_loader: ImageLoader | None = None):
+        self.pending_dir, self.image_loader = pending_dir, image_loader
 
     def start_bundle(self):
         self.lines: list[str] = []
 
     def process(self, element):
         request, payloads = element
+        request, unsent = _materialized(request, self.image_loader)
+        if unsent is not None:
+            for payload in payloads:
+                yield payload, unsent
+            return
         self.lines.append(pending_line(request))
-        result = _pending(request, PENDING_BATCH, "waiting for the OpenAI Batch API")
+        result = _unanswered(request, PENDING_BATCH, "waiting for the OpenAI Batch API")
         for payload in payloads:
             yield payload, result
 
@@ -228,10 +238,25 @@ class _Defer(beam.DoFn):
             self.lines = []
 
 
+def _materialized(request: TeacherRequest, loader: ImageLoader | None) -> tuple[TeacherRequest, TeacherResult | None]:
+    """(the request as sent, None), or (request, a failed result) when an image cannot be encoded."""
+    if loader is None:
+        return request, None
+    try:
+        return materialize_images(request, loader), None
+    except (ValueError, OSError) as e:
+        return request, _unanswered(request, reasons.UNREADABLE_IMAGE, f"encoding an image for the call: {e}")
+
+
 class CallTeacher(beam.PTransform):
-    def __init__(self, config: TeacherConfig, journal_dir: str, policy: TeacherPolicy = TeacherPolicy()):
+    """(TeacherRequest, payload) -> (payload, TeacherResult): journal hits at once, the rest through the client
+    (or into batch files). Deferred images are encoded here, only for requests that are really sent."""
+
+    def __init__(self, config: TeacherConfig, journal_dir: str, policy: TeacherPolicy = TeacherPolicy(),
+                 image_loader: ImageLoader | None = None):
         super().__init__()
         self.config, self.journal_dir, self.policy = config, journal_dir, policy
+        self.image_loader = image_loader
 
     def expand(self, pairs):
         keyed = pairs | "KeyByRequest" >> beam.Map(lambda rp: (rp[0].key, rp))
@@ -247,7 +272,8 @@ class CallTeacher(beam.PTransform):
         split = ({"requests": keyed, "journal": journal}
                  | "JoinJournal" >> beam.CoGroupByKey()
                  | "SplitHits" >> beam.ParDo(_SplitHits()).with_outputs("todo", EVENTS, main="hits"))
-        caller = _Defer(self.policy.pending_dir) if self.policy.mode == "batch" else _Call(self.config, self.policy)
+        caller = (_Defer(self.policy.pending_dir, self.image_loader) if self.policy.mode == "batch"
+                  else _Call(self.config, self.policy, self.image_loader))
         called = split.todo | "Call" >> beam.ParDo(caller).with_outputs(EVENTS, main="answers")
         # The reshuffle keeps the rule filter and the next requests off the thread that submits calls.
         results = ((split.hits, called.answers) | "AllAnswers" >> beam.Flatten()
@@ -314,14 +340,15 @@ class AskTeacher(beam.PTransform):
     Event ("events"). The one way any stage (judge, cot, verifier) asks the teacher."""
 
     def __init__(self, builder: Callable[..., TeacherRequest], stage: str, config: TeacherConfig, journal_dir: str,
-                 policy: TeacherPolicy = TeacherPolicy()):
+                 policy: TeacherPolicy = TeacherPolicy(), image_loader: ImageLoader | None = None):
         super().__init__()
         self.builder, self.stage, self.config, self.journal_dir = builder, stage, config, journal_dir
-        self.policy = policy
+        self.policy, self.image_loader = policy, image_loader
 
     def expand(self, examples):
         requests, rejects = examples | "Requests" >> BuildRequests(self.builder, self.stage)
-        answers, events = requests | "Call" >> CallTeacher(self.config, self.journal_dir, self.policy)
+        answers, events = requests | "Call" >> CallTeacher(self.config, self.journal_dir, self.policy,
+                                                           self.image_loader)
         out = answers | "SplitAnswers" >> beam.FlatMap(_split_answer, self.stage).with_outputs(
             FAILED, EVENTS, main="ok")
         all_events = (events, out[EVENTS]) | "Events" >> beam.Flatten()

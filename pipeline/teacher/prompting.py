@@ -14,6 +14,7 @@ part naming it ("Query image:", "Target image:"; see IMAGE_LABELS).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -42,6 +43,7 @@ TASK_TYPES: dict[str, str] = {
 IMAGE_LABELS = {"query": "Query image:", "target": "Target image:"}
 
 DEFAULT_MAX_SIDE = 512  # px; long side of images sent as data URLs
+DEFERRED_IMAGE = "mbeir-image:"  # "mbeir-image:<max_side>:<path under the M-BEIR root>", see materialize_images
 IMAGE_TOKENS = 256  # fixed per-image estimate (a 448-512 px image is ~256 tokens for Qwen-VL and GPT-4o)
 CHARS_PER_TOKEN = 4  # English text averages ~4 characters per BPE token
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message
@@ -120,15 +122,52 @@ def jpeg_data_url(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-class _Images:
-    """Turns relative image paths into (sent part, key part) pairs."""
+def _deferred_url(rel_path: str, max_side: int) -> str:
+    return f"{DEFERRED_IMAGE}{max_side}:{rel_path}"
 
-    def __init__(self, loader: ImageLoader | None, mode: str, max_side: int, url_base: str):
+
+def has_deferred_images(request: TeacherRequest) -> bool:
+    return any(url.startswith(DEFERRED_IMAGE) for url in _image_urls(request))
+
+
+def _image_urls(request: TeacherRequest):
+    for message in request.messages:
+        if isinstance(message["content"], list):
+            for part in message["content"]:
+                if part.get("type") == "image_url":
+                    yield part["image_url"]["url"]
+
+
+def materialize_images(request: TeacherRequest, loader: ImageLoader) -> TeacherRequest:
+    """The request as sent: every deferred image reference replaced by its resized JPEG data URL (the key does
+    not change). Bad bytes -> ValueError."""
+    if not has_deferred_images(request):
+        return request
+
+    def part(p: dict) -> dict:
+        url = p["image_url"]["url"] if p.get("type") == "image_url" else ""
+        if not url.startswith(DEFERRED_IMAGE):
+            return p
+        max_side, rel_path = url[len(DEFERRED_IMAGE):].split(":", 1)
+        return {**p, "image_url": {**p["image_url"], "url": jpeg_data_url(loader(rel_path), int(max_side))}}
+
+    messages = [{**m, "content": [part(p) for p in m["content"]]} if isinstance(m["content"], list) else m
+                for m in request.messages]
+    return dataclasses.replace(request, messages=messages)
+
+
+class _Images:
+    """Turns relative image paths into (sent part, key part) pairs. With `defer`, the sent part is a reference
+    that materialize_images() turns into the data URL just before the call, so requests stay small while they
+    wait in shuffles and journal hits never encode an image; the key is the same either way."""
+
+    def __init__(self, loader: ImageLoader | None, mode: str, max_side: int, url_base: str, defer: bool = False):
         if mode not in ("data_url", "url"):
             raise ValueError(f"image_mode must be 'data_url' or 'url', got {mode!r}")
         if mode == "data_url" and loader is None:
             raise ValueError("image_mode='data_url' needs an image_loader")
         self.loader, self.mode, self.max_side, self.url_base = loader, mode, max_side, url_base.rstrip("/")
+        self.defer = defer
 
     def parts(self, label: str, rel_path: str) -> tuple[list[dict], list[dict]]:
         if self.mode == "url":
@@ -136,7 +175,7 @@ class _Images:
             digest = "url-sha256:" + hashlib.sha256(url.encode("utf-8")).hexdigest()
         else:
             data = self.loader(rel_path)
-            url = jpeg_data_url(data, self.max_side)
+            url = _deferred_url(rel_path, self.max_side) if self.defer else jpeg_data_url(data, self.max_side)
             digest = f"sha256:{hashlib.sha256(data).hexdigest()}@{self.max_side}"
         head = {"type": "text", "text": label}
         return ([head, {"type": "image_url", "image_url": {"url": url}}],
@@ -188,24 +227,27 @@ def _build(kind: str, prompt_id: str, example: Example, fields: dict[str, str], 
     return req
 
 
-def _images(image_loader, image_mode, max_side, image_url_base) -> _Images | None:
+def _images(image_loader, image_mode, max_side, image_url_base, defer_images=False) -> _Images | None:
     if image_loader is None and image_mode == "data_url":
         return None  # text-only request (e.g. a text-only teacher)
-    return _Images(image_loader, image_mode, max_side, image_url_base)
+    return _Images(image_loader, image_mode, max_side, image_url_base, defer_images)
 
 
 def build_cot_request(example: Example, *, model: str, params: dict[str, Any],
                       image_loader: ImageLoader | None = None, image_mode: str = "data_url",
-                      max_side: int = DEFAULT_MAX_SIDE, image_url_base: str = "") -> TeacherRequest:
+                      max_side: int = DEFAULT_MAX_SIDE, image_url_base: str = "",
+                      defer_images: bool = False) -> TeacherRequest:
     """CoT request from the family template; query and target images attached when a loader/base is given."""
     prompt_id = family_for(example.query.dataset, example.query.task_id)
     return _build("cot", prompt_id, example, _fields(example), model=model, params=params,
-                  images=_images(image_loader, image_mode, max_side, image_url_base), with_target_image=True)
+                  images=_images(image_loader, image_mode, max_side, image_url_base, defer_images),
+                  with_target_image=True)
 
 
 def build_judge_request(example: Example, *, model: str, params: dict[str, Any],
                         image_loader: ImageLoader | None = None, image_mode: str = "data_url",
-                        max_side: int = DEFAULT_MAX_SIDE, image_url_base: str = "") -> TeacherRequest:
+                        max_side: int = DEFAULT_MAX_SIDE, image_url_base: str = "",
+                        defer_images: bool = False) -> TeacherRequest:
     """Difficulty-judge request (JSON reply, schemas/judge_output); sees the query only, not the target.
 
     Sends response_format json_object unless params say `response_format=None` (servers without JSON mode).
@@ -213,13 +255,14 @@ def build_judge_request(example: Example, *, model: str, params: dict[str, Any],
     fields = _fields(example)
     params = {"response_format": JSON_RESPONSE, **params}
     return _build("judge", "judge", example, fields, model=model, params=params,
-                  images=_images(image_loader, image_mode, max_side, image_url_base), with_target_image=False)
+                  images=_images(image_loader, image_mode, max_side, image_url_base, defer_images),
+                  with_target_image=False)
 
 
 def build_verifier_request(example: Example, reasoning: str, answer: str, *, model: str,
                            params: dict[str, Any], image_loader: ImageLoader | None = None,
                            image_mode: str = "data_url", max_side: int = DEFAULT_MAX_SIDE,
-                           image_url_base: str = "") -> TeacherRequest:
+                           image_url_base: str = "", defer_images: bool = False) -> TeacherRequest:
     """Verifier request (JSON reply, schemas/verifier_output). CIR sees reference and target images.
 
     `reasoning` is accepted for future templates; the PAPER.md §2 verifier judges the answer only.
@@ -227,6 +270,7 @@ def build_verifier_request(example: Example, reasoning: str, answer: str, *, mod
     prompt_id = verifier_for(example.query.dataset)
     fields = {**_fields(example), "answer": _line(answer)}
     params = {"response_format": JSON_RESPONSE, **params}
-    images = _images(image_loader, image_mode, max_side, image_url_base) if prompt_id == "verifier_cir" else None
+    images = (_images(image_loader, image_mode, max_side, image_url_base, defer_images)
+              if prompt_id == "verifier_cir" else None)
     return _build("verifier", prompt_id, example, fields, model=model, params=params,
                   images=images, with_target_image=True)

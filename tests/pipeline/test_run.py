@@ -219,3 +219,17 @@ def test_embed_images_loads_as_hf_images(sample_root, tmp_path, teacher):
     assert isinstance(ds.features["query_image"], datasets.Image)
     with_image = [r for r in ds if r["query_img_path"]]
     assert with_image and with_image[0]["query_image"].size[0] > 0
+
+
+def test_image_that_cannot_be_encoded_fails_at_call_time_and_is_counted(sample_root, tmp_path, teacher):
+    root = str(tmp_path / "root")
+    shutil.copytree(sample_root, root)
+    cirr = os.path.join(root, "query/train/mbeir_cirr_train.jsonl")
+    image = json.loads(open(cirr, encoding="utf-8").readline())["query_img_path"]
+    with open(os.path.join(root, image), "r+b") as f:
+        f.truncate(100)  # passes --check_images exists; images are encoded only for the call
+    stats = run_pipeline(root, str(tmp_path / "out"), "--datasets", "cirr", "--check_images", "exists",
+                         teacher=teacher)
+    failed = pq.read_table(glob.glob(os.path.join(tmp_path, "out", "failed", "*.parquet"))[0]).to_pylist()
+    assert failed and {f["error"] for f in failed} == {"unreadable_image"}
+    assert stats["failed"] == {"unreadable_image": len(failed)} and check_identity(stats, dry_run=False) is None

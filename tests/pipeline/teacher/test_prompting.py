@@ -13,6 +13,8 @@ from pipeline.teacher.prompting import (
     build_verifier_request,
     estimate_tokens,
     family_for,
+    has_deferred_images,
+    materialize_images,
 )
 
 from .conftest import make_example, png_bytes
@@ -82,6 +84,26 @@ def test_key_never_contains_image_bytes_and_url_mode_skips_the_loader(cir_exampl
     other = build_cot_request(cir_example, model="m", params=PARAMS, image_mode="url",
                               image_url_base="https://elsewhere/")
     assert other.key != req.key
+
+
+def test_deferred_images_keep_the_key_and_become_the_same_data_urls_at_call_time(cir_example, image_store):
+    loader = image_store.__getitem__
+    now = build_cot_request(cir_example, model="m", params=PARAMS, image_loader=loader, max_side=256)
+    later = build_cot_request(cir_example, model="m", params=PARAMS, image_loader=loader, max_side=256,
+                              defer_images=True)
+    assert later.key == now.key and later.est_prompt_tokens == now.est_prompt_tokens
+    urls = [p["image_url"]["url"] for p in later.messages[0]["content"] if p["type"] == "image_url"]
+    assert urls == ["mbeir-image:256:mbeir_images/cirr_images/ref.png", "mbeir-image:256:mbeir_images/cirr_images/tgt.png"]
+    assert has_deferred_images(later) and not has_deferred_images(now)
+    assert materialize_images(later, loader).messages == now.messages
+    assert materialize_images(now, loader) is now  # nothing to do
+
+
+def test_deferred_bad_image_fails_at_call_time_not_at_build(cir_example):
+    req = build_cot_request(cir_example, model="m", params=PARAMS, image_loader=lambda _: b"not an image",
+                            defer_images=True)
+    with pytest.raises(ValueError, match="cannot decode image"):
+        materialize_images(req, lambda _: b"not an image")
 
 
 def test_bad_image_is_a_clear_value_error(cir_example):
