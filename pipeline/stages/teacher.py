@@ -144,8 +144,8 @@ def _unanswered(request: TeacherRequest, error: str, detail: str) -> TeacherResu
 class _Call(beam.DoFn):
     """Submits as elements arrive and yields answers as they complete, so the pipe stays full across a bundle."""
 
-    def __init__(self, config: TeacherConfig, policy: TeacherPolicy, image_loader: ImageLoader | None = None):
-        self.config, self.policy, self.image_loader = config, policy, image_loader
+    def __init__(self, config: TeacherConfig, policy: TeacherPolicy):
+        self.config, self.policy = config, policy
         self.backlog = max(4 * config.max_in_flight, 64)
 
     def setup(self):
@@ -158,11 +158,6 @@ class _Call(beam.DoFn):
 
     def process(self, element):
         request, payloads = element
-        request, unsent = _materialized(request, self.image_loader)
-        if unsent is not None:
-            for payload in payloads:
-                yield payload, unsent
-            return
         reserved = None
         if self.budget is not None:
             reserved = (request.est_prompt_tokens, COMPLETION_ESTIMATES.get(request.kind, 0))
@@ -213,19 +208,14 @@ class _Call(beam.DoFn):
 class _Defer(beam.DoFn):
     """Batch mode: write each request as an OpenAI batch input line; the driver submits the files."""
 
-    def __init__(self, pending_dir: str, image_loader: ImageLoader | None = None):
-        self.pending_dir, self.image_loader = pending_dir, image_loader
+    def __init__(self, pending_dir: str):
+        self.pending_dir = pending_dir
 
     def start_bundle(self):
         self.lines: list[str] = []
 
     def process(self, element):
         request, payloads = element
-        request, unsent = _materialized(request, self.image_loader)
-        if unsent is not None:
-            for payload in payloads:
-                yield payload, unsent
-            return
         self.lines.append(pending_line(request))
         result = _unanswered(request, PENDING_BATCH, "waiting for the OpenAI Batch API")
         for payload in payloads:
@@ -238,14 +228,16 @@ class _Defer(beam.DoFn):
             self.lines = []
 
 
-def _materialized(request: TeacherRequest, loader: ImageLoader | None) -> tuple[TeacherRequest, TeacherResult | None]:
-    """(the request as sent, None), or (request, a failed result) when an image cannot be encoded."""
-    if loader is None:
-        return request, None
+def _with_images(element, loader: ImageLoader):
+    """(request with its images encoded, payloads) (main), or (payload, failed result) per payload (tag
+    "unsent") when an image cannot be encoded."""
+    request, payloads = element
     try:
-        return materialize_images(request, loader), None
+        yield materialize_images(request, loader), payloads
     except (ValueError, OSError) as e:
-        return request, _unanswered(request, reasons.UNREADABLE_IMAGE, f"encoding an image for the call: {e}")
+        result = _unanswered(request, reasons.UNREADABLE_IMAGE, f"encoding an image for the call: {e}")
+        for payload in payloads:
+            yield beam.pvalue.TaggedOutput("unsent", (payload, result))
 
 
 class CallTeacher(beam.PTransform):
@@ -272,11 +264,15 @@ class CallTeacher(beam.PTransform):
         split = ({"requests": keyed, "journal": journal}
                  | "JoinJournal" >> beam.CoGroupByKey()
                  | "SplitHits" >> beam.ParDo(_SplitHits()).with_outputs("todo", EVENTS, main="hits"))
-        caller = (_Defer(self.policy.pending_dir, self.image_loader) if self.policy.mode == "batch"
-                  else _Call(self.config, self.policy, self.image_loader))
-        called = split.todo | "Call" >> beam.ParDo(caller).with_outputs(EVENTS, main="answers")
+        todo, unsent = split.todo, []
+        if self.image_loader is not None:
+            encoded = todo | "EncodeImages" >> beam.FlatMap(_with_images, self.image_loader).with_outputs(
+                "unsent", main="ready")
+            todo, unsent = encoded.ready, [encoded.unsent]
+        caller = _Defer(self.policy.pending_dir) if self.policy.mode == "batch" else _Call(self.config, self.policy)
+        called = todo | "Call" >> beam.ParDo(caller).with_outputs(EVENTS, main="answers")
         # The reshuffle keeps the rule filter and the next requests off the thread that submits calls.
-        results = ((split.hits, called.answers) | "AllAnswers" >> beam.Flatten()
+        results = ((split.hits, called.answers, *unsent) | "AllAnswers" >> beam.Flatten()
                    | "DetachFromCalls" >> beam.Reshuffle())
         events = (split[EVENTS], called[EVENTS]) | "TeacherEvents" >> beam.Flatten()
         return results, events
