@@ -33,7 +33,7 @@ from validators.dedup import query_content_key
 
 PARTS = "_parts"  # scratch folder inside the output dir: one sub-output per partition, removed after the merge
 OUTPUT_SUBFOLDERS = ("data", "rejects", "failed")
-_SHARD = re.compile(r"^(?P<folder>.+)/(?P<split>[^/]+)-\d{5}-of-\d{5}\.parquet$")
+_SHARD = re.compile(r"/(?P<split>[^/]+)-\d{5}-of-\d{5}\.parquet$")
 
 
 def _hash(key: str) -> int:
@@ -89,7 +89,7 @@ def merge_partitions(output_dir: str, part_dirs: Sequence[str], work: str, card_
     for folder in OUTPUT_SUBFOLDERS:
         mine = [(part, f) for part, f in files if f["path"].startswith(folder + "/")]
         for index, (part, f) in enumerate(mine):
-            split = _SHARD.match(f["path"]).group("split")
+            split = _SHARD.search(f["path"]).group("split")
             target = FileSystems.join(output_dir, shards.shard_name(index, len(mine), split=split, folder=folder))
             shards.move(FileSystems.join(part, f["path"]), target)
             moved.append({**f, "path": target})
