@@ -244,6 +244,7 @@ def _bool(text: str) -> bool:
 def main(argv: list[str] | None = None) -> None:
     train(parse_args(argv))
     if dist.is_initialized():
+        dist.barrier()  # no rank may tear gloo down while another is still inside a collective
         dist.destroy_process_group()
 
 
