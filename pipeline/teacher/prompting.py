@@ -108,18 +108,29 @@ def estimate_tokens(request: TeacherRequest) -> int:
 
 
 def jpeg_data_url(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> str:
-    """JPEG data URL of an image resized so its long side is at most `max_side`. Bad bytes -> ValueError."""
+    """JPEG data URL of an image whose long side is at most `max_side`. An RGB or greyscale JPEG already that
+    small (most of M-BEIR: short side 256) is sent as it is; anything else is decoded, shrunk and re-encoded.
+    Bad bytes -> ValueError."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
-            img.thumbnail((max_side, max_side))
-            out = io.BytesIO()
-            img.save(out, format="JPEG", quality=90)
+            if img.format == "JPEG" and img.mode in ("RGB", "L") and max(img.size) <= max_side:
+                img.load()  # a truncated file fails here, as it would when re-encoded
+                encoded = data
+            else:
+                scale = min(1.0, max_side / max(img.size))
+                # JPEG: libjpeg decodes straight at the largest 1/2^k scale still at least the target size.
+                img.draft("RGB", (int(img.width * scale), int(img.height * scale)))
+                if img.mode != "RGB":
+                    img = img.convert("RGB")
+                img.thumbnail((max_side, max_side))
+                out = io.BytesIO()
+                img.save(out, format="JPEG", quality=90)
+                encoded = out.getvalue()
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot decode image: {e}") from e
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(encoded).decode("ascii")
 
 
 def _deferred_url(rel_path: str, max_side: int) -> str:

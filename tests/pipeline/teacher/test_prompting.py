@@ -14,6 +14,7 @@ from pipeline.teacher.prompting import (
     estimate_tokens,
     family_for,
     has_deferred_images,
+    jpeg_data_url,
     materialize_images,
 )
 
@@ -56,6 +57,30 @@ def test_cot_request_has_labelled_fields_and_resized_jpeg_images(cir_example, im
     img = Image.open(io.BytesIO(base64.b64decode(data)))
     assert img.format == "JPEG" and max(img.size) == 256
     assert req.est_prompt_tokens == estimate_tokens(req) >= 2 * IMAGE_TOKENS
+
+
+def _jpeg(size, mode="RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, 128).save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def _sent(url: str) -> bytes:
+    head, data = url.split(",", 1)
+    assert head == "data:image/jpeg;base64"
+    return base64.b64decode(data)
+
+
+def test_small_jpeg_is_sent_as_it_is_and_anything_else_is_shrunk_to_rgb_jpeg():
+    small = _jpeg((384, 256))
+    assert _sent(jpeg_data_url(small, max_side=512)) == small  # M-BEIR's usual image: no re-encoding
+    for data, size in [(_jpeg((1024, 683)), (512, 341)), (_jpeg((384, 256), "CMYK"), (384, 256)),
+                       (png_bytes(size=(900, 600)), (512, 341)), (small, (256, 170))]:
+        img = Image.open(io.BytesIO(_sent(jpeg_data_url(data, max_side=512 if data is not small else 256))))
+        assert (img.format, img.mode) == ("JPEG", "RGB") and abs(img.width - size[0]) <= 1 and \
+            abs(img.height - size[1]) <= 1
+    with pytest.raises(ValueError, match="cannot decode"):
+        jpeg_data_url(small[: len(small) // 2])  # cut short: fails here, not at the teacher
 
 
 def test_key_is_stable_and_changes_with_every_input(cir_example, image_store):
