@@ -92,7 +92,9 @@ class MbeirCotOptions(PipelineOptions):
         g.add_argument("--max_reasks", type=int, default=2, help="re-asks when the output breaks the format")
         g.add_argument("--temperature", type=float, default=0.2)
         g.add_argument("--max_tokens", type=int, default=512)
-        g.add_argument("--image_max_side", type=int, default=512, help="images are resized to this longer side")
+        g.add_argument("--image_max_side", type=int, default=512,
+                       help="images sent to the teacher are shrunk to this longer side (a JPEG already within it is "
+                            "sent as it is)")
         g.add_argument("--image_mode", default="data_url", choices=("data_url", "url"))
         g.add_argument("--image_url_base", default=None, help="with --image_mode url: URL prefix of the image root")
         g.add_argument("--journal_dir", default=None, help="response journal (default OUTPUT_DIR/journal)")
