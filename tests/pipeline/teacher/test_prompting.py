@@ -71,14 +71,14 @@ def _sent(url: str) -> bytes:
     return base64.b64decode(data)
 
 
-def test_small_jpeg_is_sent_as_it_is_and_anything_else_is_shrunk_to_rgb_jpeg():
+def test_small_jpeg_is_sent_as_it_is_and_anything_else_becomes_an_rgb_jpeg_within_max_side():
     small = _jpeg((384, 256))
     assert _sent(jpeg_data_url(small, max_side=512)) == small  # M-BEIR's usual image: no re-encoding
-    for data, size in [(_jpeg((1024, 683)), (512, 341)), (_jpeg((384, 256), "CMYK"), (384, 256)),
-                       (png_bytes(size=(900, 600)), (512, 341)), (small, (256, 170))]:
-        img = Image.open(io.BytesIO(_sent(jpeg_data_url(data, max_side=512 if data is not small else 256))))
-        assert (img.format, img.mode) == ("JPEG", "RGB") and abs(img.width - size[0]) <= 1 and \
-            abs(img.height - size[1]) <= 1
+    for data, max_side, size in [(_jpeg((1024, 683)), 512, (512, 341)), (_jpeg((384, 256), "CMYK"), 512, (384, 256)),
+                                 (png_bytes(size=(900, 600)), 512, (512, 341)), (small, 256, (256, 170))]:
+        img = Image.open(io.BytesIO(_sent(jpeg_data_url(data, max_side=max_side))))
+        assert (img.format, img.mode) == ("JPEG", "RGB")
+        assert abs(img.width - size[0]) <= 1 and abs(img.height - size[1]) <= 1
     with pytest.raises(ValueError, match="cannot decode"):
         jpeg_data_url(small[: len(small) // 2])  # cut short: fails here, not at the teacher
 
