@@ -228,16 +228,19 @@ class _Defer(beam.DoFn):
             self.lines = []
 
 
+UNSENT = "unsent"  # CallTeacher's EncodeImages output: requests whose image could not be encoded
+
+
 def _with_images(element, loader: ImageLoader):
     """(request with its images encoded, payloads) (main), or (payload, failed result) per payload (tag
-    "unsent") when an image cannot be encoded."""
+    UNSENT) when an image cannot be encoded."""
     request, payloads = element
     try:
         yield materialize_images(request, loader), payloads
     except (ValueError, OSError) as e:
         result = _unanswered(request, reasons.UNREADABLE_IMAGE, f"encoding an image for the call: {e}")
         for payload in payloads:
-            yield beam.pvalue.TaggedOutput("unsent", (payload, result))
+            yield beam.pvalue.TaggedOutput(UNSENT, (payload, result))
 
 
 class CallTeacher(beam.PTransform):
@@ -267,8 +270,8 @@ class CallTeacher(beam.PTransform):
         todo, unsent = split.todo, []
         if self.image_loader is not None:
             encoded = todo | "EncodeImages" >> beam.FlatMap(_with_images, self.image_loader).with_outputs(
-                "unsent", main="ready")
-            todo, unsent = encoded.ready, [encoded.unsent]
+                UNSENT, main="ready")
+            todo, unsent = encoded.ready, [encoded[UNSENT]]
         caller = _Defer(self.policy.pending_dir) if self.policy.mode == "batch" else _Call(self.config, self.policy)
         called = todo | "Call" >> beam.ParDo(caller).with_outputs(EVENTS, main="answers")
         # The reshuffle keeps the rule filter and the next requests off the thread that submits calls.
