@@ -52,13 +52,23 @@ def _real_root(root: str) -> str:
     return os.path.realpath(root.removeprefix("file://"))
 
 
+@lru_cache(maxsize=4096)
+def _real_dir(path: str) -> str:
+    """Real path of an image folder; cached, as M-BEIR's images share a few thousand folders (a static tree:
+    the threat is a link shipped in it, not one created during the run)."""
+    return os.path.realpath(path)
+
+
 def local_image_path(root: str, rel_path: str) -> str | None:
     """The real path of an image under a local root, or None when the path is unsafe or its real path
     (symlinks resolved) leaves the root's real path. Beam-free (the trainer calls it)."""
     if not safe_image_path(rel_path):
         return None
     base = _real_root(str(root))
-    real = os.path.realpath(os.path.join(base, rel_path))
+    folder, name = os.path.split(os.path.join(base, rel_path))
+    real = os.path.join(_real_dir(folder), name)
+    if os.path.islink(real):
+        real = os.path.realpath(real)
     return real if real.startswith(base.rstrip(os.sep) + os.sep) else None
 
 

@@ -42,8 +42,9 @@ def _reachable(call, config: TeacherConfig):
 
 
 def _refused(config: TeacherConfig, status: int) -> ConfigError:
+    what = "the API key" if status == 401 else "the API key or its permissions for this model"
     return ConfigError(
-        f"the teacher at {config.base_url} refused the API key (HTTP {status}): put a valid key in the environment "
+        f"the teacher at {config.base_url} refused {what} (HTTP {status}): put a valid key in the environment "
         f"variable {config.api_key_env} (or name another with --api_key_env / --api_key_secret)")
 
 
