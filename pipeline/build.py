@@ -68,7 +68,7 @@ def _builder(fn, opts, plan: RunPlan):
     return functools.partial(
         fn, model=model, params={"temperature": opts.temperature, "max_tokens": opts.max_tokens},
         image_loader=_image_loader(opts, plan), image_mode=opts.image_mode, max_side=opts.image_max_side,
-        image_url_base=opts.image_url_base or "", defer_images=True)
+        image_url_base=opts.image_url_base or "", defer_images=True, max_prompt_tokens=opts.max_prompt_tokens)
 
 
 def _verifier_builder(example, build):
@@ -81,6 +81,11 @@ def _plan_events(pair, kind: str):
     return [Event("plan_requests", code=request.model),
             Event("plan_prompt_tokens", code=request.model, n=request.est_prompt_tokens),
             Event("plan_completion_tokens", code=request.model, n=COMPLETION_ESTIMATES[kind])]
+
+
+def _plan_reject_event(reject):
+    """A request the full run would reject before sending it (prompt_too_long, an unreadable image)."""
+    return Event("plan_rejected", reject.dataset, reject.reason)
 
 
 def _strip_images(row: dict) -> dict:
@@ -96,19 +101,24 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
     rejects, failed, events = [], [], []
 
     queries, r, e = p | "ReadQueries" >> ReadQueries(root, plan.query_files, opts.tasks, opts.limit,
-                                                     plan.query_lines)
+                                                     plan.query_lines, opts.max_line_bytes)
     rejects.append(r), events.append(e)
-    pool, pool_rejects, e = p | "ReadPool" >> ReadPool(root, plan.pool_files)
+    pool, pool_read_rejects, e = p | "ReadPool" >> ReadPool(root, plan.pool_files, opts.max_line_bytes)
     if plan.report_pool:
         events.append(e)
-    else:
-        pool_rejects = p | "NoPoolRejects" >> beam.Create([])
     queries, r = queries | "DropDuplicateQids" >> DropDuplicateQids()
     rejects.append(r)
     queries, r = queries | "CheckQueryImages" >> CheckQueryImages(root, opts.check_images)
     rejects.append(r)
-    examples, r = (queries, pool) | "Join" >> JoinPositives(root, opts.check_images, opts.instruction_seed)
+    examples, r, duplicate_dids = (queries, pool) | "Join" >> JoinPositives(root, opts.check_images,
+                                                                             opts.instruction_seed)
     rejects.append(r)
+    if plan.report_pool:
+        pool_rejects = (pool_read_rejects, duplicate_dids) | "PoolRejects" >> beam.Flatten()
+        events.append(duplicate_dids | "DuplicateDidEvents" >> beam.Map(
+            lambda x: Event("pool_rejected", code=x.reason)))
+    else:
+        pool_rejects = p | "NoPoolRejects" >> beam.Create([])
 
     judge = None
     if opts.routing == "judge" and not plan.dry_run:
@@ -123,13 +133,16 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
 
     if plan.dry_run:
         # A request that cannot be built is only planned here; a full run rejects it (it is already routed).
-        requests, _ = reasoning | "PlanCot" >> BuildRequests(_builder(build_cot_request, opts, plan), "cot")
+        requests, unsendable = reasoning | "PlanCot" >> BuildRequests(_builder(build_cot_request, opts, plan), "cot")
         events.append(requests | "PlanEvents" >> beam.FlatMap(_plan_events, "cot"))
+        events.append(unsendable | "PlanRejectEvents" >> beam.Map(_plan_reject_event))
         if opts.verifier == "on":  # one verifier call per CoT that passes the rules (at most one per CoT)
             events.append(requests | "PlanVerifierEvents" >> beam.FlatMap(_plan_events, "verifier"))
         if opts.routing == "judge":
-            judged, _ = examples | "PlanJudge" >> BuildRequests(_builder(build_judge_request, opts, plan), "judge")
+            judged, unsendable = examples | "PlanJudge" >> BuildRequests(_builder(build_judge_request, opts, plan),
+                                                                         "judge")
             events.append(judged | "PlanJudgeEvents" >> beam.FlatMap(_plan_events, "judge"))
+            events.append(unsendable | "PlanJudgeRejectEvents" >> beam.Map(_plan_reject_event))
     else:
         cot, r, f, e = reasoning | "Teacher" >> AskTeacher(_builder(build_cot_request, opts, plan), "cot",
                                                            plan.teacher, plan.journal_dir, plan.policy,

@@ -11,6 +11,8 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.mbeir.layout import DATASET_IDS, SPLITS, TASKS
+from pipeline.mbeir.lines import DEFAULT_MAX_LINE_BYTES
+from pipeline.teacher.prompting import DEFAULT_MAX_PROMPT_TOKENS
 
 ROUTINGS = ("dataset", "judge", "heuristic")
 IMAGE_CHECKS = ("none", "exists", "decode")
@@ -56,7 +58,11 @@ class MbeirCotOptions(PipelineOptions):
         g.add_argument("--instruction_seed", type=int, default=0,
                        help="seed of the per-query instruction choice (UniIR picks one prompt at random)")
         g.add_argument("--check_images", default="decode", choices=IMAGE_CHECKS,
-                       help="reject records whose images are missing (exists) or also unreadable (decode)")
+                       help="reject records whose images are missing (exists) or also unreadable (decode); an "
+                            "image whose real path leaves the M-BEIR root is rejected whatever this says")
+        g.add_argument("--max_line_bytes", type=int, default=DEFAULT_MAX_LINE_BYTES,
+                       help="a query or pool line longer than this is rejected (line_too_long) without being parsed "
+                            "or held in memory; real M-BEIR lines stay under a few KB")
         g.add_argument("--hf_cache_dir", default=None, help="download folder for hf:// roots")
         g.add_argument("--download_images", action="store_true",
                        help="with an hf:// root, also download the ~169 GB image archive parts")
@@ -92,6 +98,12 @@ class MbeirCotOptions(PipelineOptions):
         g.add_argument("--max_reasks", type=int, default=2, help="re-asks when the output breaks the format")
         g.add_argument("--temperature", type=float, default=0.2)
         g.add_argument("--max_tokens", type=int, default=512)
+        g.add_argument("--max_prompt_tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
+                       help="a request whose prompt is estimated above this (text/4 + 256 per image) is never sent; "
+                            "its query is rejected as prompt_too_long (the dry run counts them)")
+        g.add_argument("--skip_preflight", action="store_true",
+                       help="do not check the teacher (models list) before the run, e.g. for a rerun the journal "
+                            "answers while the teacher is down")
         g.add_argument("--image_max_side", type=int, default=512,
                        help="images sent to the teacher are shrunk to this longer side (a JPEG already within it is "
                             "sent as it is)")

@@ -27,6 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import shards
 from pipeline.build import WORK
+from pipeline.mbeir.lines import DEFAULT_MAX_LINE_BYTES
 from pipeline.mbeir.read import select_queries
 from pipeline.mbeir.records import QueryRecord
 from validators.dedup import query_content_key
@@ -41,7 +42,7 @@ def _hash(key: str) -> int:
 
 
 def plan_partitions(root: str, files: Sequence[str], tasks: Sequence[int] | None, limit: int | None,
-                    per_partition: int) -> list[dict[str, array]]:
+                    per_partition: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> list[dict[str, array]]:
     """Per partition: query file -> ascending line numbers of its inputs. One partition when the input has at
     most `per_partition` query lines. The count depends only on the input, so a rerun splits the same way."""
     wanted = set(tasks) if tasks else None
@@ -49,7 +50,7 @@ def plan_partitions(root: str, files: Sequence[str], tasks: Sequence[int] | None
     for rel in files:
         numbers, hashes = array("I"), array("Q")
         first_of_qid: dict[str, int] = {}
-        for item in select_queries(root, rel, wanted, limit):
+        for item in select_queries(root, rel, wanted, limit, max_line_bytes):
             if isinstance(item, QueryRecord):
                 content = query_content_key(item.dataset, item.task_id, item.query_txt, item.query_img_path)
                 h = first_of_qid.setdefault(item.qid, _hash(content))

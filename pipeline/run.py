@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 import shlex
 import sys
 import uuid
@@ -18,8 +19,9 @@ from apache_beam.options.pipeline_options import StandardOptions
 from pipeline import shards
 from pipeline.build import CARD_SAMPLE_ROWS, WORK, RunPlan, build, sample_rank
 from pipeline.card.card import write_card
-from pipeline.mbeir import layout
+from pipeline.mbeir import images, layout
 from pipeline.mbeir.errors import ConfigError, OutputError
+from pipeline.mbeir.read import read_instructions
 from pipeline.mbeir.source import resolve_root, selection_files
 from pipeline.options import DEFAULT_LOCAL_RUNNER, LOCAL_RUNNERS, MbeirCotOptions, take_dry_run
 from pipeline.partition import PARTS, merge_partitions, plan_partitions
@@ -29,6 +31,7 @@ from pipeline.teacher.batch import BatchJobs
 from pipeline.teacher.budget import Budget
 from pipeline.teacher.client import TeacherConfig
 from pipeline.teacher.cost import BATCH_DISCOUNT, PriceTable
+from pipeline.teacher.preflight import preflight
 from validators.defaults import VERIFIER_MIN_CONFIDENCE, RuleConfig
 
 log = logging.getLogger("pipeline")
@@ -107,6 +110,11 @@ def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
     for flag in ("max_cost_usd", "max_requests"):
         if getattr(opts, flag) is not None and getattr(opts, flag) < 0:
             raise ConfigError(f"--{flag} must not be negative")
+    for flag in ("max_line_bytes", "max_prompt_tokens"):
+        if getattr(opts, flag) < 1:
+            raise ConfigError(f"--{flag} must be at least 1, got {getattr(opts, flag)}")
+    _check_instructions(root)
+    _check_image_dir(root)
     policy = TeacherPolicy(opts.teacher_mode, opts.max_requests, opts.max_cost_usd,
                            FileSystems.join(opts.output_dir, PENDING_DIR))
     if teacher is not None and policy.mode == "batch":
@@ -115,6 +123,27 @@ def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
     return RunPlan(root=root, query_files=query_files, pool_files=pool_files, output_dir=opts.output_dir,
                    journal_dir=journal_dir, teacher=teacher, rules=_rules(opts), verifier_threshold=threshold,
                    dry_run=dry_run, policy=policy)
+
+
+def _check_instructions(root: str) -> None:
+    """The instructions TSV is read whole by every join worker: a bad row stops the run here, before any work."""
+    try:
+        read_instructions(root)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{e}; fix that row of the instructions file (columns: query modality, cand modality, "
+                          "dataset name, dataset id, prompts) or restore the file from the M-BEIR release") from None
+
+
+def _check_image_dir(root: str) -> None:
+    """A local root whose image folder is a link out of the root would lose every image to unsafe_image_path."""
+    if not images.is_local_root(root):
+        return
+    folder = os.path.join(root, layout.IMAGE_DIR)
+    if os.path.isdir(folder) and images.local_image_path(root, layout.IMAGE_DIR) is None:
+        raise ConfigError(f"{folder} leads out of --mbeir_root {root} (to {os.path.realpath(folder)}): images are "
+                          "never read outside the root, so every image would be rejected as unsafe_image_path; "
+                          "mount the images inside the root (e.g. a bind mount) or point --mbeir_root at a folder "
+                          "that holds them")
 
 
 def _delete_tree(folder: str) -> None:
@@ -225,7 +254,8 @@ def _partitions(opts, plan: RunPlan) -> list[dict] | None:
     local = (runner if isinstance(runner, str) else type(runner).__name__) in LOCAL_RUNNERS
     if not local or opts.partition_queries <= 0:
         return None
-    parts = plan_partitions(plan.root, plan.query_files, opts.tasks, opts.limit, opts.partition_queries)
+    parts = plan_partitions(plan.root, plan.query_files, opts.tasks, opts.limit, opts.partition_queries,
+                            opts.max_line_bytes)
     return parts if len(parts) > 1 else None
 
 
@@ -275,6 +305,8 @@ def run(argv: list[str] | None = None) -> dict:
     if opts.view_as(StandardOptions).runner is None:
         opts.view_as(StandardOptions).runner = DEFAULT_LOCAL_RUNNER
     plan = resolve_plan(opts, dry_run)
+    if plan.teacher is not None and not plan.dry_run and not opts.skip_preflight:
+        log.info("teacher preflight at %s: %s", plan.teacher.base_url, preflight(plan.teacher))
     batch = plan.policy.mode == "batch" and not plan.dry_run
     if batch:
         jobs = BatchJobs(plan.teacher, FileSystems.join(plan.output_dir, BATCH_STATE_DIR))

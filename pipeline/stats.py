@@ -30,6 +30,7 @@ CATEGORIES = (
     "teacher_requests", "teacher_journal_hits", "teacher_retries",  # code = model
     "teacher_prompt_tokens", "teacher_completion_tokens",  # code = model
     "plan_requests", "plan_prompt_tokens", "plan_completion_tokens",  # code = model (dry run)
+    "plan_rejected",  # code = reason a full run would reject the request with, unsent (dry run; e.g. prompt_too_long)
 )
 
 
@@ -103,6 +104,7 @@ def to_stats(counter: Counter, *, dry_run: bool, cost_fn=None) -> dict:
             "est_prompt_tokens": usage("plan", "prompt_tokens"),
             "est_completion_tokens": usage("plan", "completion_tokens"),
             "est_cost_usd": round(est_cost, 6),
+            "rejected_unsent": _by(counter, "plan_rejected", 1),  # e.g. prompt_too_long: never sent
         }
     return stats
 
@@ -144,6 +146,10 @@ def summary(stats: dict, *, dry_run: bool) -> str:
         p = stats["plan"]
         lines.append(f"plan (dry run, no calls made): {p['teacher_requests']} teacher requests, about "
                      f"{p['est_prompt_tokens']}+{p['est_completion_tokens']} tokens, about ${p['est_cost_usd']:.2f}")
+        unsent = p.get("rejected_unsent") or {}
+        if unsent:
+            lines.append("plan: a full run rejects these requests before sending them: "
+                         + ", ".join(f"{k} {v}" for k, v in unsent.items()))
     problem = check_identity(stats, dry_run=dry_run)
     lines.append(problem or "identity holds: every input line is accounted for")
     return "\n".join(lines)

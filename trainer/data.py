@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.mbeir import images
 from trainer.interface import CandidateInput, QueryInput
 from trainer.student import format_query_text
 
@@ -152,7 +153,7 @@ class ImageLoader:
                 raise FileNotFoundError("no image path")
             if self.root is None:
                 raise FileNotFoundError(f"image {rel_path!r} needs --mbeir_root")
-            with fsspec.open(posixpath.join(self.root, rel_path), "rb") as fh:
+            with fsspec.open(images.image_path(self.root, rel_path, join=posixpath.join), "rb") as fh:
                 data = fh.read()
         img = Image.open(io.BytesIO(data))
         img.load()
@@ -178,7 +179,8 @@ class RowDecoder:
             if row.get("pos_img_path") or (row.get("pos_image") or {}).get("bytes"):
                 c_img = self.images(row.get("pos_image"), row.get("pos_img_path"))
         except (OSError, ValueError) as e:
-            self.skipped["missing_image" if isinstance(e, FileNotFoundError) else "bad_image"] += 1
+            self.skipped["missing_image" if isinstance(e, FileNotFoundError) else
+                         "unsafe_image_path" if isinstance(e, images.UnsafeImagePath) else "bad_image"] += 1
             return None
         text = format_query_text(row.get("instruction") or "", row.get("query_txt"))
         if q_img is None and not text:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.mbeir import layout
+from pipeline.mbeir import images, layout, reasons
 from pipeline.mbeir.instructions import Instructions, query_text
 from pipeline.mbeir.lines import iter_lines
 from pipeline.mbeir.parse import parse_candidate_line, parse_query_line
@@ -105,12 +105,17 @@ def read_instructions(root: str | Path) -> Instructions:
 def _image(root: Path, rel: str | None, max_side: int, stats: ReadStats) -> Image.Image | None:
     """The image as RGB, longer side <= max_side; None (counted) when missing or unreadable.
 
-    Local files only: the trainer runs where Beam's FileSystems is absent (pipeline.mbeir.images needs it).
+    Local files only: the trainer runs where Beam's FileSystems is absent. A path whose real path leaves the
+    root is never opened (counted as unsafe_image_path).
     """
     if not rel:
         return None
+    path = images.local_image_path(str(root), rel)
+    if path is None:
+        stats.rejected[reasons.UNSAFE_IMAGE_PATH] += 1
+        return None
     try:
-        with Image.open(root / rel) as f:
+        with Image.open(path) as f:
             img = f.convert("RGB")
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         return img

@@ -22,7 +22,12 @@ from huggingface_hub import DatasetCardData
 
 from pipeline import shards
 from pipeline.card import plots
+from pipeline.mbeir import reasons as input_reasons
 from pipeline.mbeir.layout import DISPLAY_NAMES
+from validators.reasons import REASONS as RULE_REASONS
+
+# What each rejection code means: M-BEIR input and pipeline codes, then the validators' rule codes.
+REASON_MEANINGS: dict[str, str] = {**input_reasons.DESCRIPTIONS, **RULE_REASONS}
 
 DEFAULT_LICENSE_NOTE = (
     "The queries, candidates and images follow the upstream licenses of M-BEIR and of each of its source "
@@ -142,10 +147,13 @@ def _counts_section(stats: Mapping[str, Any]) -> str:
     for title, key in (("Rejection reasons", "rejected"), ("Failures", "failed")):
         codes = stats.get(key, {})
         n = _total(codes)
-        out += [f"### {title}", "", _table(["code", "rows", f"share of {key}"],
-                                           [[f"`{c}`", k, _pct(k, n)] for c, k in
-                                            sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))])
-                if codes else "none", ""]
+        ranked = sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))
+        if key == "rejected":
+            table = _table(["code", "rows", f"share of {key}", "meaning"],
+                           [[f"`{c}`", k, _pct(k, n), _cell(REASON_MEANINGS.get(c, ""))] for c, k in ranked])
+        else:
+            table = _table(["code", "rows", f"share of {key}"], [[f"`{c}`", k, _pct(k, n)] for c, k in ranked])
+        out += [f"### {title}", "", table if codes else "none", ""]
     return "\n".join(out)
 
 

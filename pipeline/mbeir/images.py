@@ -1,20 +1,31 @@
 """M-BEIR image access through Beam FileSystems (local paths, gs://, ...): check, read, load, digest.
 
-Beam is imported on first file access only, so parse.py (which needs safe_image_path) stays Beam-free."""
+Nothing outside the M-BEIR root is ever read: a relative path must pass safe_image_path (no scheme, no
+absolute path, no ".."), and under a local root the image's real path (symlinks resolved) must stay inside the
+root's real path. Object stores (gs://, s3://) have no symlinks: there the path check is the whole check.
+Beam is imported on first file access only, so parse.py and the trainer (which need these checks) stay Beam-free.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import warnings
+from collections.abc import Callable
+from functools import lru_cache
 
 from PIL import Image
 
 from pipeline.mbeir import reasons
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-CHECK_MODES = ("exists", "decode")
+CHECK_MODES = ("none", "exists", "decode")  # "none" still refuses unsafe paths: that check is never off
+
+
+class UnsafeImagePath(ValueError):
+    """An image path that leads out of the M-BEIR root (reason code unsafe_image_path)."""
 
 
 def _fs():
@@ -32,11 +43,46 @@ def safe_image_path(rel: str) -> bool:
     return ".." not in re.split(r"[\\/]", rel)
 
 
-def image_path(root: str, rel_path: str) -> str:
-    """The full path of an image; raises ValueError for an unsafe relative path."""
+def is_local_root(root: str) -> bool:
+    return not _SCHEME.match(root) or root.startswith("file:")
+
+
+@lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root.removeprefix("file://"))
+
+
+@lru_cache(maxsize=4096)
+def _real_dir(path: str) -> str:
+    """Real path of an image folder; cached, as M-BEIR's images share a few thousand folders (a static tree:
+    the threat is a link shipped in it, not one created during the run)."""
+    return os.path.realpath(path)
+
+
+def local_image_path(root: str, rel_path: str) -> str | None:
+    """The real path of an image under a local root, or None when the path is unsafe or its real path
+    (symlinks resolved) leaves the root's real path. Beam-free (the trainer calls it)."""
     if not safe_image_path(rel_path):
-        raise ValueError(f"unsafe image path {rel_path!r}")
-    return _fs().join(root, rel_path)
+        return None
+    base = _real_root(str(root))
+    folder, name = os.path.split(os.path.join(base, rel_path))
+    real = os.path.join(_real_dir(folder), name)
+    if os.path.islink(real):
+        real = os.path.realpath(real)
+    return real if real.startswith(base.rstrip(os.sep) + os.sep) else None
+
+
+def image_path(root: str, rel_path: str, join: Callable[[str, str], str] | None = None) -> str:
+    """The path to open for an image: its real path under a local root, root + path under an object store
+    (joined by `join`, default Beam's FileSystems.join). Raises UnsafeImagePath for a path out of the root."""
+    if is_local_root(root):
+        real = local_image_path(root, rel_path)
+        if real is None:
+            raise UnsafeImagePath(f"unsafe image path {rel_path!r}: it leads out of the M-BEIR root {root}")
+        return real
+    if not safe_image_path(rel_path):
+        raise UnsafeImagePath(f"unsafe image path {rel_path!r}")
+    return (join or _fs().join)(root, rel_path)
 
 
 def read_image_bytes(root: str, rel_path: str) -> bytes:
@@ -59,13 +105,17 @@ def _decode(data: bytes) -> Image.Image:
 
 
 def check_image(root: str, rel_path: str, mode: str = "decode") -> str | None:
-    """A reason code (unsafe_image_path, missing_image, unreadable_image, decompression_bomb) or None if fine."""
+    """A reason code (unsafe_image_path, missing_image, unreadable_image, decompression_bomb) or None if fine.
+    mode "none" checks only that the path stays inside the root."""
     if mode not in CHECK_MODES:
         raise ValueError(f"mode must be one of {CHECK_MODES}, got {mode!r}")
-    if not safe_image_path(rel_path):
+    try:
+        path = image_path(root, rel_path)
+    except UnsafeImagePath:
         return reasons.UNSAFE_IMAGE_PATH
+    if mode == "none":
+        return None
     fs = _fs()
-    path = fs.join(root, rel_path)
     try:
         if not fs.exists(path):
             return reasons.MISSING_IMAGE

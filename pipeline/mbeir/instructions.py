@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from pipeline.mbeir.layout import DATASET_NAMES, MODALITIES
+
 
 def format_string(s: str | None) -> str:
     """UniIR's format_string: drop CRs, strip spaces and quotes, capitalise the first letter,
@@ -35,8 +37,10 @@ class Instructions:
 
     @classmethod
     def parse(cls, text: str) -> Instructions:
-        """Parse the TSV: header row first (kept as data if its dataset id cell is a number); columns query modality, cand modality, dataset name, dataset id,
-        then any number of prompts (blank cells, trailing tabs and CRLF are tolerated)."""
+        """Parse the TSV: header row first (kept as data if its dataset id cell is a number); columns query
+        modality, cand modality, dataset name, dataset id, then any number of prompts (blank cells, trailing
+        tabs and CRLF are tolerated). A malformed row, an unknown modality or dataset id, or a file without a
+        single prompt is a ValueError naming the line."""
         prompts: dict[str, tuple[str, ...]] = {}
         lines = text.lstrip("\ufeff").splitlines()
         first = lines[0].split("\t") if lines else []
@@ -47,11 +51,21 @@ class Instructions:
                 continue
             if len(cells) < 5 or not cells[3].isdigit():
                 raise ValueError(f"query_instructions.tsv line {number}: expected query modality, cand modality, "
-                                 f"dataset name, dataset id, prompts...; got {line!r}")
+                                 f"dataset name, dataset id, prompts...; got {line[:200]!r}")
+            for name, value in (("query modality", cells[0]), ("cand modality", cells[1])):
+                if value not in MODALITIES:
+                    raise ValueError(f"query_instructions.tsv line {number}: {name} {value!r} is not one of "
+                                     f"{', '.join(MODALITIES)}")
+            if int(cells[3]) not in DATASET_NAMES:
+                raise ValueError(f"query_instructions.tsv line {number}: dataset id {cells[3]} is not an M-BEIR "
+                                 f"dataset id (0-9)")
             found = tuple(c for c in cells[4:] if c)
             if found:
                 key = instruction_key(int(cells[3]), cells[0], cells[1])
                 prompts[key] = prompts.get(key, ()) + found
+        if not prompts:
+            raise ValueError("query_instructions.tsv holds no prompt: every query would be rejected as "
+                             "unknown_instruction")
         return cls(prompts)
 
     def get(self, dataset_id: int, query_modality: str, cand_modality: str) -> tuple[str, ...]:

@@ -1,13 +1,15 @@
 """Parse one M-BEIR JSONL line into a QueryRecord / CandidateRecord, or a Reject with a reason code.
 
-Checks: UTF-8, JSON object, the JSON Schemas in schemas/ (mbeir_query, mbeir_candidate), task id known and
-consistent with the query modality, text/image present where the modality needs it, safe image paths,
-non-empty positives. Never raises on bad input.
+Checks: size (--max_line_bytes), UTF-8, strict JSON (RFC 8259: no NaN/Infinity, no lone surrogate escapes,
+nesting Python can parse), JSON object, the JSON Schemas in schemas/ (mbeir_query, mbeir_candidate), task id known
+and consistent with the query modality, text/image present where the modality needs it, safe image paths,
+non-empty positives. Never raises on bad input, whatever a line holds.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from typing import Any
 
@@ -15,6 +17,7 @@ import schemas
 from pipeline.mbeir import reasons
 from pipeline.mbeir.images import safe_image_path
 from pipeline.mbeir.layout import DATASET_IDS, DATASET_NAMES, DID_STRIDE, QID_STRIDE, TASKS
+from pipeline.mbeir.lines import DEFAULT_MAX_LINE_BYTES
 from pipeline.mbeir.records import CandidateRecord, QueryRecord, Reject
 
 REJECT_TEXT_CHARS = 500
@@ -40,19 +43,38 @@ class _Bad(Exception):
         self.reason, self.detail = reason, detail
 
 
-def _load(raw: bytes, complete: bool) -> dict[str, Any]:
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str):
+    raise _Bad(reasons.INVALID_JSON, f"{name} is not a JSON number (RFC 8259); write null or a finite number")
+
+
+def _load(raw: bytes, complete: bool, max_line_bytes: int) -> dict[str, Any]:
+    if len(raw) > max_line_bytes:
+        raise _Bad(reasons.LINE_TOO_LONG, f"the line is over {max_line_bytes} bytes (--max_line_bytes); not parsed")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _Bad(reasons.INVALID_UTF8, f"invalid UTF-8 at byte {e.start}") from None
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         if not complete:
             raise _Bad(reasons.TRUNCATED_LINE, f"last line has no newline and does not parse: {e.msg}") from None
         raise _Bad(reasons.INVALID_JSON, f"{e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise _Bad(reasons.TOO_DEEPLY_NESTED, "arrays/objects nested deeper than the JSON parser's limit") from None
+    except ValueError as e:  # e.g. an integer of more digits than int() converts (sys.set_int_max_str_digits)
+        raise _Bad(reasons.INVALID_JSON, str(e).split(";")[0][:200]) from None
     if not isinstance(obj, dict):
         raise _Bad(reasons.NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Bad(reasons.INVALID_UTF8, "a \\u escape encodes a lone UTF-16 surrogate (not a character)"
+                       ) from None
     return obj
 
 
@@ -62,8 +84,11 @@ def _check_schema(obj: dict[str, Any], schema: str, modality_field: str) -> None
         return
     except Exception:  # noqa: BLE001 - any failure of the fast path: let jsonschema name the problem
         pass
-    errors = sorted(_validator(schema).iter_errors(obj),
-                    key=lambda e: (e.validator != "required", [str(p) for p in e.path]))
+    try:
+        errors = sorted(_validator(schema).iter_errors(obj),
+                        key=lambda e: (e.validator != "required", [str(p) for p in e.path]))
+    except RecursionError:
+        raise _Bad(reasons.TOO_DEEPLY_NESTED, "a field nests deeper than the schema check can follow") from None
     if not errors:
         return
     e = errors[0]
@@ -93,11 +118,11 @@ def _snippet(raw: bytes) -> str:
 
 
 def parse_query_line(raw: bytes, *, source_file: str, line_number: int, dataset: str,
-                     complete: bool = True) -> QueryRecord | Reject:
+                     complete: bool = True, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> QueryRecord | Reject:
     """One query line -> QueryRecord or Reject. `dataset` is the file stem ("" = take it from the qid)."""
     qid = ""
     try:
-        obj = _load(raw, complete)
+        obj = _load(raw, complete, max_line_bytes)
         qid = obj.get("qid") if isinstance(obj.get("qid"), str) else ""
         _check_schema(obj, "mbeir_query", "query_modality")
         dataset_id, n = map(int, qid.split(":", 1))
@@ -128,11 +153,11 @@ def parse_query_line(raw: bytes, *, source_file: str, line_number: int, dataset:
     )
 
 
-def parse_candidate_line(raw: bytes, *, source_file: str, line_number: int,
-                         complete: bool = True) -> CandidateRecord | Reject:
-    """One candidate pool line -> CandidateRecord or Reject."""
+def parse_candidate_line(raw: bytes, *, source_file: str, line_number: int, complete: bool = True,
+                         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> CandidateRecord | Reject:
+    """One candidate pool line -> CandidateRecord (with its file and line) or Reject."""
     try:
-        obj = _load(raw, complete)
+        obj = _load(raw, complete, max_line_bytes)
         _check_schema(obj, "mbeir_candidate", "modality")
         if int(obj["did"].split(":", 1)[1]) >= DID_STRIDE:
             raise _Bad(reasons.BAD_FIELD_TYPE, f"did {obj['did']!r}: number must be below {DID_STRIDE}")
@@ -141,4 +166,5 @@ def parse_candidate_line(raw: bytes, *, source_file: str, line_number: int,
         return Reject(reason=bad.reason, detail=bad.detail, source_file=source_file, line_number=line_number,
                       text=_snippet(raw))
     return CandidateRecord(did=obj["did"], txt=obj.get("txt"), img_path=obj.get("img_path"),
-                           modality=obj["modality"], src_content=obj.get("src_content"))
+                           modality=obj["modality"], src_content=obj.get("src_content"),
+                           source_file=source_file, line_number=line_number)

@@ -37,6 +37,10 @@ class CandidateRecord:
     img_path: str | None
     modality: str
     src_content: str | None = None
+    # Where it was read (duplicate_did rejects name both lines); not part of equality: two lines of one did
+    # are the same candidate when everything above agrees.
+    source_file: str = field(default="", compare=False)
+    line_number: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)

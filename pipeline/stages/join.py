@@ -1,9 +1,12 @@
 """Join each query to its positive candidate(s) and its instruction.
 
-in: QueryRecord, CandidateRecord   out: Example (main), Reject (tag "rejects")
+in: QueryRecord, CandidateRecord   out: Example (main), Reject (tag "rejects"), pool Reject (tag "pool_rejects")
 The pool is never loaded into one process: it streams past a filter that keeps only the dids some query
 points to, those candidates and the queries' positive references meet in a CoGroupByKey on did, then the found
 positives meet their query in a second CoGroupByKey on the query key.
+One candidate per did: when pool lines repeat a did, the first by (file name, line number) is used, so reruns
+are byte-identical; a later line with different content is a pool reject (duplicate_did, naming both lines), an
+exact copy (a local pool and the union pool it is part of) is not. Only dids some query needs are checked.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pipeline.mbeir.instructions import Instructions
 from pipeline.mbeir.layout import INSTRUCTIONS
 from pipeline.mbeir.records import CandidateRecord, Example, QueryRecord, Reject
 
-REJECTS = "rejects"
+REJECTS, POOL_REJECTS = "rejects", "pool_rejects"
 
 
 class _ResolveCandidate(beam.DoFn):
@@ -30,12 +33,18 @@ class _ResolveCandidate(beam.DoFn):
         refs = list(grouped["refs"])
         if not refs:
             return
-        cands = list(grouped["cands"])
+        cands = sorted(grouped["cands"], key=lambda c: (c.source_file, c.line_number))
         cand = cands[0] if cands else None
+        for later in cands[1:]:
+            if later != cand:
+                yield beam.pvalue.TaggedOutput(POOL_REJECTS, Reject(
+                    reasons.DUPLICATE_DID, f"did {did} already on {cand.source_file}:{cand.line_number} with "
+                    "different content; that first line is used", later.source_file, later.line_number,
+                    stage="pool", text=(later.txt or later.img_path or "")[:500]))
         reason = None
         if cand is None:
             reason = reasons.POSITIVE_NOT_FOUND
-        elif cand.img_path and self.image_check != "none":
+        elif cand.img_path:  # check "none" still refuses a path out of the root
             reason = images.check_image(self.root, cand.img_path, mode=self.image_check)
         for query_key in refs:
             yield query_key, (did, None if reason else cand, reason)
@@ -84,6 +93,8 @@ def _reject(q: QueryRecord, reason: str, detail: str) -> Reject:
 
 
 class JoinPositives(beam.PTransform):
+    """(queries, pool) -> (examples, rejects, pool rejects)."""
+
     def __init__(self, root: str, image_check: str, instruction_seed: int):
         super().__init__()
         self.root, self.image_check, self.seed = root, image_check, instruction_seed
@@ -101,11 +112,13 @@ class JoinPositives(beam.PTransform):
         cands = (pool
                  | "KeepNeeded" >> beam.Filter(lambda c, wanted: c.did in wanted, wanted=beam.pvalue.AsDict(needed))
                  | "KeyByDid" >> beam.Map(lambda c: (c.did, c)))
-        positives = ({"cands": cands, "refs": refs}
-                     | "JoinByDid" >> beam.CoGroupByKey()
-                     | "ResolvePositive" >> beam.ParDo(_ResolveCandidate(self.root, self.image_check)))
+        resolved = ({"cands": cands, "refs": refs}
+                    | "JoinByDid" >> beam.CoGroupByKey()
+                    | "ResolvePositive" >> beam.ParDo(_ResolveCandidate(self.root, self.image_check))
+                    .with_outputs(POOL_REJECTS, main="positives"))
+        positives = resolved.positives
         keyed_queries = queries | "KeyByQuery" >> beam.Map(lambda q: (q.key, q))
         out = ({"query": keyed_queries, "positives": positives}
                | "JoinByQuery" >> beam.CoGroupByKey()
                | "BuildExample" >> beam.ParDo(_BuildExample(self.root, self.seed)).with_outputs(REJECTS, main="examples"))
-        return out.examples, out[REJECTS]
+        return out.examples, out[REJECTS], resolved[POOL_REJECTS]

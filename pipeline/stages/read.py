@@ -15,6 +15,7 @@ from typing import Any
 import apache_beam as beam
 
 from pipeline.mbeir import images, reasons
+from pipeline.mbeir.lines import DEFAULT_MAX_LINE_BYTES
 from pipeline.mbeir.read import dataset_of_file, iter_candidate_file, iter_query_file, select_queries
 from pipeline.mbeir.records import QueryRecord, Reject
 from pipeline.stats import Event
@@ -26,16 +27,19 @@ class _ReadQueryFile(beam.DoFn):
     """With `lines` (a partition of a local run, pipeline.partition) only those line numbers of each file are
     read; they were selected with the same tasks and limit."""
 
-    def __init__(self, root: str, tasks: list[int] | None, limit: int | None, lines: dict[str, Any] | None):
+    def __init__(self, root: str, tasks: list[int] | None, limit: int | None, lines: dict[str, Any] | None,
+                 max_line_bytes: int):
         self.root, self.tasks, self.limit, self.lines = root, set(tasks) if tasks else None, limit, lines
+        self.max_line_bytes = max_line_bytes
 
     def process(self, rel_path: str):
         dataset = dataset_of_file(rel_path)
         if self.lines is None:
-            inputs = select_queries(self.root, rel_path, self.tasks, self.limit)
+            inputs = select_queries(self.root, rel_path, self.tasks, self.limit, self.max_line_bytes)
         else:
             wanted = set(self.lines.get(rel_path, ()))
-            inputs = iter_query_file(self.root, rel_path, dataset, lines=wanted) if wanted else iter(())
+            inputs = (iter_query_file(self.root, rel_path, dataset, lines=wanted, max_line_bytes=self.max_line_bytes)
+                      if wanted else iter(()))
         taken = 0
         for parsed in inputs:
             taken += 1
@@ -47,12 +51,12 @@ class _ReadQueryFile(beam.DoFn):
 
 
 class _ReadPoolFile(beam.DoFn):
-    def __init__(self, root: str):
-        self.root = root
+    def __init__(self, root: str, max_line_bytes: int):
+        self.root, self.max_line_bytes = root, max_line_bytes
 
     def process(self, rel_path: str):
         lines = 0
-        for parsed in iter_candidate_file(self.root, rel_path):
+        for parsed in iter_candidate_file(self.root, rel_path, self.max_line_bytes):
             lines += 1
             if isinstance(parsed, Reject):
                 yield beam.pvalue.TaggedOutput(REJECTS, dataclasses.replace(parsed, stage="pool"))
@@ -64,28 +68,31 @@ class _ReadPoolFile(beam.DoFn):
 
 class ReadQueries(beam.PTransform):
     def __init__(self, root: str, files: list[str], tasks: list[int] | None = None, limit: int | None = None,
-                 lines: dict[str, Any] | None = None):
+                 lines: dict[str, Any] | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
         super().__init__()
         self.root, self.files, self.tasks, self.limit, self.lines = root, files, tasks, limit, lines
+        self.max_line_bytes = max_line_bytes
 
     def expand(self, pbegin):
         out = (pbegin
                | "QueryFiles" >> beam.Create(self.files)
-               | "ReadQueryLines" >> beam.ParDo(_ReadQueryFile(self.root, self.tasks, self.limit, self.lines))
+               | "ReadQueryLines" >> beam.ParDo(
+                   _ReadQueryFile(self.root, self.tasks, self.limit, self.lines, self.max_line_bytes))
                .with_outputs(REJECTS, EVENTS, main="records"))
         records = out.records | "SpreadQueries" >> beam.Reshuffle()
         return records, out[REJECTS], out[EVENTS]
 
 
 class ReadPool(beam.PTransform):
-    def __init__(self, root: str, files: list[str]):
+    def __init__(self, root: str, files: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
         super().__init__()
-        self.root, self.files = root, files
+        self.root, self.files, self.max_line_bytes = root, files, max_line_bytes
 
     def expand(self, pbegin):
         out = (pbegin
                | "PoolFiles" >> beam.Create(self.files)
-               | "ReadPoolLines" >> beam.ParDo(_ReadPoolFile(self.root)).with_outputs(REJECTS, EVENTS, main="records"))
+               | "ReadPoolLines" >> beam.ParDo(_ReadPoolFile(self.root, self.max_line_bytes))
+               .with_outputs(REJECTS, EVENTS, main="records"))
         # No reshuffle here: the join filters the stream down to the candidates queries need before any shuffle.
         return out.records, out[REJECTS], out[EVENTS]
 
@@ -117,7 +124,7 @@ class _CheckQueryImage(beam.DoFn):
         self.root, self.mode = root, mode
 
     def process(self, q: QueryRecord):
-        if q.query_img_path and self.mode != "none":
+        if q.query_img_path:  # mode "none" still refuses a path out of the root
             reason = images.check_image(self.root, q.query_img_path, mode=self.mode)
             if reason:
                 yield beam.pvalue.TaggedOutput(REJECTS, Reject(
@@ -127,7 +134,8 @@ class _CheckQueryImage(beam.DoFn):
 
 
 class CheckQueryImages(beam.PTransform):
-    """QueryRecord -> QueryRecord whose image (if any) passes the check, Reject otherwise."""
+    """QueryRecord -> QueryRecord whose image (if any) passes the check, Reject otherwise. Whatever the mode,
+    an image path leading out of the M-BEIR root (symlinks included) is rejected as unsafe_image_path."""
 
     def __init__(self, root: str, mode: str):
         super().__init__()

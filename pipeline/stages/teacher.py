@@ -34,7 +34,7 @@ from pipeline.teacher.batch import pending_line
 from pipeline.teacher.budget import Budget
 from pipeline.teacher.client import TeacherClient, TeacherConfig, TeacherResult, result_from_record
 from pipeline.teacher.journal import journal_glob, parse_journal_line
-from pipeline.teacher.prompting import TeacherRequest, materialize_images
+from pipeline.teacher.prompting import PromptTooLong, TeacherRequest, materialize_images
 
 EVENTS, REJECTS, FAILED = "events", "rejects", "failed"
 # Results that are neither answers nor failures: the item waits for a later run (stats "pending").
@@ -237,8 +237,9 @@ def _with_images(element, loader: ImageLoader):
     request, payloads = element
     try:
         yield materialize_images(request, loader), payloads
-    except (ValueError, OSError) as e:
-        result = _unanswered(request, reasons.UNREADABLE_IMAGE, f"encoding an image for the call: {e}")
+    except (ValueError, OSError) as e:  # the file changed since the request was built
+        code = reasons.UNSAFE_IMAGE_PATH if isinstance(e, images.UnsafeImagePath) else reasons.UNREADABLE_IMAGE
+        result = _unanswered(request, code, f"encoding an image for the call: {e}")
         for payload in payloads:
             yield beam.pvalue.TaggedOutput(UNSENT, (payload, result))
 
@@ -291,6 +292,14 @@ class ImageLoader:
         return images.read_image_bytes(self.root, rel_path)
 
 
+def _build_reason(error: Exception) -> str:
+    if isinstance(error, PromptTooLong):
+        return reasons.PROMPT_TOO_LONG
+    if isinstance(error, images.UnsafeImagePath):
+        return reasons.UNSAFE_IMAGE_PATH
+    return reasons.UNREADABLE_IMAGE
+
+
 class _Build(beam.DoFn):
     def __init__(self, builder: Callable[..., TeacherRequest], stage: str):
         self.builder, self.stage = builder, stage
@@ -298,10 +307,10 @@ class _Build(beam.DoFn):
     def process(self, example: Example):
         try:
             request = self.builder(example)
-        except (ValueError, OSError) as e:  # an image that passed the read check but cannot be re-encoded
+        except (ValueError, OSError) as e:  # over the prompt budget, or an image that cannot be read or re-encoded
             q = example.query
             yield beam.pvalue.TaggedOutput(REJECTS, Reject(
-                reasons.UNREADABLE_IMAGE, f"building the {self.stage} request: {e}", q.source_file, q.line_number,
+                _build_reason(e), f"building the {self.stage} request: {e}", q.source_file, q.line_number,
                 q.qid, q.dataset, stage=self.stage))
             return
         info = {"key": request.key, "prompt_id": request.prompt_id, "prompt_sha": request.prompt_sha,
@@ -310,7 +319,8 @@ class _Build(beam.DoFn):
 
 
 class BuildRequests(beam.PTransform):
-    """Example -> (TeacherRequest, Example) (main), Reject (tag "rejects") when the request cannot be built."""
+    """Example -> (TeacherRequest, Example) (main), Reject (tag "rejects") when the request cannot be built:
+    prompt_too_long over the prompt budget (nothing is sent), unsafe_image_path, unreadable_image."""
 
     def __init__(self, builder: Callable[..., TeacherRequest], stage: str):
         super().__init__()

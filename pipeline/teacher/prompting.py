@@ -48,6 +48,17 @@ IMAGE_TOKENS = 256  # fixed per-image estimate (a 448-512 px image is ~256 token
 CHARS_PER_TOKEN = 4  # English text averages ~4 characters per BPE token
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message
 JSON_RESPONSE = {"type": "json_object"}
+# Requests estimated above this are never sent (prompt_too_long). The longest real M-BEIR prompts are a few
+# thousand tokens (a long OVEN/InfoSeek entity summary plus two images); README "Prompt budget" has the measure.
+DEFAULT_MAX_PROMPT_TOKENS = 8192
+
+
+class PromptTooLong(ValueError):
+    """A request whose estimated prompt exceeds the budget (reason code prompt_too_long)."""
+
+    def __init__(self, estimate: int, limit: int):
+        super().__init__(f"about {estimate} prompt tokens (estimate), over --max_prompt_tokens {limit}; not sent")
+        self.estimate, self.limit = estimate, limit
 
 ImageLoader = Callable[[str], bytes]
 
@@ -215,7 +226,8 @@ def _fields(example: Example) -> dict[str, str]:
 
 
 def _build(kind: str, prompt_id: str, example: Example, fields: dict[str, str], *, model: str,
-           params: dict[str, Any], images: _Images | None, with_target_image: bool) -> TeacherRequest:
+           params: dict[str, Any], images: _Images | None, with_target_image: bool,
+           max_prompt_tokens: int | None) -> TeacherRequest:
     prompt = prompts.load(prompt_id)
     text = {"type": "text", "text": prompt.render(**fields)}
     sent, keyed = [text], [text]
@@ -235,6 +247,8 @@ def _build(kind: str, prompt_id: str, example: Example, fields: dict[str, str], 
     key = request_key(model, prompt.sha, [{"role": "user", "content": keyed}], params)
     req = TeacherRequest(key, kind, model, messages, dict(params), prompt_id, prompt.sha)
     req.est_prompt_tokens = estimate_tokens(req)
+    if max_prompt_tokens is not None and req.est_prompt_tokens > max_prompt_tokens:
+        raise PromptTooLong(req.est_prompt_tokens, max_prompt_tokens)
     return req
 
 
@@ -247,18 +261,19 @@ def _images(image_loader, image_mode, max_side, image_url_base, defer_images=Fal
 def build_cot_request(example: Example, *, model: str, params: dict[str, Any],
                       image_loader: ImageLoader | None = None, image_mode: str = "data_url",
                       max_side: int = DEFAULT_MAX_SIDE, image_url_base: str = "",
-                      defer_images: bool = False) -> TeacherRequest:
-    """CoT request from the family template; query and target images attached when a loader/base is given."""
+                      defer_images: bool = False, max_prompt_tokens: int | None = None) -> TeacherRequest:
+    """CoT request from the family template; query and target images attached when a loader/base is given.
+    PromptTooLong when the estimate exceeds `max_prompt_tokens` (the same for the judge and the verifier)."""
     prompt_id = family_for(example.query.dataset, example.query.task_id)
     return _build("cot", prompt_id, example, _fields(example), model=model, params=params,
                   images=_images(image_loader, image_mode, max_side, image_url_base, defer_images),
-                  with_target_image=True)
+                  with_target_image=True, max_prompt_tokens=max_prompt_tokens)
 
 
 def build_judge_request(example: Example, *, model: str, params: dict[str, Any],
                         image_loader: ImageLoader | None = None, image_mode: str = "data_url",
                         max_side: int = DEFAULT_MAX_SIDE, image_url_base: str = "",
-                        defer_images: bool = False) -> TeacherRequest:
+                        defer_images: bool = False, max_prompt_tokens: int | None = None) -> TeacherRequest:
     """Difficulty-judge request (JSON reply, schemas/judge_output); sees the query only, not the target.
 
     Sends response_format json_object unless params say `response_format=None` (servers without JSON mode).
@@ -267,13 +282,14 @@ def build_judge_request(example: Example, *, model: str, params: dict[str, Any],
     params = {"response_format": JSON_RESPONSE, **params}
     return _build("judge", "judge", example, fields, model=model, params=params,
                   images=_images(image_loader, image_mode, max_side, image_url_base, defer_images),
-                  with_target_image=False)
+                  with_target_image=False, max_prompt_tokens=max_prompt_tokens)
 
 
 def build_verifier_request(example: Example, reasoning: str, answer: str, *, model: str,
                            params: dict[str, Any], image_loader: ImageLoader | None = None,
                            image_mode: str = "data_url", max_side: int = DEFAULT_MAX_SIDE,
-                           image_url_base: str = "", defer_images: bool = False) -> TeacherRequest:
+                           image_url_base: str = "", defer_images: bool = False,
+                           max_prompt_tokens: int | None = None) -> TeacherRequest:
     """Verifier request (JSON reply, schemas/verifier_output). CIR sees reference and target images.
 
     `reasoning` is accepted for future templates; the PAPER.md §2 verifier judges the answer only.
@@ -284,4 +300,4 @@ def build_verifier_request(example: Example, reasoning: str, answer: str, *, mod
     images = (_images(image_loader, image_mode, max_side, image_url_base, defer_images)
               if prompt_id == "verifier_cir" else None)
     return _build("verifier", prompt_id, example, fields, model=model, params=params,
-                  images=images, with_target_image=True)
+                  images=images, with_target_image=True, max_prompt_tokens=max_prompt_tokens)

@@ -35,6 +35,7 @@ from pipeline.teacher.prompting import CIR_DATASETS, IMAGE_TOKENS, KNOWLEDGE_DAT
 
 NOT_A_MODEL = "offline reference stand-in, NOT A MODEL: answers are assembled from the prompt's labelled fields"
 OUTCOMES = ("ok", "429", "500", "hang", "malformed", "400")  # "400" only when forced
+DEFAULT_MODEL = "reference-teacher"  # what /v1/models lists unless `models` says otherwise
 _FAMILY = {v: k for k, v in TASK_TYPES.items()}
 _LABEL = re.compile(r"^(Task type|Dataset|Instruction|Query text|Query modality|Candidate modality|Target|Answer):"
                     r"[ \t]*(.*)$", re.MULTILINE)
@@ -58,6 +59,8 @@ class ServerConfig:
     retry_after_s: float = 1.0
     hang_s: float = 30.0
     forced: Sequence[str] = ()  # outcomes for the first calls, in arrival order (tests); then random draws
+    models: Sequence[str] | None = None  # served model ids: others get 404 model_not_found (None: answer any)
+    api_key: str | None = None  # when set, any other bearer token gets 401 (as a real API answers a wrong key)
     # Files/Batch API knobs (pipeline/teacher/reference_batches.py documents them)
     batch_speed: float = 0.0
     batch_pfail: float = 0.0
@@ -206,6 +209,14 @@ def _draw(state: ServerState, body: bytes) -> tuple[str, random.Random | None]:
     return "ok", rng
 
 
+def _model_of(body: bytes) -> str | None:
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return None
+    return model if isinstance(model, str) else None
+
+
 def _rate_headers(state: ServerState) -> tuple[dict[str, str], float | None]:
     """x-ratelimit-* headers for a fixed 60 s window, and the seconds to its reset when this call is over."""
     rpm = state.config.rpm
@@ -227,8 +238,20 @@ def build_app(state: ServerState, setup_app: Callable[[web.Application, ServerSt
               ) -> web.Application:
     cfg = state.config
 
+    def refusal(request: web.Request, model: str | None = None) -> web.Response | None:
+        """401 for a wrong key, 404 for a model not served; None when the request may go on."""
+        if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
+            return _error(401, "invalid_api_key", "reference server: incorrect API key provided")
+        if model is not None and cfg.models is not None and model not in cfg.models:
+            return _error(404, "model_not_found", f"reference server: the model `{model}` does not exist")
+        return None
+
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if cfg.api_key is not None or cfg.models is not None:
+            refused = refusal(request, _model_of(body) if cfg.models is not None else None)
+            if refused is not None:
+                return refused
         state.calls += 1
         outcome, rng = _draw(state, body)
         headers, over_for = _rate_headers(state)
@@ -268,10 +291,13 @@ def build_app(state: ServerState, setup_app: Callable[[web.Application, ServerSt
                       "total_tokens": prompt_tokens + completion_tokens, "note": NOT_A_MODEL},
         }, headers=headers)
 
-    async def models(_request: web.Request) -> web.Response:
+    async def models(request: web.Request) -> web.Response:
+        refused = refusal(request)
+        if refused is not None:
+            return refused
         return web.json_response({"object": "list", "data": [
-            {"id": "reference-teacher", "object": "model", "created": 0, "owned_by": "offline-reference",
-             "description": NOT_A_MODEL}]})
+            {"id": model, "object": "model", "created": 0, "owned_by": "offline-reference",
+             "description": NOT_A_MODEL} for model in (cfg.models or (DEFAULT_MODEL,))]})
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
@@ -361,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rpm", type=int, default=None)
     p.add_argument("--retry_after_s", type=float, default=1.0)
     p.add_argument("--hang_s", type=float, default=30.0)
+    p.add_argument("--models", type=lambda v: [m for m in v.split(",") if m], default=None,
+                   help="comma-separated model ids served; others get 404 (default: answer any model)")
+    p.add_argument("--api_key", default=None, help="accept only this bearer token (others get 401)")
     for name in ("batch_speed", "batch_pfail", "batch_pexpire"):
         p.add_argument(f"--{name}", type=float, default=0.0)
     a = p.parse_args(argv)

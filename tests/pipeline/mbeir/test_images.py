@@ -7,7 +7,17 @@ import pytest
 from PIL import Image
 
 from pipeline.mbeir import reasons
-from pipeline.mbeir.images import check_image, image_digest, load_image, read_image_bytes, safe_image_path
+from pipeline.mbeir.images import (
+    UnsafeImagePath,
+    check_image,
+    image_digest,
+    image_path,
+    is_local_root,
+    load_image,
+    local_image_path,
+    read_image_bytes,
+    safe_image_path,
+)
 
 
 def _jpeg(size=(96, 48), colour=(200, 30, 30)) -> bytes:
@@ -89,3 +99,41 @@ def test_read_bytes_and_digest(root, tmp_path):
 ])
 def test_safe_image_path(rel, ok):
     assert safe_image_path(rel) is ok
+
+
+@pytest.fixture
+def linked_root(tmp_path):
+    """A root whose images include links: one to a file outside the root, one to a folder outside it, one
+    inside the root; the root itself is reached through a link too."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(_jpeg())
+    real = tmp_path / "real-root"
+    d = real / "mbeir_images" / "cirr_images"
+    d.mkdir(parents=True)
+    (d / "ok.jpg").write_bytes(_jpeg())
+    (d / "out.jpg").symlink_to(outside / "secret.jpg")
+    (d / "outdir").symlink_to(outside, target_is_directory=True)
+    (d / "in.jpg").symlink_to(d / "ok.jpg")
+    (tmp_path / "root-link").symlink_to(real, target_is_directory=True)
+    return str(tmp_path / "root-link")
+
+
+@pytest.mark.parametrize("mode", ["none", "exists", "decode"])
+def test_a_symlink_out_of_the_root_is_unsafe_in_every_mode(linked_root, mode):
+    for rel in ("mbeir_images/cirr_images/out.jpg", "mbeir_images/cirr_images/outdir/secret.jpg"):
+        assert check_image(linked_root, rel, mode=mode) == reasons.UNSAFE_IMAGE_PATH
+        with pytest.raises(UnsafeImagePath):
+            read_image_bytes(linked_root, rel)
+        assert local_image_path(linked_root, rel) is None
+    assert check_image(linked_root, "mbeir_images/cirr_images/in.jpg", mode=mode) is None
+    assert check_image(linked_root, "mbeir_images/cirr_images/ok.jpg", mode=mode) is None
+    assert read_image_bytes(linked_root, "mbeir_images/cirr_images/in.jpg") == _jpeg()
+
+
+def test_object_store_paths_get_the_string_check_only():
+    assert not is_local_root("gs://bucket/mbeir") and is_local_root("/data/mbeir") and is_local_root("rel/dir")
+    with pytest.raises(UnsafeImagePath):
+        image_path("gs://bucket/mbeir", "../other/x.jpg")
+    assert image_path("gs://bucket/mbeir", "mbeir_images/x.jpg", join=lambda a, b: f"{a}/{b}") == \
+        "gs://bucket/mbeir/mbeir_images/x.jpg"

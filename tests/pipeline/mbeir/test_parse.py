@@ -145,7 +145,52 @@ def test_file_with_bom_crlf_blank_lines_and_truncated_tail():
 
 
 def test_reason_codes_are_all_described():
-    assert len(reasons.ALL) == 16 and all(reasons.DESCRIPTIONS[r] for r in reasons.ALL)
+    codes = {v for k, v in vars(reasons).items() if k.isupper() and isinstance(v, str)}
+    assert codes == set(reasons.ALL) and all(reasons.DESCRIPTIONS[r] for r in reasons.ALL)
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"[" * 100_000, reasons.TOO_DEEPLY_NESTED),
+    (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, reasons.TOO_DEEPLY_NESTED),
+    (json.dumps(GOOD).replace('"task_id": 7', '"task_id": NaN').encode(), reasons.INVALID_JSON),
+    (json.dumps(GOOD).replace('"task_id": 7', '"task_id": -Infinity').encode(), reasons.INVALID_JSON),
+    (json.dumps(GOOD).replace('"task_id": 7', '"task_id": ' + "7" * 5000).encode(), reasons.INVALID_JSON),
+    (json.dumps(with_(query_txt="\ud800 lone")).encode(), reasons.INVALID_UTF8),  # a lone surrogate escape
+    (b"x" * 5000, reasons.INVALID_JSON),
+])
+def test_hostile_lines_are_rejected_never_raised(raw, reason):
+    assert q(raw).reason == reason
+    cand = parse_candidate_line(raw, source_file="p.jsonl", line_number=1)
+    assert isinstance(cand, Reject) and cand.reason in (reason, reasons.NOT_OBJECT)
+
+
+def test_a_paired_surrogate_escape_is_a_character():
+    raw = json.dumps(with_(query_txt="\U0001F600 blue")).encode()
+    assert b"\\ud83d" in raw and q(raw).query_txt == "\U0001F600 blue"
+
+
+def test_line_over_the_limit_is_rejected_unparsed_and_never_held_whole():
+    good = json.dumps(GOOD).encode()
+    huge = json.dumps(with_(query_txt="z" * 300_000)).encode()
+    stream = io.BytesIO(good + b"\n" + huge + b"\n" + good + b"\n" + b"y" * 50_000)
+    rows = list(iter_lines(stream, max_line_bytes=len(good) + 10))
+    assert [n for n, _, _ in rows] == [1, 2, 3, 4]
+    assert all(len(raw) <= len(good) + 11 for _, raw, _ in rows)  # only the head of a long line is kept
+    limit = {"max_line_bytes": len(good) + 10}
+    parsed = [parse_query_line(raw, source_file="f", line_number=n, dataset="cirr", complete=c, **limit)
+              for n, raw, c in rows]
+    assert [type(p).__name__ for p in parsed] == ["QueryRecord", "Reject", "QueryRecord", "Reject"]
+    assert parsed[1].reason == parsed[3].reason == reasons.LINE_TOO_LONG
+    assert "--max_line_bytes" in parsed[1].detail and len(parsed[1].text) <= REJECT_TEXT_CHARS
+    assert [c for _, _, c in rows] == [True, True, True, False]
+
+
+def test_a_line_of_exactly_the_limit_is_parsed():
+    good = json.dumps(GOOD).encode()
+    rows = list(iter_lines(io.BytesIO(good + b"\r\n"), max_line_bytes=len(good)))
+    assert rows == [(1, good, True)]
+    assert isinstance(parse_query_line(good, source_file="f", line_number=1, dataset="cirr",
+                                       max_line_bytes=len(good)), QueryRecord)
 
 
 def test_parsing_and_sample_need_no_beam(tmp_path):

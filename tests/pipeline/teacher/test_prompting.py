@@ -178,3 +178,16 @@ def test_none_params_are_dropped(oven_example):
 def _prompt_text(request) -> str:
     content = request.messages[0]["content"]
     return content if isinstance(content, str) else content[0]["text"]
+
+
+def test_a_request_over_the_prompt_budget_is_not_built(cir_example):
+    from pipeline.teacher.prompting import PromptTooLong
+
+    size = build_cot_request(cir_example, model="m", params=PARAMS).est_prompt_tokens
+    assert build_cot_request(cir_example, model="m", params=PARAMS, max_prompt_tokens=size).est_prompt_tokens == size
+    with pytest.raises(PromptTooLong, match=f"about {size} prompt tokens.*--max_prompt_tokens {size - 1}"):
+        build_cot_request(cir_example, model="m", params=PARAMS, max_prompt_tokens=size - 1)
+    with pytest.raises(PromptTooLong):
+        build_judge_request(cir_example, model="m", params={}, max_prompt_tokens=10)
+    with pytest.raises(PromptTooLong):
+        build_verifier_request(cir_example, "r", "a red shirt", model="m", params={}, max_prompt_tokens=10)
