@@ -1,0 +1,98 @@
+"""The one error style of every command line (DESIGN.md): a bad path, file, flag or value is ONE line on stderr
+that names it and says what to change, exit status 2 (input/configuration) or 3 (output); no traceback unless
+`--debug` is given or MBEIR_DEBUG=1 is set. Anything else is a bug and keeps its traceback.
+
+    def main(argv=None): ...            # raises ConfigError / OutputError, parses with CliParser
+    if __name__ == "__main__":
+        sys.exit(run_cli(main, prog="python -m trainer.train"))
+
+Beam-free, so the trainer uses it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import errno
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from pipeline.mbeir.errors import ConfigError, OutputError
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "MBEIR_DEBUG"
+INPUT_STATUS, OUTPUT_STATUS = 2, 3
+_FULL_DEVICE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse whose errors are one ConfigError line (no usage dump); a mistyped flag gets a suggestion."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument(DEBUG_FLAG, action="store_true",
+                          help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments: "):
+            message = unknown_flags_message(message.split(": ", 1)[1].split(), self.option_strings())
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+    def option_strings(self) -> list[str]:
+        return [s for a in self._actions for s in a.option_strings]
+
+
+def unknown_flags_message(args: Sequence[str], known: Sequence[str]) -> str:
+    """'unknown flag --batchsize (did you mean --micro_batch?)' for the flag-looking items of args."""
+    flags = [a.split("=", 1)[0] for a in args if a.startswith("-")] or list(args)
+    parts = []
+    for flag in flags:
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        parts.append(flag + (f" (did you mean {close[0]}?)" if close else ""))
+    return f"unknown flag{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
+
+
+def _disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _FULL_DEVICE
+
+
+def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = None, *, prog: str) -> int:
+    """Run main(argv); ConfigError -> 2, OutputError or a full disk -> 3, each as one line on stderr.
+
+    main's return value is the exit status when it is an int, else 0. `--debug` stays in argv (CliParser
+    knows it); mains with other parsers must drop it themselves.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    try:
+        status = main(argv)
+    except ConfigError as e:
+        return _report(prog, "error", e, INPUT_STATUS, debug)
+    except OutputError as e:
+        return _report(prog, "output error", e, OUTPUT_STATUS, debug)
+    except OSError as e:
+        if not _disk_full(e):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        return _report(prog, "output error", OutputError(f"no space left on the device{where}: free some space "
+                                                         "or choose another output folder, then rerun"),
+                       OUTPUT_STATUS, debug, cause=e)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+def _report(prog: str, kind: str, error: BaseException, status: int, debug: bool,
+            cause: BaseException | None = None) -> int:
+    if debug:
+        traceback.print_exception(cause or error)
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    print(f"{prog}: {kind}: {text}", file=sys.stderr)
+    return status
