@@ -32,9 +32,11 @@ def debug_requested(argv: Sequence[str]) -> bool:
 
 
 class CliParser(argparse.ArgumentParser):
-    """argparse whose errors are one ConfigError line (no usage dump); a mistyped flag gets a suggestion."""
+    """argparse whose errors are one ConfigError line (no usage dump); a mistyped flag gets a suggestion, and
+    abbreviations are off (a prefix silently taken for another flag is the worse surprise)."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.add_argument(DEBUG_FLAG, action="store_true",
                           help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
@@ -96,3 +98,23 @@ def _report(prog: str, kind: str, error: BaseException, status: int, debug: bool
     text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
     print(f"{prog}: {kind}: {text}", file=sys.stderr)
     return status
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= low (the message names the bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
