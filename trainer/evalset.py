@@ -6,6 +6,7 @@ it: fixed-seed instructions, query text built as UniIR does, and missing images 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -74,10 +75,11 @@ def check_root(root: str | Path, pairs: Sequence[EvalPair], pools: Sequence[str]
     """ConfigError unless the M-BEIR root holds what evaluating these pairs reads: the split's query and qrels
     files, the pools ("local": each pair's, "global": the union pool), the instructions and, when a pair has images,
     the mbeir_images/ folder. A few missing images inside it are counted per pair, never fatal."""
-    root = Path(root)
-    if str(root).startswith("hf://") or "://" in str(root):
-        raise ConfigError(f"--mbeir_root {root}: evaluation reads a local M-BEIR folder (with its images); "
+    if re.match(r"[a-z][a-z0-9+.-]*:/", str(root)):  # a URL (a Path has folded its "//" into "/")
+        url = re.sub(r"^([a-z][a-z0-9+.-]*):/+", r"\1://", str(root))
+        raise ConfigError(f"--mbeir_root {url}: evaluation reads a local M-BEIR folder (with its images); "
                           "download it first (the pipeline's hf:// download keeps it under --hf_cache_dir)")
+    root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"--mbeir_root {root} is not a folder: give the M-BEIR root holding query/, cand_pool/, "
                           "qrels/, instructions/ and mbeir_images/")
