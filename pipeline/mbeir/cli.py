@@ -51,13 +51,22 @@ class CliParser(argparse.ArgumentParser):
 
 
 def unknown_flags_message(args: Sequence[str], known: Sequence[str]) -> str:
-    """'unknown flag --batchsize (did you mean --micro_batch?)' for the flag-looking items of args."""
+    """'unknown flag --batch_size (did you mean --global_batch or --micro_batch?)' for the flags among args."""
     flags = [a.split("=", 1)[0] for a in args if a.startswith("-")] or list(args)
     parts = []
     for flag in flags:
-        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-        parts.append(flag + (f" (did you mean {close[0]}?)" if close else ""))
+        close = suggestions(flag, known)
+        parts.append(flag + (f" (did you mean {' or '.join(close)}?)" if close else ""))
     return f"unknown flag{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
+
+
+def suggestions(flag: str, known: Sequence[str], most: int = 3) -> list[str]:
+    """Known flags that look like a mistyping of `flag`: close spellings, else flags sharing one of its words."""
+    close = difflib.get_close_matches(flag, known, n=most, cutoff=0.75)
+    if close:
+        return close
+    words = {w for w in flag.lstrip("-").replace("-", "_").split("_") if len(w) >= 3}
+    return sorted(k for k in known if words & set(k.lstrip("-").split("_")))[:most]
 
 
 def _disk_full(error: BaseException) -> bool:
