@@ -170,7 +170,9 @@ def _main(argv: list[str]) -> int:
             raise ConfigError(f"the Hub refused HF_TOKEN for {args.repo} (HTTP {status}): use a token with "
                               "write access to it") from err
         raise _upload_failed(err) from err
-    except (OSError, *network_errors()) as err:
+    except OutputError:
+        raise
+    except (OSError, RuntimeError, *network_errors()) as err:  # huggingface_hub wraps a failed upload in RuntimeError
         raise _upload_failed(err) from err
     where = f"pull request {result.pr_url}" if result.pr_url else f"commit {result.commit_url}"
     print(f"published {result.files} files ({result.deleted} stale deleted) to {args.repo} as {where}; "
@@ -178,9 +180,13 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _upload_failed(err: BaseException) -> OutputError:
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return OutputError(f"upload failed: {first}. Rerun the same command to resume: blobs already on the Hub "
+    why = _first_line(err) + (f" ({_first_line(err.__cause__)})" if err.__cause__ else "")
+    return OutputError(f"upload failed: {why}. Rerun the same command to resume: blobs already on the Hub "
                        "are not sent again")
 
 

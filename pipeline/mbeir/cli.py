@@ -41,6 +41,17 @@ class CliParser(argparse.ArgumentParser):
         self.add_argument(DEBUG_FLAG, action="store_true",
                           help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """An unknown --flag is named before anything else (a mistyped flag would otherwise surface as
+        'the following arguments are required')."""
+        args = list(sys.argv[1:] if args is None else args)
+        tokens = args[:args.index("--")] if "--" in args else args
+        known = set(self.option_strings())
+        unknown = [t for t in tokens if t.startswith("--") and t.split("=", 1)[0] not in known]
+        if unknown and self.allow_abbrev is False:
+            self.error("unrecognized arguments: " + " ".join(unknown))
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
         if message.startswith("unrecognized arguments: "):
             message = unknown_flags_message(message.split(": ", 1)[1].split(), self.option_strings())
@@ -62,7 +73,7 @@ def unknown_flags_message(args: Sequence[str], known: Sequence[str]) -> str:
 
 def suggestions(flag: str, known: Sequence[str], most: int = 3) -> list[str]:
     """Known flags that look like a mistyping of `flag`: close spellings, else flags sharing one of its words."""
-    close = difflib.get_close_matches(flag, known, n=most, cutoff=0.75)
+    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
     if close:
         return close
     words = {w for w in flag.lstrip("-").replace("-", "_").split("_") if len(w) >= 3}
