@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipeline.mbeir.cli import DEBUG_FLAG, CliParser, run_cli, unknown_flags_message
-from pipeline.mbeir.errors import ConfigError
+from pipeline.mbeir.cli import DEBUG_FLAG, CliParser, run_cli
 
 PROG = "python -m pipeline"
 
@@ -22,7 +21,7 @@ class _FlagCheck(CliParser):
 
 
 def check_flags(argv: list[str]) -> None:
-    """ConfigError for an unknown flag or a value its flag cannot take (e.g. --limit abc)."""
+    """ConfigError for an unknown flag (with a suggestion) or a value its flag cannot take (e.g. --limit abc)."""
     if {"-h", "--help"} & set(argv):
         return
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -32,9 +31,7 @@ def check_flags(argv: list[str]) -> None:
     parser = _FlagCheck(prog=PROG, add_help=False, allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)  # noqa: SLF001 - how Beam itself collects every flag
-    _, unknown = parser.parse_known_args(argv)
-    if unknown:
-        raise ConfigError(f"{unknown_flags_message(unknown, parser.option_strings())} (see {PROG} --help)")
+    parser.parse_args(argv)
 
 
 def _main(argv: list[str]) -> int:

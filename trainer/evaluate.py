@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +21,8 @@ from pathlib import Path
 import torch
 
 from pipeline.mbeir import layout
-from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int, run_cli
-from pipeline.mbeir.errors import ConfigError, OutputError
+from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int, run_cli, writable_folder
+from pipeline.mbeir.errors import ConfigError
 from trainer import paper_results, retrieval, scoring
 from trainer.evalset import (
     DEFAULT_IMAGE_MAX_SIDE,
@@ -287,25 +286,11 @@ def check_device(device: str) -> str:
     return device
 
 
-def check_output_dir(path: str | Path) -> Path:
-    """Create the output folder and prove it writable; OutputError (exit 3) otherwise."""
-    out = Path(path)
-    probe = out / f".write-probe-{uuid.uuid4().hex}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(f"--output_dir {out}: cannot write there ({e.strerror or e}); choose another folder "
-                          "or fix its permissions") from e
-    return out
-
-
 def check_config(cfg: EvalConfig) -> None:
     """Every check of an evaluation or benchmark run that needs no model: device, pairs, M-BEIR root, output."""
     check_device(cfg.device)
     check_root(cfg.mbeir_root, eval_pairs(cfg.pairs, cfg.split), cfg.pools)
-    check_output_dir(cfg.output_dir)
+    writable_folder(cfg.output_dir)
 
 
 def _ks(text: str) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.mbeir.cli import CliParser, run_cli
+from pipeline.mbeir.cli import CliParser, run_cli, writable_folder
 from pipeline.mbeir.errors import ConfigError
 from trainer.config import TINY_DEFAULTS, TrainConfig, config_fields, validate
 from trainer.data import Example, TrainData
@@ -250,7 +250,8 @@ def _bool(text: str) -> bool:
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """Every path check that needs no model, before a model is loaded: data, base model, images, resume."""
+    """Every path check that needs no model, before a model is loaded: data, base model, images, resume,
+    and that the output folder can be written."""
     from trainer.data import list_shards
 
     list_shards(cfg.data)
@@ -268,6 +269,8 @@ def check_inputs(cfg: TrainConfig) -> None:
     resume = latest_checkpoint(cfg.output_dir) if cfg.resume == "auto" else (Path(cfg.resume) if cfg.resume else None)
     if resume is not None:
         check_resume(cfg, resume)
+    if "://" not in cfg.output_dir:
+        writable_folder(cfg.output_dir)
 
 
 def check_resume(cfg: TrainConfig, resume: Path) -> None:

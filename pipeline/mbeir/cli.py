@@ -17,7 +17,9 @@ import errno
 import os
 import sys
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pipeline.mbeir.errors import ConfigError, OutputError
 
@@ -41,7 +43,7 @@ class CliParser(argparse.ArgumentParser):
         self.add_argument(DEBUG_FLAG, action="store_true",
                           help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
 
-    def parse_known_args(self, args=None, namespace=None):
+    def parse_args(self, args=None, namespace=None):
         """An unknown --flag is named before anything else (a mistyped flag would otherwise surface as
         'the following arguments are required')."""
         args = list(sys.argv[1:] if args is None else args)
@@ -50,7 +52,7 @@ class CliParser(argparse.ArgumentParser):
         unknown = [t for t in tokens if t.startswith("--") and t.split("=", 1)[0] not in known]
         if unknown and self.allow_abbrev is False:
             self.error("unrecognized arguments: " + " ".join(unknown))
-        return super().parse_known_args(args, namespace)
+        return super().parse_args(args, namespace)
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments: "):
@@ -58,7 +60,13 @@ class CliParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
     def option_strings(self) -> list[str]:
-        return [s for a in self._actions for s in a.option_strings]
+        """Every flag this parser or its sub-commands know."""
+        flags = [s for a in self._actions for s in a.option_strings]
+        for action in self._actions:
+            if isinstance(getattr(action, "choices", None), dict):  # sub-commands: name -> parser
+                flags += [s for sub in action.choices.values() if isinstance(sub, CliParser)
+                          for s in sub.option_strings()]
+        return flags
 
 
 def unknown_flags_message(args: Sequence[str], known: Sequence[str]) -> str:
@@ -78,6 +86,20 @@ def suggestions(flag: str, known: Sequence[str], most: int = 3) -> list[str]:
         return close
     words = {w for w in flag.lstrip("-").replace("-", "_").split("_") if len(w) >= 3}
     return sorted(k for k in known if words & set(k.lstrip("-").split("_")))[:most]
+
+
+def writable_folder(path: str | os.PathLike, flag: str = "--output_dir") -> Path:
+    """Create a local output folder and prove it writable with a probe file; OutputError (exit 3) otherwise."""
+    out = Path(path)
+    probe = out / f".write-probe-{uuid.uuid4().hex}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{flag} {out}: cannot write there ({e.strerror or e}); choose another folder or fix "
+                          "its permissions") from e
+    return out
 
 
 def _disk_full(error: BaseException) -> bool:

@@ -135,6 +135,14 @@ def test_bad_paths_and_checkpoints(sample_cot, tmp_path, capsys):
     assert main_with_errors([*data, "--model", str(base_a), "--lora_r", "0", "--resume", full]) == 0
 
 
+def test_unwritable_output_is_exit_3(sample_cot, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert run_cli(main_with_errors, ["--data", sample_cot, "--output_dir", str(tmp_path / "file/out")],
+                   prog=PROG) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"{PROG}: output error: --output_dir {tmp_path / 'file/out'}: cannot write there")
+
+
 def test_corrupt_shard_is_skipped_counted_in_the_log_and_the_summary(sample_cot, sample_root, tmp_path, capsys):
     import pyarrow.parquet as pq
 
