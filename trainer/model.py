@@ -79,6 +79,19 @@ def _load_parts(path: str, cfg: ModelConfig, device: torch.device, tokenizer_pat
     return model, processor
 
 
+def _load_checked(path: str, cfg: ModelConfig, device: torch.device, tokenizer_path: str | None = None):
+    """_load_parts, with a model that cannot be loaded (files missing or cut, a Hub name not reachable) as a
+    one-line ConfigError."""
+    from safetensors import SafetensorError
+
+    try:
+        return _load_parts(path, cfg, device, tokenizer_path)
+    except (OSError, SafetensorError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"cannot load the model at {path}: {why}; give a complete Qwen2-VL-family checkpoint "
+                          "folder or a reachable Hub name") from e
+
+
 class TraceEmbedder(nn.Module):
     def __init__(self, model: nn.Module, processor: TraceProcessor, config: ModelConfig):
         super().__init__()
@@ -93,7 +106,7 @@ class TraceEmbedder(nn.Module):
         """A trainable embedder from a Qwen2-VL-family checkpoint name or path."""
         cfg = ModelConfig(base_model=str(base_model), **overrides)
         device = torch.device(device) if device else default_device()
-        model, processor = _load_parts(cfg.base_model, cfg, device)
+        model, processor = _load_checked(cfg.base_model, cfg, device)
         return cls.from_model(model, processor, cfg, device)
 
     @classmethod
@@ -132,7 +145,7 @@ class TraceEmbedder(nn.Module):
         if not Path(base).is_absolute() and (ckpt / base).exists():
             base = str(ckpt / base)
         device = torch.device(device) if device else default_device()
-        model, processor = _load_parts(base, cfg, device, tokenizer_path=str(ckpt))
+        model, processor = _load_checked(base, cfg, device, tokenizer_path=str(ckpt))
         if cfg.lora_r > 0:
             from peft import PeftModel
 

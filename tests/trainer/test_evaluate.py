@@ -322,3 +322,14 @@ def test_cli_subprocess_wiring(tmp_path):
                           text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith(f"python -m trainer.evaluate: error: --mbeir_root {tmp_path / 'none'}")
+
+
+def test_checkpoint_with_cut_weights_is_one_line(mini_root, tiny_base, tmp_path, capsys):
+    ckpt = tmp_path / "cut"
+    shutil.copytree(tiny_base, ckpt)
+    (ckpt / "trace_config.json").write_text(json.dumps({"base_model": ".", "lora_r": 0}))
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a half-copied checkpoint
+    status, line = eval_cli(capsys, ["--mbeir_root", str(mini_root), "--pairs", "webqa_task1", "--checkpoint",
+                                     str(ckpt), "--output_dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert status == 2 and f"cannot load the model at {ckpt}" in line

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,13 @@ def test_cli_subprocess_wiring(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"{PROG}: error: --data {tmp_path / 'none'} does not exist: give an M-BEIR-CoT " \
                                   "folder (DATA/data/*.parquet), a glob or a Parquet file"
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line(sample_cot, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run([sys.executable, "-m", "trainer.train", "--data", sample_cot, "--model",
+                           "nobody/no-such-model", "--output_dir", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{PROG}: error: cannot load the model at nobody/no-such-model: "), proc.stderr
