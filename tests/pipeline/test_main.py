@@ -38,3 +38,14 @@ def test_make_dataset_with_half_a_teacher_is_one_line(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err == ("python -m pipeline.make_dataset: error: TEACHER_BASE_URL is set but TEACHER_MODEL is not: "
                    "export TEACHER_MODEL too\n")
+
+
+def test_sample_cli_bad_scale_and_unwritable_out(tmp_path, capsys):
+    from pipeline.sample.__main__ import main as sample_main
+
+    assert sample_main(["--out", str(tmp_path / "s"), "--scale", "0"]) == 2
+    assert "argument --scale: 0 is below the minimum 1" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert sample_main(["--out", str(tmp_path / "file/s")]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m pipeline.sample: output error: --out {tmp_path / 'file/s'}: cannot write")
