@@ -15,6 +15,8 @@ import os
 import sys
 
 from pipeline.__main__ import main as pipeline_main
+from pipeline.mbeir.cli import run_cli
+from pipeline.mbeir.errors import ConfigError, OutputError
 from pipeline.sample import generate
 
 REFERENCE_MODEL = "reference-teacher"
@@ -25,12 +27,16 @@ def _sample_root(output_dir: str) -> str:
     marker = os.path.join(root, ".complete")
     if not os.path.exists(marker):
         print(f"writing the embedded mini-M-BEIR sample to {root}")
-        generate(root)
-        open(marker, "w").close()
+        try:
+            generate(root)
+            open(marker, "w").close()
+        except OSError as e:
+            raise OutputError(f"cannot write the sample to {root}: {e.strerror or e}; choose another "
+                              "--output_dir (the sample goes next to it) or fix its permissions") from e
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--output_dir", default="out/m-beir-cot")
     parser.add_argument("--mbeir_root", default=None)
@@ -41,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         if base_url:
             if not model:
-                print("configuration error: TEACHER_BASE_URL is set but TEACHER_MODEL is not", file=sys.stderr)
-                return 2
+                raise ConfigError("TEACHER_BASE_URL is set but TEACHER_MODEL is not: export TEACHER_MODEL too")
         else:
             from pipeline.teacher.reference_server import ReferenceServer
 
@@ -51,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"teacher: the bundled OFFLINE REFERENCE TEACHER at {base_url} (a stand-in, not a model); "
                   "set TEACHER_BASE_URL and TEACHER_MODEL to use a real one")
         return pipeline_main(["--teacher_base_url", base_url, "--teacher_model", model, *args])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="python -m pipeline.make_dataset")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ HF_TOKEN comes from the environment and is never printed; HF_ENDPOINT (read at c
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -23,7 +22,10 @@ from dataclasses import dataclass
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import shards
+from pipeline.mbeir.cli import CliParser, run_cli
+from pipeline.mbeir.errors import ConfigError, OutputError, network_errors
 
+PROG = "python -m pipeline.publish"
 REPO_TYPE = "dataset"
 ALWAYS = ("README.md", "stats.json", "manifest.json")
 FOLDERS = ("data", "plots")
@@ -32,8 +34,8 @@ REJECT_FOLDERS = ("rejects", "failed")
 MANAGED = ("data/", "plots/", "rejects/", "failed/")
 
 
-class PublishError(RuntimeError):
-    """A problem the user must fix (missing token, incomplete output folder, checksum mismatch)."""
+class PublishError(ConfigError):
+    """A problem the user must fix before uploading (missing token, bad repo id, incomplete output folder)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ def _list(output_dir: str, folder: str) -> list[str]:
 def collect_files(output_dir: str, include_rejects: bool = False) -> dict[str, str]:
     """{path in repo: source path} for everything to upload; PublishError when data/ or manifest.json is missing."""
     files: dict[str, str] = {}
+    if not FileSystems.exists(output_dir):
+        raise PublishError(f"--output_dir {output_dir} does not exist: give the pipeline's output folder")
     for folder in FOLDERS + (REJECT_FOLDERS if include_rejects else ()):
         for path in _list(output_dir, folder):
             files[shards.relative_path(output_dir, path)] = path
@@ -109,7 +113,7 @@ def verify(api, repo_id: str, revision: str, output_dir: str, uploaded: dict[str
         elif got.blob_id != _git_sha1(uploaded[path]):
             problems.append(f"{path}: Hub content differs from the local file")
     if problems:
-        raise PublishError("upload verification failed:\n" + "\n".join(problems))
+        raise OutputError("upload verification failed: " + "; ".join(problems) + "; rerun the same command")
 
 
 def publish(output_dir: str, repo_id: str, *, revision: str = "main", create_pr: bool = False,
@@ -118,6 +122,8 @@ def publish(output_dir: str, repo_id: str, *, revision: str = "main", create_pr:
     """Upload output_dir to the dataset repo `repo_id` in one commit (or one PR) and verify it."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise PublishError(f"--repo {repo_id!r}: expected a dataset repo id owner/name, e.g. user/m-beir-cot")
     token = _token()
     files = collect_files(output_dir, include_rejects)
     api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=token)
@@ -142,8 +148,8 @@ def publish(output_dir: str, repo_id: str, *, revision: str = "main", create_pr:
     return PublishResult(info.oid, info.commit_url, info.pr_url, len(files), len(deletions))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.publish", description=__doc__.split("\n\n")[0])
+def _main(argv: list[str]) -> int:
+    parser = CliParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", required=True, help="dataset repo id, e.g. user/m-beir-cot")
     parser.add_argument("--output_dir", required=True, help="pipeline output folder (local or gs://...)")
     parser.add_argument("--revision", default="main", help="branch to commit to (or to open the PR against)")
@@ -158,17 +164,34 @@ def main(argv: list[str] | None = None) -> int:
         result = publish(args.output_dir, args.repo, revision=args.revision, create_pr=args.create_pr,
                          private=args.private, include_rejects=args.include_rejects,
                          commit_message=args.commit_message)
-    except PublishError as err:
-        print(f"publish: error: {err}", file=sys.stderr)
-        return 2
-    except (HfHubHTTPError, RuntimeError, OSError) as err:
-        print(f"publish: upload failed: {err}\n"
-              "Rerun the same command to resume: blobs already on the Hub are not sent again.", file=sys.stderr)
-        return 1
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status in (401, 403):
+            raise ConfigError(f"the Hub refused HF_TOKEN for {args.repo} (HTTP {status}): use a token with "
+                              "write access to it") from err
+        raise _upload_failed(err) from err
+    except OutputError:
+        raise
+    except (OSError, RuntimeError, *network_errors()) as err:  # huggingface_hub wraps a failed upload in RuntimeError
+        raise _upload_failed(err) from err
     where = f"pull request {result.pr_url}" if result.pr_url else f"commit {result.commit_url}"
     print(f"published {result.files} files ({result.deleted} stale deleted) to {args.repo} as {where}; "
           "manifest checksums verified")
     return 0
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _upload_failed(err: BaseException) -> OutputError:
+    why = _first_line(err) + (f" ({_first_line(err.__cause__)})" if err.__cause__ else "")
+    return OutputError(f"upload failed: {why}. Rerun the same command to resume: blobs already on the Hub "
+                       "are not sent again")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -175,14 +175,15 @@ def _clear_outputs(output_dir: str) -> None:
 
 
 def _check_writable(*folders: str) -> None:
-    """Write and delete a probe file in each output folder, so an unwritable one stops the run before work."""
+    """Write and delete a probe file in each output folder, so an unwritable one stops the run before work
+    (an output error: exit status 3)."""
     for folder in folders:
         probe = FileSystems.join(folder, f".write-probe-{uuid.uuid4().hex}")
         try:
             shards.write_bytes(probe, b"")
             FileSystems.delete([probe])
         except Exception as e:  # noqa: BLE001 - any filesystem error means the same thing here
-            raise ConfigError(f"cannot write to {folder}: {e}; choose another --output_dir/--journal_dir "
+            raise OutputError(f"cannot write to {folder}: {e}; choose another --output_dir/--journal_dir "
                               "or fix its permissions") from e
 
 

@@ -10,9 +10,9 @@ times embedding --embed synthetic text candidates with the model (candidates/s e
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.mbeir.cli import CliParser, positive_int, run_cli
+from trainer.evaluate import check_device
 from trainer.interface import CandidateInput
 from trainer.retrieval import DEFAULT_CHUNK, EmbeddingWriter, open_embeddings, search
 
@@ -48,18 +50,23 @@ def embed_rate(checkpoint: str, n: int, device: str) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def main() -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--candidates", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=1536)
-    p.add_argument("--queries", type=int, default=1000)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK)
+def _main(argv: list[str]) -> dict:
+    p = CliParser(prog="python -m scripts.bench_global_pool", description=__doc__.split("\n\n")[0])
+    p.add_argument("--candidates", type=positive_int, default=1_000_000)
+    p.add_argument("--dim", type=positive_int, default=1536)
+    p.add_argument("--queries", type=positive_int, default=1000)
+    p.add_argument("--k", type=positive_int, default=10)
+    p.add_argument("--chunk", type=positive_int, default=DEFAULT_CHUNK)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workdir", default=None, help="where the .npy goes (default: a temp dir, removed)")
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--embed", type=int, default=2048, help="candidates to embed with --checkpoint")
-    a = p.parse_args()
+    p.add_argument("--embed", type=positive_int, default=2048, help="candidates to embed with --checkpoint")
+    a = p.parse_args(argv)
+    check_device(a.device)
+    if a.checkpoint:
+        from trainer.evaluate import check_checkpoint
+
+        check_checkpoint(a.checkpoint)
     report: dict = {"candidates": a.candidates, "dim": a.dim, "queries": a.queries, "k": a.k, "chunk": a.chunk,
                     "device": a.device, "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
@@ -91,5 +98,9 @@ def main() -> dict:
     return report
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="python -m scripts.bench_global_pool")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

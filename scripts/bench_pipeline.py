@@ -227,13 +227,33 @@ def machine() -> dict:
             "load_average": os.getloadavg()}
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers, e.g. 10000,100000") from None
+    if any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: every size must be at least 1")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="10000,100000", help="comma-separated train query counts")
+    sys.path.insert(0, ROOT)
+    from pipeline.mbeir.cli import run_cli
+
+    return run_cli(_main, argv, prog="python scripts/bench_pipeline.py")
+
+
+def _main(argv: list[str]) -> int:
+    from pipeline.mbeir.cli import CliParser, positive_int
+
+    p = CliParser(prog="python scripts/bench_pipeline.py", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=_sizes, default="10000,100000", help="comma-separated train query counts")
     p.add_argument("--dry_run", action="store_true", help="no teacher: read, join, route and plan only")
     p.add_argument("--latency_ms", type=float, default=50.0, help="reference teacher latency per call")
-    p.add_argument("--max_in_flight", type=int, default=64)
-    p.add_argument("--direct_sizes", default="10000,50000",
+    p.add_argument("--max_in_flight", type=positive_int, default=64)
+    p.add_argument("--direct_sizes", type=_sizes, default="10000,50000",
                    help="tree sizes of the direct-row CPU check (full runs over the direct datasets); '' = skip")
     p.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "bench_pipeline"))
     p.add_argument("--json", default=None, help="also write the results here")
@@ -241,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.work_dir, exist_ok=True)
     results, direct = [], []
     mode = "dry_run" if args.dry_run else "full"
-    for size in (int(s) for s in args.sizes.split(",") if s):
+    for size in args.sizes:
         print(f"size {size} ({mode}) ...", flush=True)
         results.append(report(measure(size, args, extra, mode), args))
-    for size in (int(s) for s in args.direct_sizes.split(",") if s):
+    for size in args.direct_sizes:
         print(f"size {size} (direct datasets only: {', '.join(_direct_datasets())}) ...", flush=True)
         direct.append(report(measure(size, args, extra, "direct"), args))
     checks = verdicts(results, direct)

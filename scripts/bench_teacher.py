@@ -90,19 +90,24 @@ def run(srv: tuple[str, int], processes: int, requests: int, max_in_flight: int,
             "server_cpu_ms_per_request": round(1000 * server_cpu / n, 3)}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _main(argv: list[str]) -> None:
+    from pipeline.mbeir.cli import CliParser, positive_int
+    from pipeline.mbeir.errors import ConfigError
+
+    p = CliParser(prog="python scripts/bench_teacher.py", description=__doc__.splitlines()[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--base_url", help=argparse.SUPPRESS)
     p.add_argument("--tag", default="0", help=argparse.SUPPRESS)
-    p.add_argument("--requests", type=int, default=2000, help="per process")
+    p.add_argument("--requests", type=positive_int, default=2000, help="per process")
     p.add_argument("--latency_ms", type=float, default=100.0)
-    p.add_argument("--max_in_flight", type=int, default=64)
-    p.add_argument("--ceiling_in_flight", type=int, default=256)
+    p.add_argument("--max_in_flight", type=positive_int, default=64)
+    p.add_argument("--ceiling_in_flight", type=positive_int, default=256)
     p.add_argument("--transport", default="aiohttp")
     p.add_argument("--transports", default="aiohttp,httpx", help="compared at 1 process and at the ceiling")
     p.add_argument("--json", default="out/bench_teacher.json")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    if a.latency_ms <= 0:
+        raise ConfigError(f"--latency_ms {a.latency_ms} is out of range: it must be above 0")
     if a.worker:
         return worker(a)
 
@@ -141,5 +146,12 @@ def main() -> None:
     print(f"wrote {a.json}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, ROOT)
+    from pipeline.mbeir.cli import run_cli
+
+    return run_cli(_main, argv, prog="python scripts/bench_teacher.py")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

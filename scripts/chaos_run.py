@@ -281,28 +281,40 @@ def chaos(root: str, work_dir: str, limit: int, kills: int, seed: int, latency_m
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    sys.path.insert(0, ROOT)
+    from pipeline.mbeir.cli import run_cli
+
+    return run_cli(_main, argv, prog="python scripts/chaos_run.py")
+
+
+def _main(argv: list[str]) -> int:
+    from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int
+
     if argv[:1] == ["teacher"]:
         serve_teacher(argv[1:])
         return 0
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="python scripts/chaos_run.py", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mbeir_root", default=None, help="default: a generated sample (scale 1) in the work dir")
     p.add_argument("--work_dir", default="/tmp/chaos_run")
-    p.add_argument("--limit", type=int, default=20, help="query lines per file (10 datasets)")
-    p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--limit", type=positive_int, default=20, help="query lines per file (10 datasets)")
+    p.add_argument("--kills", type=non_negative_int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latency_ms", type=float, default=200.0)
-    p.add_argument("--max_in_flight", type=int, default=4)
+    p.add_argument("--max_in_flight", type=positive_int, default=4)
     p.add_argument("--flush_interval_s", type=float, default=0.5)
     p.add_argument("--max_delay_s", type=float, default=2.0, help="kill at most this long after the first segment")
     p.add_argument("--slack_s", type=float, default=1.0, help="added to the flush interval for the bound")
-    p.add_argument("--partition_queries", type=int, default=60,
+    p.add_argument("--partition_queries", type=non_negative_int, default=60,
                    help="the pipeline's local partitions (200 queries: 4 partitions, so kills land in several)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     root = a.mbeir_root
+    if root is not None and not os.path.isdir(root):
+        from pipeline.mbeir.errors import ConfigError
+
+        raise ConfigError(f"--mbeir_root {root} is not a folder: give an M-BEIR root, or leave it out for the sample")
     if root is None:
-        sys.path.insert(0, ROOT)
         from pipeline.sample import generate
 
         root = os.path.join(a.work_dir + "-sample")

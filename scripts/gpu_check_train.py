@@ -13,10 +13,13 @@ own FLOPs and attention's L^2 term are left out), matching ENVIRONMENT.md's GPU 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
+from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int, run_cli
+from pipeline.mbeir.errors import ConfigError
 from trainer.loss import info_nce
 from trainer.model import ModelConfig, TraceEmbedder
 from trainer.processor import IGNORE, TraceProcessor
@@ -52,19 +55,22 @@ def synthetic_batch(batch: int, length: int, target: int, vocab: int, emb_id: in
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv: list[str]) -> None:
+    ap = CliParser(prog="python scripts/gpu_check_train.py", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model on CPU (tests)")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--warmup_steps", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=None, help="queries (and candidates) per step")
-    ap.add_argument("--seq", type=int, default=None, help="query tokens incl. target")
-    ap.add_argument("--target", type=int, default=64, help="target tokens with CE (reasoning + answer + <|emb|>)")
-    ap.add_argument("--cand_seq", type=int, default=None)
-    ap.add_argument("--lora_r", type=int, default=None)
+    ap.add_argument("--steps", type=positive_int, default=None)
+    ap.add_argument("--warmup_steps", type=non_negative_int, default=None)
+    ap.add_argument("--batch", type=positive_int, default=None, help="queries (and candidates) per step")
+    ap.add_argument("--seq", type=positive_int, default=None, help="query tokens incl. target")
+    ap.add_argument("--target", type=positive_int, default=64, help="target tokens with CE (reasoning + answer + <|emb|>)")
+    ap.add_argument("--cand_seq", type=positive_int, default=None)
+    ap.add_argument("--lora_r", type=non_negative_int, default=None)
     ap.add_argument("--gradient_checkpointing", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     tiny = args.tiny
+    if not tiny and not torch.cuda.is_available():
+        raise ConfigError("no CUDA GPU is visible here: this check needs one (or add --tiny for the CPU smoke run)")
     steps = args.steps or (5 if tiny else 300)
     warm = args.warmup_steps if args.warmup_steps is not None else (1 if tiny else 10)
     batch, seq = args.batch or (2 if tiny else 8), args.seq or (64 if tiny else 1024)
@@ -124,5 +130,9 @@ def main() -> None:
         print(f"model_flops_per_s={tps * 4 * n_lm:.3g} (4*N*tokens/s; no GPU peak to compare)")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="python scripts/gpu_check_train.py")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

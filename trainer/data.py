@@ -9,36 +9,47 @@ from __future__ import annotations
 
 import io
 import posixpath
+import sys
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.mbeir import images
+from pipeline.mbeir.errors import ConfigError
 from trainer.interface import CandidateInput, QueryInput
 from trainer.student import format_query_text
 
+# What the trainer cannot do without; the other ROW_COLUMNS have defaults when a shard lacks them.
+REQUIRED_COLUMNS = ("dataset", "task_id", "target", "instruction", "query_txt", "query_img_path", "pos_txt",
+                    "pos_img_path")
 ROW_COLUMNS = ["id", "pos_did", "dataset", "task_id", "instruction", "query_txt", "query_img_path", "pos_txt",
                "pos_img_path", "cand_modality", "route", "target"]
 IMAGE_COLUMNS = ["query_image", "pos_image"]  # optional Hugging Face Image structs {bytes, path}
 
 
 def list_shards(data: str) -> list[str]:
-    """Parquet files under DATA: DATA/data/*.parquet when present, else DATA/*.parquet, or a glob / file."""
+    """Parquet files under DATA: DATA/data/*.parquet when present, else DATA/*.parquet, or a glob / file.
+    ConfigError (naming --data) when DATA does not exist or holds no Parquet file."""
     fs, _, _ = fsspec.get_fs_token_paths(data)
     protocol = data.split("://", 1)[0] + "://" if "://" in data else ""
     if data.endswith(".parquet") or any(ch in data for ch in "*?["):
         paths = fs.glob(data)
     else:
         root = data.rstrip("/")
+        if not fs.exists(root):
+            raise ConfigError(f"--data {data} does not exist: give an M-BEIR-CoT folder (DATA/data/*.parquet), "
+                              "a glob or a Parquet file")
         paths = fs.glob(root + "/data/*.parquet") or fs.glob(root + "/*.parquet")
     paths = sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in paths)
     if not paths:
-        raise FileNotFoundError(f"no Parquet shards under {data!r}")
+        raise ConfigError(f"--data {data}: no Parquet shards there (looked for data/*.parquet and *.parquet); "
+                          "build the dataset first (make dataset) or point --data at its folder")
     return paths
 
 
@@ -53,25 +64,58 @@ class Example:
 
 
 class ShardIndex:
-    """Maps a global row index to (shard, row group, offset) and reads rows by row group with an LRU cache."""
+    """Maps a global row index to (shard, row group, offset) and reads rows by row group with an LRU cache.
+
+    A shard that cannot be read (truncated, not Parquet, unreadable) or lacks REQUIRED_COLUMNS is skipped with
+    a line on stderr and counted in `skipped`, as a bad row is; ConfigError only when no usable shard is left.
+    A row group that fails to read later drops its rows (counted as unreadable_row_group)."""
 
     def __init__(self, paths: list[str], cache_groups: int = 16):
-        self.paths = paths
+        self.skipped: Counter[str] = Counter()
         self._files: dict[int, pq.ParquetFile] = {}
         self._cache: OrderedDict[tuple[int, int], list[dict]] = OrderedDict()
         self._cache_groups = cache_groups
-        locs, fams = [], []
-        for f in range(len(paths)):
-            pf = self._file(f)
-            for g in range(pf.num_row_groups):
-                t = pf.read_row_group(g, columns=["dataset", "task_id"])
+        locs, fams, usable, schemas, lacking = [], [], [], [], {}
+        for path in paths:
+            f = len(usable)
+            try:
+                pf = pq.ParquetFile(fsspec.open(path, "rb").open())
+                names = pf.schema_arrow.names
+                missing = [c for c in REQUIRED_COLUMNS if c not in names]
+                if missing:
+                    lacking[path] = missing
+                    self._skip(path, "shard_missing_columns", f"lacks the columns {', '.join(missing)}")
+                    continue
+                groups = [pf.read_row_group(g, columns=["dataset", "task_id"]) for g in range(pf.num_row_groups)]
+            except (OSError, pa.ArrowException) as e:
+                self._skip(path, "unreadable_shard", f"is not a readable Parquet file ({_first_line(e)})")
+                continue
+            self._files[f] = pf
+            usable.append(path)
+            schemas.append(set(names))
+            for g, t in enumerate(groups):
                 n = t.num_rows
                 locs.append(np.stack([np.full(n, f), np.full(n, g), np.arange(n)], axis=1))
                 fams += [f"{d}/{k}" for d, k in zip(t.column("dataset").to_pylist(),
                                                      t.column("task_id").to_pylist(), strict=True)]
+        if not usable:
+            if lacking and len(lacking) == len(paths):
+                first, missing = next(iter(lacking.items()))
+                raise ConfigError(f"--data: no shard has the columns the trainer needs; {first} lacks "
+                                  f"{', '.join(missing)} (an M-BEIR-CoT row has {', '.join(ROW_COLUMNS)})")
+            raise ConfigError(f"--data: none of the {len(paths)} Parquet shard(s) is usable ({self._summary()}); "
+                              "rebuild or re-copy them")
+        self.paths = usable
         self.locations = np.concatenate(locs) if locs else np.zeros((0, 3), dtype=np.int64)
         self.families = np.array(fams)
-        self.columns = [c for c in ROW_COLUMNS + IMAGE_COLUMNS if c in self._file(0).schema_arrow.names]
+        self.columns = [c for c in ROW_COLUMNS + IMAGE_COLUMNS if all(c in names for names in schemas)]
+
+    def _skip(self, path: str, reason: str, what: str) -> None:
+        self.skipped[reason] += 1
+        print(f"skipping shard {path}: it {what}", file=sys.stderr)
+
+    def _summary(self) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -81,20 +125,35 @@ class ShardIndex:
             self._files[f] = pq.ParquetFile(fsspec.open(self.paths[f], "rb").open())
         return self._files[f]
 
-    def _group(self, f: int, g: int) -> list[dict]:
+    def _group(self, f: int, g: int) -> list[dict] | None:
         key = (f, g)
         if key not in self._cache:
-            self._cache[key] = self._file(f).read_row_group(g, columns=self.columns).to_pylist()
+            try:
+                self._cache[key] = self._file(f).read_row_group(g, columns=self.columns).to_pylist()
+            except (OSError, pa.ArrowException):
+                self._cache[key] = None
             if len(self._cache) > self._cache_groups:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
         return self._cache[key]
 
     def rows(self, indices: list[int]) -> list[dict]:
-        return [self._group(int(f), int(g))[int(r)] for f, g, r in self.locations[indices]]
+        """The rows at these global indices; rows of a row group that fails to read are left out (counted)."""
+        out = []
+        for f, g, r in self.locations[indices]:
+            group = self._group(int(f), int(g))
+            if group is None:
+                self.skipped["unreadable_row_group"] += 1
+            else:
+                out.append(group[int(r)])
+        return out
 
     def family_indices(self) -> dict[str, np.ndarray]:
         return {fam: np.flatnonzero(self.families == fam) for fam in sorted(set(self.families.tolist()))}
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 class TaskBatchSampler:
@@ -204,6 +263,10 @@ class TrainData:
         self.sampler = TaskBatchSampler(self.index.family_indices(), batch_size * world_size, seed)
         self.decode = RowDecoder(ImageLoader(mbeir_root))
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.decode.skipped = self.index.skipped  # one tally for the train log: shards, row groups and rows
+        if len(self.sampler) == 0:
+            raise ConfigError(f"--data {data}: the usable shards hold {len(self.index)} row(s) and no task family "
+                              "with 2 or more, so there is no batch to train on")
 
     def steps_per_epoch(self) -> int:
         return len(self.sampler)

@@ -6,6 +6,7 @@ it: fixed-seed instructions, query text built as UniIR does, and missing images 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.mbeir import images, layout, reasons
+from pipeline.mbeir.errors import ConfigError
 from pipeline.mbeir.instructions import Instructions, query_text
 from pipeline.mbeir.lines import iter_lines
 from pipeline.mbeir.parse import parse_candidate_line, parse_query_line
@@ -61,8 +63,39 @@ def eval_pairs(names: Sequence[str] | None = None, split: str = "test") -> list[
     known = {p.name: p for p in pairs}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown pairs {unknown}; choose from {sorted(known)}")
+        raise ConfigError(f"--pairs: unknown pairs {unknown}; choose from {', '.join(sorted(known))}")
     return [known[n] for n in names]
+
+
+def needs_images(pair: EvalPair) -> bool:
+    return "image" in ",".join(layout.TASKS[pair.task_id])
+
+
+def check_root(root: str | Path, pairs: Sequence[EvalPair], pools: Sequence[str] = ("local",)) -> None:
+    """ConfigError unless the M-BEIR root holds what evaluating these pairs reads: the split's query and qrels
+    files, the pools ("local": each pair's, "global": the union pool), the instructions and, when a pair has images,
+    the mbeir_images/ folder. A few missing images inside it are counted per pair, never fatal."""
+    if re.match(r"[a-z][a-z0-9+.-]*:/", str(root)):  # a URL (a Path has folded its "//" into "/")
+        url = re.sub(r"^([a-z][a-z0-9+.-]*):/+", r"\1://", str(root))
+        raise ConfigError(f"--mbeir_root {url}: evaluation reads a local M-BEIR folder (with its images); "
+                          "download it first (the pipeline's hf:// download keeps it under --hf_cache_dir)")
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"--mbeir_root {root} is not a folder: give the M-BEIR root holding query/, cand_pool/, "
+                          "qrels/, instructions/ and mbeir_images/")
+    split = pairs[0].split if pairs else "test"
+    wanted = [layout.INSTRUCTIONS] + [f for p in pairs for f in (p.query_file, p.qrels_file)]
+    wanted += [p.pool_file for p in pairs] if "local" in pools else []
+    if "global" in pools:
+        wanted.append(layout.union_pool_file(split))
+    missing = [f for f in dict.fromkeys(wanted) if not (root / f).is_file()]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ConfigError(f"--mbeir_root {root} lacks {len(missing)} file(s) of the {split} split: {shown}; "
+                          "download them, or choose other --pairs")
+    if any(needs_images(p) for p in pairs) and not (root / layout.IMAGE_DIR).is_dir():
+        raise ConfigError(f"--mbeir_root {root} has no {layout.IMAGE_DIR}/ folder, and the selected pairs have "
+                          f"images: unpack the M-BEIR image archive there ({layout.IMAGE_ARCHIVE_PATTERN})")
 
 
 @dataclass

@@ -21,12 +21,15 @@ from pathlib import Path
 import torch
 
 from pipeline.mbeir import layout
+from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int, run_cli, writable_folder
+from pipeline.mbeir.errors import ConfigError
 from trainer import paper_results, retrieval, scoring
 from trainer.evalset import (
     DEFAULT_IMAGE_MAX_SIDE,
     EvalPair,
     ReadStats,
     candidate_input,
+    check_root,
     count_lines,
     eval_pairs,
     iter_candidates,
@@ -252,30 +255,77 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def load_embedder(checkpoint: str) -> Embedder:
+def load_embedder(checkpoint: str, device: str | None = None) -> Embedder:
     from trainer.model import TraceEmbedder  # the model is only needed when evaluating a checkpoint
 
-    return TraceEmbedder.load(checkpoint)
+    return TraceEmbedder.load(checkpoint, device=device)
+
+
+def check_checkpoint(checkpoint: str) -> None:
+    """ConfigError unless the folder is a loadable TRACE checkpoint (cheap: files only, no weights read)."""
+    from trainer.model import read_checkpoint
+
+    read_checkpoint(checkpoint)
+
+
+def check_device(device: str) -> str:
+    """The --device value when this machine has it; ConfigError otherwise (e.g. cuda without a GPU)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device}: no CUDA GPU is visible here (torch.cuda.is_available() is "
+                              "False); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"--device {device}: only {count} GPU(s) visible (cuda:0..cuda:{count - 1})")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device}: only cpu and cuda[:N] are supported")
+    return device
+
+
+def check_config(cfg: EvalConfig) -> None:
+    """Every check of an evaluation or benchmark run that needs no model: device, pairs, M-BEIR root, output."""
+    check_device(cfg.device)
+    check_root(cfg.mbeir_root, eval_pairs(cfg.pairs, cfg.split), cfg.pools)
+    writable_folder(cfg.output_dir)
 
 
 def _ks(text: str) -> tuple[int, ...]:
-    return tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers, e.g. 1,5,10") from None
+    if not ks or ks[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every k must be at least 1, e.g. 1,5,10")
+    return ks
 
 
 def score_main(argv: Sequence[str]) -> dict:
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate score",
-                                description="Score a UniIR-format run file with the UniIR hit-rate Recall@k.")
+    p = CliParser(prog="python -m trainer.evaluate score",
+                  description="Score a UniIR-format run file with the UniIR hit-rate Recall@k.")
     p.add_argument("--run", required=True)
     p.add_argument("--qrels", nargs="+", required=True, help="qrels files or folders")
     p.add_argument("--k", type=_ks, default=scoring.DEFAULT_KS, help="comma-separated cut-offs")
+    p.add_argument("--skip_bad_lines", action="store_true",
+                   help="score the rest of a run file with malformed lines and report how many were skipped and "
+                        "why (default: stop at the first, with file:line)")
     a = p.parse_args(argv)
-    result = scoring.score_run(scoring.read_run(a.run), scoring.read_qrels(a.qrels), a.k)
+    qrels = scoring.read_qrels(a.qrels)
+    run = scoring.read_run(a.run, qrels, skip_bad_lines=a.skip_bad_lines)
+    result = scoring.score_run(run.pairs, qrels, a.k)
+    if run.skipped:
+        result["skipped_lines"] = dict(run.skipped)
+        print(f"skipped {sum(run.skipped.values())} bad line(s) of {a.run}: {run.skipped_summary()}",
+              file=sys.stderr)
     print(json.dumps(result, indent=1))
     return result
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--mbeir_root", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--output_dir", required=True)
@@ -285,14 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="adaptive", choices=MODES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=_ks, default=scoring.DEFAULT_KS)
-    p.add_argument("--top_k", type=int, default=10)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--top_k", type=positive_int, default=10)
+    p.add_argument("--limit", type=positive_int, default=None)
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--device", default=EvalConfig.device)
-    p.add_argument("--query_batch", type=int, default=8)
-    p.add_argument("--cand_batch", type=int, default=32)
-    p.add_argument("--max_new_tokens", type=int, default=128)
-    p.add_argument("--image_max_side", type=int, default=DEFAULT_IMAGE_MAX_SIDE)
+    p.add_argument("--query_batch", type=positive_int, default=8)
+    p.add_argument("--cand_batch", type=positive_int, default=32)
+    p.add_argument("--max_new_tokens", type=non_negative_int, default=128)
+    p.add_argument("--image_max_side", type=positive_int, default=DEFAULT_IMAGE_MAX_SIDE)
     return p
 
 
@@ -312,11 +362,14 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
         return score_main(argv[1:])
     a = build_parser().parse_args(argv)
     cfg = config_from_args(a)
+    check_config(cfg)
+    if embedder is None:
+        check_checkpoint(a.checkpoint)
     model_fp = getattr(embedder, "fingerprint", None) or retrieval.dir_fingerprint(a.checkpoint)
-    results = evaluate(embedder or load_embedder(a.checkpoint), model_fp, cfg)
+    results = evaluate(embedder or load_embedder(a.checkpoint, cfg.device), model_fp, cfg)
     print(format_table(results))
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m trainer.evaluate"))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.mbeir.errors import ConfigError
 from trainer.interface import MODES, CandidateInput, EncodeResult, QueryInput
 from trainer.processor import Item, TraceProcessor
 from trainer.student import EMB_TOKEN, candidate_system_prompt, query_system_prompt
@@ -33,6 +34,32 @@ class ModelConfig:
     train_vision: bool = False  # PAPER.md §3 freezes the vision encoder; True only for the random tiny model
 
 
+def read_checkpoint(checkpoint_dir: str | Path, flag: str = "--checkpoint") -> ModelConfig:
+    """The ModelConfig of a folder written by TraceEmbedder.save; ConfigError (naming `flag`) when the folder
+    is missing, is not a TRACE checkpoint, or lacks its weights or a base model stored beside it."""
+    ckpt = Path(checkpoint_dir)
+    if not ckpt.is_dir():
+        raise ConfigError(f"{flag} {ckpt} is not a folder: give a checkpoint folder written by trainer.train")
+    if not (ckpt / TRACE_CONFIG).is_file():
+        inner = sorted(ckpt.glob(f"checkpoint-*/{TRACE_CONFIG}"))
+        hint = f" (it holds {inner[-1].parent.name}/)" if inner else ""
+        raise ConfigError(f"{flag} {ckpt} is not a TRACE checkpoint: no {TRACE_CONFIG}{hint}; give the "
+                          "--output_dir of trainer.train or one of its checkpoint-N folders")
+    try:
+        cfg = ModelConfig(**json.loads((ckpt / TRACE_CONFIG).read_text()))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{flag} {ckpt}: {TRACE_CONFIG} is not a checkpoint config ({e})") from e
+    if cfg.lora_r > 0 and not (ckpt / ADAPTER_DIR / "adapter_config.json").is_file():
+        raise ConfigError(f"{flag} {ckpt} is incomplete: no {ADAPTER_DIR}/adapter_config.json (the LoRA weights)")
+    if cfg.lora_r == 0 and not (any(ckpt.glob("*.safetensors")) or any(ckpt.glob("pytorch_model*.bin"))):
+        raise ConfigError(f"{flag} {ckpt} is incomplete: no model weights (*.safetensors) beside {TRACE_CONFIG}")
+    base = cfg.base_model
+    if base.startswith((".", "/", "~")) and not (ckpt / base).expanduser().is_dir():
+        raise ConfigError(f"{flag} {ckpt} was trained from the base model at {base!r} (relative to the "
+                          f"checkpoint), which is gone: put it back at {ckpt / base}")
+    return cfg
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -52,6 +79,19 @@ def _load_parts(path: str, cfg: ModelConfig, device: torch.device, tokenizer_pat
     return model, processor
 
 
+def _load_checked(path: str, cfg: ModelConfig, device: torch.device, tokenizer_path: str | None = None):
+    """_load_parts, with a model that cannot be loaded (files missing or cut, a Hub name not reachable) as a
+    one-line ConfigError."""
+    from safetensors import SafetensorError
+
+    try:
+        return _load_parts(path, cfg, device, tokenizer_path)
+    except (OSError, SafetensorError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"cannot load the model at {path}: {why}; give a complete Qwen2-VL-family checkpoint "
+                          "folder or a reachable Hub name") from e
+
+
 class TraceEmbedder(nn.Module):
     def __init__(self, model: nn.Module, processor: TraceProcessor, config: ModelConfig):
         super().__init__()
@@ -66,7 +106,7 @@ class TraceEmbedder(nn.Module):
         """A trainable embedder from a Qwen2-VL-family checkpoint name or path."""
         cfg = ModelConfig(base_model=str(base_model), **overrides)
         device = torch.device(device) if device else default_device()
-        model, processor = _load_parts(cfg.base_model, cfg, device)
+        model, processor = _load_checked(cfg.base_model, cfg, device)
         return cls.from_model(model, processor, cfg, device)
 
     @classmethod
@@ -100,12 +140,12 @@ class TraceEmbedder(nn.Module):
         """Load a checkpoint written by `save`: base model + LoRA adapter + tokenizer, or (lora_r == 0) the
         fully fine-tuned model stored in the checkpoint folder itself."""
         ckpt = Path(checkpoint_dir)
-        cfg = ModelConfig(**json.loads((ckpt / TRACE_CONFIG).read_text()))
+        cfg = read_checkpoint(ckpt)
         base = cfg.base_model
         if not Path(base).is_absolute() and (ckpt / base).exists():
             base = str(ckpt / base)
         device = torch.device(device) if device else default_device()
-        model, processor = _load_parts(base, cfg, device, tokenizer_path=str(ckpt))
+        model, processor = _load_checked(base, cfg, device, tokenizer_path=str(ckpt))
         if cfg.lora_r > 0:
             from peft import PeftModel
 

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import re
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,11 +23,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.config import TINY_DEFAULTS, TrainConfig, config_fields
+from pipeline.mbeir.cli import CliParser, run_cli, writable_folder
+from pipeline.mbeir.errors import ConfigError
+from trainer.config import TINY_DEFAULTS, TrainConfig, config_fields, validate
 from trainer.data import Example, TrainData
 from trainer.loss import info_nce, route_ce, same_candidate_mask, target_ce
-from trainer.model import TraceEmbedder
+from trainer.model import TraceEmbedder, read_checkpoint
 
+PROG = "python -m trainer.train"
 STATE_FILE = "training_state.pt"
 TINY_BASE = "tiny_base"
 
@@ -223,30 +227,106 @@ def _save(embedder, optimizer, scheduler, data, step, path: Path, base_ref: str,
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The TrainConfig of a command line; ConfigError for an unknown flag or a value out of range."""
+    parser = CliParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in config_fields():
         kind = {"int": int, "float": float, "bool": _bool}.get(str(f.type).replace(" | None", ""), str)
         parser.add_argument(f"--{f.name}", type=kind, default=None, help=f"default: {f.default}")
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None and k != "debug"}
     cfg = TrainConfig()
     if given.get("model", cfg.model) == "tiny":
         cfg = replace(cfg, **TINY_DEFAULTS)
     cfg = replace(cfg, **given)
     if not cfg.data:
-        parser.error("--data is required")
-    return cfg
+        parser.error("--data is required (an M-BEIR-CoT folder, a glob or a Parquet file)")
+    return validate(cfg)
 
 
 def _bool(text: str) -> bool:
-    return text.lower() in ("1", "true", "yes")
+    value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use true or false")
+    return value
 
 
-def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
+def check_inputs(cfg: TrainConfig) -> None:
+    """Every path check that needs no model, before a model is loaded: data, base model, images, resume,
+    and that the output folder can be written."""
+    from trainer.data import list_shards
+
+    list_shards(cfg.data)
+    model = Path(cfg.model).expanduser()
+    if cfg.model != "tiny":
+        if model.is_dir() and not (model / "config.json").is_file():
+            raise ConfigError(f"--model {cfg.model} is a folder without config.json: give a Qwen2-VL-family "
+                              "checkpoint folder or a Hub name")
+        if not model.exists() and cfg.model.startswith((".", "/", "~")):
+            raise ConfigError(f"--model {cfg.model} does not exist: give a Qwen2-VL-family checkpoint folder, "
+                              "a Hub name, or tiny")
+    if cfg.mbeir_root and "://" not in cfg.mbeir_root and not Path(cfg.mbeir_root).is_dir():
+        raise ConfigError(f"--mbeir_root {cfg.mbeir_root} is not a folder: give the M-BEIR root the rows' "
+                          "image paths are relative to")
+    resume = latest_checkpoint(cfg.output_dir) if cfg.resume == "auto" else (Path(cfg.resume) if cfg.resume else None)
+    if resume is not None:
+        check_resume(cfg, resume)
+    if "://" not in cfg.output_dir:
+        writable_folder(cfg.output_dir)
+
+
+def check_resume(cfg: TrainConfig, resume: Path) -> None:
+    """ConfigError unless `resume` is a training checkpoint of the same base model and LoRA rank."""
+    if not (resume / STATE_FILE).is_file():
+        raise ConfigError(f"--resume {resume} is not a training checkpoint (no {STATE_FILE}): give "
+                          "OUTPUT_DIR/checkpoint-N, or --resume auto for the newest one")
+    saved = read_checkpoint(resume, flag="--resume")
+    if saved.lora_r != cfg.lora_r:
+        raise ConfigError(f"--resume {resume} was trained with --lora_r {saved.lora_r}, not {cfg.lora_r}: pass "
+                          f"--lora_r {saved.lora_r} to resume it")
+    trained_from = "tiny" if saved.base_model == f"../{TINY_BASE}" else saved.base_model
+    if saved.base_model != ".":
+        same = trained_from == cfg.model or (Path(trained_from).is_dir() and Path(cfg.model).is_dir()
+                                             and Path(trained_from).resolve() == Path(cfg.model).resolve())
+    else:  # a full fine-tune stores the whole model: compare its architecture with the base asked for
+        base = Path(cfg.output_dir) / TINY_BASE if cfg.model == "tiny" else Path(cfg.model)
+        same = not (base / "config.json").is_file() or _architecture(base) == _architecture(resume)
+        trained_from = f"a model of another architecture ({_architecture(resume)})"
+    if not same:
+        raise ConfigError(f"--resume {resume} was trained from {trained_from}, not --model {cfg.model}: resume it "
+                          "with the --model it was trained from, or start a new --output_dir")
+
+
+def _architecture(folder: Path) -> dict:
+    """The config.json fields that fix the shape of a model's weights."""
+    cfg = json.loads((folder / "config.json").read_text())
+    text = cfg.get("text_config") or cfg
+    return {"model_type": cfg.get("model_type"), **{k: text.get(k) for k in (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}}
+
+
+def summary(log: list[dict], cfg: TrainConfig) -> str:
+    """The end-of-training line: steps, last losses, and every row, row group or shard skipped."""
+    if not log:
+        return f"nothing to train: {cfg.output_dir} is already at its last step"
+    last = log[-1]
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(last.get("skipped", {}).items())) or "none"
+    return (f"trained to step {last['step']} in {cfg.output_dir}: loss {last['loss']:.4f}; skipped: {skipped}")
+
+
+def _main(argv: list[str]) -> None:
+    cfg = parse_args(argv)
+    check_inputs(cfg)
+    log = train(cfg)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(summary(log, cfg), flush=True)
     if dist.is_initialized():
         dist.barrier()  # no rank may tear gloo down while another is still inside a collective
         dist.destroy_process_group()
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Train; a bad flag, path or input is one line on stderr and exit status 2 (pipeline.mbeir.cli)."""
+    return run_cli(_main, argv, prog=PROG)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

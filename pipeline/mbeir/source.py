@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.mbeir import layout
-from pipeline.mbeir.errors import ConfigError
+from pipeline.mbeir.errors import ConfigError, network_errors
 
 HF_SCHEME = "hf://"
 DEFAULT_HF_REPO = "hf://TIGER-Lab/M-BEIR"
@@ -70,23 +70,62 @@ def _parse_hf(root: str) -> tuple[str, str | None]:
 
 def _download_hf(root: str, files: list[str], images: bool, cache_dir: str | None,
                  log: Callable[[str], None]) -> str:
+    """Download `files` (and the image archive when asked) from the dataset repo; every way the Hub can fail
+    (unreachable, no such repo or revision, a selected file absent) is a ConfigError naming the root."""
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     repo, revision = _parse_hf(root)
     endpoint = os.environ.get("HF_ENDPOINT")
-    patterns = list(files)
-    if images:
-        info = HfApi(endpoint=endpoint).dataset_info(repo, revision=revision, files_metadata=True)
-        parts = [s for s in info.siblings or [] if fnmatch.fnmatch(s.rfilename, layout.IMAGE_ARCHIVE_PATTERN)]
-        size = sum(s.size or 0 for s in parts)
-        log(f"downloading the M-BEIR image archive from {repo}: {len(parts)} parts, {size / 1e9:.1f} GB")
-        patterns.append(layout.IMAGE_ARCHIVE_PATTERN)
-    local = snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=patterns,
-                              cache_dir=cache_dir, endpoint=endpoint)
+    where = endpoint or "https://huggingface.co"
+    try:
+        info = HfApi(endpoint=endpoint).dataset_info(repo, revision=revision, files_metadata=images)
+        present = {s.rfilename for s in info.siblings or []}
+        missing = [f for f in files if f not in present]
+        if missing:
+            raise ConfigError(f"--mbeir_root {root} lacks {len(missing)} selected file(s): {_shown(missing)}; "
+                              f"narrow --datasets/--tasks or choose another revision (hf://{repo}@REV)")
+        patterns = list(files)
+        if images:
+            parts = [s for s in info.siblings or [] if fnmatch.fnmatch(s.rfilename, layout.IMAGE_ARCHIVE_PATTERN)]
+            size = sum(s.size or 0 for s in parts)
+            log(f"downloading the M-BEIR image archive from {repo}: {len(parts)} parts, {size / 1e9:.1f} GB")
+            patterns.append(layout.IMAGE_ARCHIVE_PATTERN)
+        local = snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=patterns,
+                                  cache_dir=cache_dir, endpoint=endpoint)
+    except RevisionNotFoundError as e:
+        raise ConfigError(f"--mbeir_root {root}: the dataset repo {repo} has no revision {revision!r}") from e
+    except RepositoryNotFoundError as e:
+        raise ConfigError(f"--mbeir_root {root}: no dataset repo {repo} on {where} (or it is private and "
+                          "HF_TOKEN has no access); check the name, e.g. " + DEFAULT_HF_REPO) from e
+    except OfflineModeIsEnabled as e:
+        raise ConfigError(f"--mbeir_root {root} needs the Hub but HF_HUB_OFFLINE is set: unset it, or download "
+                          "the files and give the local folder") from e
+    except (LocalEntryNotFoundError, *network_errors()) as e:
+        raise ConfigError(f"--mbeir_root {root}: cannot reach the Hugging Face Hub at {where} ({_first_line(e)}); "
+                          "check the network or HF_ENDPOINT, or download the files and give the local folder") from e
+    except (EntryNotFoundError, HfHubHTTPError) as e:
+        raise ConfigError(f"--mbeir_root {root}: the Hub answered {_first_line(e)}; rerun later, or download the "
+                          "files and give the local folder") from e
     if images and not os.path.isdir(os.path.join(local, layout.IMAGE_DIR)):
         log(f"unpack the images before running (takes hours): cd {local} && "
             f"cat {layout.IMAGE_ARCHIVE_PATTERN} | tar -xzf -   (creates {layout.IMAGE_DIR}/)")
     return local
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _shown(paths: Sequence[str]) -> str:
+    return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
 
 
 def resolve_root(root: str, files: Sequence[str], *, images: bool = False, cache_dir: str | None = None,
@@ -103,8 +142,7 @@ def resolve_root(root: str, files: Sequence[str], *, images: bool = False, cache
                           f"--out DIR` for the sample)")
     missing = [f for f in files if not FileSystems.exists(FileSystems.join(root, f))]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ConfigError(f"--mbeir_root {root} lacks {len(missing)} selected file(s): {shown}; "
+        raise ConfigError(f"--mbeir_root {root} lacks {len(missing)} selected file(s): {_shown(missing)}; "
                           f"download them or narrow --datasets/--tasks")
     if images and not FileSystems.exists(FileSystems.join(root, layout.IMAGE_DIR)) and "://" not in root:
         log(f"{root}/{layout.IMAGE_DIR} is missing: queries with images will be rejected as missing_image")

@@ -14,7 +14,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.mbeir.errors import ConfigError, OutputError
+from pipeline.mbeir.errors import OutputError
 from tests.pipeline import testfs
 from tests.pipeline.conftest import output_files, run_pipeline
 
@@ -58,7 +58,7 @@ def test_unwritable_output_dir_fails_before_any_call_and_writes_no_shard(sample_
     blocker = tmp_path / "file.txt"  # a regular file as a parent folder: unwritable even for root
     blocker.write_text("not a folder")
     out = str(blocker / "out")
-    with pytest.raises(ConfigError) as caught:  # a configuration error: stops before any work
+    with pytest.raises(OutputError) as caught:  # an output error (exit 3): stops before any work
         run_pipeline(sample_root, out, limit="2", teacher=teacher)
     message = str(caught.value)
     assert "cannot write to" in message and str(blocker) in message, message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,27 @@ def test_incomplete_output_is_a_clear_error(tmp_path, monkeypatch):
         publish.publish(str(tmp_path), "tester/cot")
 
 
+def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    make_output(tmp_path / "out", 4, 1, card=False)
+    with socket.socket() as s:  # a local port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
+    cases = [
+        (["--repo", "cot", "--output_dir", str(tmp_path / "out")], 2, "--repo 'cot': expected a dataset repo id"),
+        (["--repo", "tester/cot", "--output_dir", str(tmp_path / "gone")], 2, f"--output_dir {tmp_path / 'gone'} "
+                                                                                "does not exist"),
+        (["--repo", "tester/cot", "--output", str(tmp_path)], 2, "unknown flag --output (did you mean --output_dir?)"),
+        (["--repo", "tester/cot", "--output_dir", str(tmp_path / "out")], 3, "upload failed: "),
+    ]
+    for argv, status, message in cases:
+        assert publish.main(argv) == status
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("python -m pipeline.publish: ") and message in err, err
+
+
 def test_rejects_are_uploaded_only_on_request(tmp_path):
     make_output(tmp_path, 4, 1, card=False)
     (tmp_path / "rejects").mkdir()
@@ -99,8 +121,11 @@ def test_interrupted_upload_resumes_without_resending_blobs_in_one_commit(tmp_pa
     out = tmp_path / "out"
     make_output(out)  # 3 shards + 3 plots = 6 LFS blobs
     hub.fail_blob_puts_after = 2
-    assert publish.main(["--repo", "tester/cot", "--output_dir", str(out)]) == 1
-    assert "Rerun the same command to resume" in capsys.readouterr().err
+    assert publish.main(["--repo", "tester/cot", "--output_dir", str(out)]) == 3  # an output error
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # above it: huggingface_hub's progress bars
+    assert "Traceback" not in err and last.startswith("python -m pipeline.publish: output error: upload failed: ")
+    assert "Rerun the same command to resume" in last
     assert hub.blob_puts == 2
     assert [c.title for c in hub.commits("tester/cot")] == ["initial commit"]  # nothing half-visible
 

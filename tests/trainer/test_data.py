@@ -2,6 +2,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.mbeir.errors import ConfigError
+from tests.trainer.conftest import write_cot_shards
 from trainer.data import TaskBatchSampler, TrainData, list_shards
 
 
@@ -77,5 +79,53 @@ def test_embedded_image_structs_need_no_root(sample_cot, sample_root, tmp_path):
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no Parquet shards"):
+    with pytest.raises(ConfigError, match=f"--data {tmp_path}: no Parquet shards there"):
         list_shards(str(tmp_path))
+    with pytest.raises(ConfigError, match=f"--data {tmp_path / 'gone'} does not exist"):
+        list_shards(str(tmp_path / "gone"))
+
+
+def _shards(sample_cot, tmp_path, n: int = 3):
+    """A copy of n of the sample's shards (re-split) under tmp_path/data; returns the paths."""
+    rows = pq.read_table(list_shards(sample_cot)).to_pylist()
+    write_cot_shards(rows, tmp_path, n_shards=n)
+    return sorted((tmp_path / "data").glob("*.parquet"))
+
+
+def test_corrupt_shards_are_skipped_and_counted(sample_cot, tmp_path, capsys):
+    good, cut, alien = _shards(sample_cot, tmp_path)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a half-copied shard
+    alien.write_text("id,target\n1,x\n")  # not Parquet at all
+    data = TrainData(str(tmp_path), batch_size=4, seed=0)
+    assert data.decode.skipped == {"unreadable_shard": 2}  # the tally the train log writes
+    assert len(data.index) == pq.ParquetFile(good).metadata.num_rows
+    err = capsys.readouterr().err
+    assert f"skipping shard {cut}: it is not a readable Parquet file" in err and str(alien) in err
+    assert "Traceback" not in err
+
+
+def test_no_usable_shard_is_a_config_error(sample_cot, tmp_path):
+    shards = _shards(sample_cot, tmp_path, 2)
+    for path in shards:
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="none of the 2 Parquet shard.s. is usable .2 unreadable_shard."):
+        TrainData(str(tmp_path), batch_size=4, seed=0)
+
+
+def test_shards_without_the_needed_columns_name_them(sample_cot, tmp_path, capsys):
+    rows = pq.read_table(list_shards(sample_cot)[0]).to_pylist()
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows).drop_columns(["target", "pos_txt"]), tmp_path / "data/a.parquet")
+    with pytest.raises(ConfigError, match="a.parquet lacks target, pos_txt"):
+        TrainData(str(tmp_path), batch_size=4, seed=0)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data/b.parquet")
+    data = TrainData(str(tmp_path), batch_size=4, seed=0)  # one good shard: train on it, count the other
+    assert data.decode.skipped == {"shard_missing_columns": 1}
+    assert "a.parquet: it lacks the columns target, pos_txt" in capsys.readouterr().err
+
+
+def test_too_few_rows_to_batch_is_a_config_error(sample_cot, tmp_path):
+    rows = pq.read_table(list_shards(sample_cot)[0]).to_pylist()[:1]
+    write_cot_shards(rows, tmp_path, n_shards=1)
+    with pytest.raises(ConfigError, match="hold 1 row.s. and no task family with 2 or more"):
+        TrainData(str(tmp_path), batch_size=4, seed=0)

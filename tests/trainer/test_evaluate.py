@@ -1,6 +1,7 @@
 """The evaluator end to end on a crafted mini M-BEIR root with a small deterministic embedder."""
 
 import json
+import shutil
 import subprocess
 import sys
 import zlib
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.mbeir.cli import run_cli
 from trainer import evaluate
 from trainer.interface import EncodeResult
 
@@ -220,3 +222,114 @@ def test_reading_mbeir_files_does_not_pull_beam():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "False"
+
+
+# ---- bad input: one line naming the flag or file, exit 2 (3 for output), no traceback ----
+def eval_cli(capsys, argv, main=evaluate.main, prog="python -m trainer.evaluate") -> tuple[int, str]:
+    status = run_cli(main, argv, prog=prog)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: "), err
+    return status, lines[0]
+
+
+def _copy_root(src: Path, dst: Path, drop: str | None = None) -> Path:
+    shutil.copytree(src, dst)
+    if drop:
+        target = dst / drop
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return dst
+
+
+def _fake_checkpoint(path: Path, **cfg) -> Path:
+    path.mkdir(parents=True)
+    (path / "trace_config.json").write_text(json.dumps({"base_model": "Qwen/Qwen2-VL-2B-Instruct", **cfg}))
+    return path
+
+
+@pytest.mark.parametrize("drop, extra, message", [
+    ("query/test/mbeir_cirr_task7_test.jsonl", [], "lacks 1 file(s) of the test split: "
+                                                   "query/test/mbeir_cirr_task7_test.jsonl; download them"),
+    ("qrels/test", [], "lacks 3 file(s) of the test split: qrels/test/mbeir_mscoco_task0_test_qrels.txt"),
+    ("cand_pool/local/mbeir_webqa_task1_cand_pool.jsonl", [], "cand_pool/local/mbeir_webqa_task1_cand_pool.jsonl"),
+    ("cand_pool/global", ["--pool", "global"], "cand_pool/global/mbeir_union_test_cand_pool.jsonl"),
+    ("mbeir_images", [], "has no mbeir_images/ folder, and the selected pairs have images"),
+])
+def test_root_lacking_what_evaluation_reads(mini_root, tmp_path, capsys, drop, extra, message):
+    root = _copy_root(mini_root, tmp_path / "root", drop)
+    status, line = eval_cli(capsys, ["--mbeir_root", str(root), "--checkpoint", "x", "--pairs", *PAIRS,
+                                     "--output_dir", str(tmp_path / "out"), *extra])
+    assert status == 2 and f"--mbeir_root {root} " in line and message in line
+
+
+def test_text_only_pair_needs_no_images(mini_root, tmp_path):
+    root = _copy_root(mini_root, tmp_path / "root", "mbeir_images")
+    evaluate.main(["--mbeir_root", str(root), "--checkpoint", "x", "--pairs", "webqa_task1", "--output_dir",
+                   str(tmp_path / "out")], embedder=BagOfWordsEmbedder())
+
+
+def test_bad_flags_paths_and_devices(mini_root, tmp_path, capsys):
+    base = ["--mbeir_root", str(mini_root), "--checkpoint", "x", "--pairs", "webqa_task1", "--output_dir",
+            str(tmp_path / "out")]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cases = [
+        (["--mbeir_root", str(tmp_path / "nowhere"), *base[2:]], 2, f"--mbeir_root {tmp_path / 'nowhere'} is not a folder"),
+        (["--mbeir_root", "hf://TIGER-Lab/M-BEIR", *base[2:]], 2, "evaluation reads a local M-BEIR folder"),
+        ([*base, "--device", "cuda"], 2, "--device cuda: no CUDA GPU is visible here"),
+        ([*base, "--device", "gpu"], 2, "--device 'gpu' is not a device"),
+        ([*base, "--pairs", "cirr_task9"], 2, "--pairs: unknown pairs ['cirr_task9']"),
+        ([*base, "--mode", "sometimes"], 2, "argument --mode: invalid choice: 'sometimes'"),
+        ([*base, "--query_batch", "0"], 2, "argument --query_batch: 0 is below the minimum 1"),
+        ([*base, "--cand_batch", "many"], 2, "argument --cand_batch: 'many' is not an integer"),
+        ([*base, "--top_k", "-3"], 2, "argument --top_k: -3 is below the minimum 1"),
+        ([*base, "--k", "1,x"], 2, "argument --k: '1,x': give comma-separated whole numbers"),
+        ([*base, "--max_new_tokens", "-1"], 2, "argument --max_new_tokens: -1 is below the minimum 0"),
+        ([*base, "--query-batch", "4"], 2, "unknown flag --query-batch (did you mean --query_batch?)"),
+        ([*base, "--output_dir", str(blocker / "out")], 3, f"--output_dir {blocker / 'out'}: cannot write there"),
+    ]
+    if torch.cuda.is_available():
+        cases = [c for c in cases if "CUDA" not in c[2]]
+    for argv, want, message in cases:
+        status, line = eval_cli(capsys, argv)
+        assert status == want and message in line, (argv, line)
+
+
+def test_checkpoint_that_is_not_one(mini_root, tmp_path, capsys):
+    base = ["--mbeir_root", str(mini_root), "--pairs", "webqa_task1", "--output_dir", str(tmp_path / "out")]
+    trained = tmp_path / "trained"
+    _fake_checkpoint(trained / "checkpoint-40", lora_r=8)
+    cases = [
+        (tmp_path / "missing", "is not a folder: give a checkpoint folder written by trainer.train"),
+        (trained, "is not a TRACE checkpoint: no trace_config.json (it holds checkpoint-40/)"),
+        (trained / "checkpoint-40", "is incomplete: no adapter/adapter_config.json"),
+        (_fake_checkpoint(tmp_path / "full", lora_r=0), "is incomplete: no model weights"),
+        (_fake_checkpoint(tmp_path / "odd", lora_rank=8), "trace_config.json is not a checkpoint config"),
+        (_fake_checkpoint(tmp_path / "moved", lora_r=8, base_model="../tiny_base"),
+         "was trained from the base model at '../tiny_base'"),
+    ]
+    (tmp_path / "moved" / "adapter").mkdir()
+    (tmp_path / "moved" / "adapter" / "adapter_config.json").write_text("{}")
+    for ckpt, message in cases:
+        status, line = eval_cli(capsys, [*base, "--checkpoint", str(ckpt)])
+        assert status == 2 and f"--checkpoint {ckpt}" in line and message in line, line
+
+
+def test_cli_subprocess_wiring(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--mbeir_root", str(tmp_path / "none"),
+                           "--checkpoint", "x", "--output_dir", str(tmp_path / "o")], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith(f"python -m trainer.evaluate: error: --mbeir_root {tmp_path / 'none'}")
+
+
+def test_checkpoint_with_cut_weights_is_one_line(mini_root, tiny_base, tmp_path, capsys):
+    ckpt = tmp_path / "cut"
+    shutil.copytree(tiny_base, ckpt)
+    (ckpt / "trace_config.json").write_text(json.dumps({"base_model": ".", "lora_r": 0}))
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a half-copied checkpoint
+    status, line = eval_cli(capsys, ["--mbeir_root", str(mini_root), "--pairs", "webqa_task1", "--checkpoint",
+                                     str(ckpt), "--output_dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert status == 2 and f"cannot load the model at {ckpt}" in line

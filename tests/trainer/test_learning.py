@@ -39,8 +39,8 @@ def mean_recall(embedder: TraceEmbedder, root: str) -> float:
 def trained(pipeline_cot, sample_root, tmp_path_factory):
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("trace_tiny")
-    main(["--data", pipeline_cot, "--mbeir_root", sample_root, "--model", "tiny", "--output_dir", str(out),
-          "--progress", "false", "--log_every", "1000"])
+    assert main(["--data", pipeline_cot, "--mbeir_root", sample_root, "--model", "tiny", "--output_dir", str(out),
+                 "--progress", "false", "--log_every", "1000"]) == 0
     return out
 
 

@@ -1,11 +1,27 @@
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import huggingface_hub
+import huggingface_hub.constants
 import pytest
+from huggingface_hub import CommitOperationAdd
 
 from pipeline.mbeir import layout
 from pipeline.mbeir.errors import ConfigError
-from pipeline.mbeir.source import resolve_root, selection_files, validate_selection
+from pipeline.mbeir.source import DEFAULT_HF_REPO, resolve_root, selection_files, validate_selection
+from tests.hub_server import HubServer
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_train_selection():
@@ -58,22 +74,56 @@ def test_resolve_local_root_without_images_warns(tmp_path):
     assert said and "missing_image" in said[0]
 
 
-def test_hf_root_downloads_only_the_selection(monkeypatch, tmp_path):
-    calls = []
+@pytest.fixture
+def hub(monkeypatch):
+    """The test Hub holding dataset repo tester/mbeir with the instructions and the NIGHTS train files."""
+    with HubServer(token="hf_test") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_TOKEN", "hf_test")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+        api = huggingface_hub.HfApi(endpoint=server.endpoint, token="hf_test")
+        api.create_repo("tester/mbeir", repo_type="dataset")
+        files = [*selection_files("train", ["nights"], None), "query/train/mbeir_oven_train.jsonl"]
+        api.create_commit("tester/mbeir", repo_type="dataset", commit_message="M-BEIR subset",
+                          operations=[CommitOperationAdd(f, f"{f}\n".encode()) for f in files])
+        yield server
 
-    def fake_snapshot_download(repo_id, **kw):
-        calls.append((repo_id, kw))
-        return str(tmp_path)
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+def test_hf_root_downloads_only_the_selection(hub, tmp_path):
     files = selection_files("train", ["nights"], None)
-    assert resolve_root("hf://TIGER-Lab/M-BEIR@abc123", files, cache_dir=str(tmp_path)) == str(tmp_path)
-    (repo, kw), = calls
-    assert repo == "TIGER-Lab/M-BEIR" and kw["repo_type"] == "dataset" and kw["revision"] == "abc123"
-    assert kw["allow_patterns"] == files and kw["endpoint"] == "http://127.0.0.1:9"
+    local = resolve_root("hf://tester/mbeir@main", files, cache_dir=str(tmp_path))
+    got = sorted(str(p.relative_to(local)) for p in Path(local).rglob("*") if p.is_file())
+    assert got == files  # the OVEN query file in the repo was not downloaded
     with pytest.raises(ConfigError, match="hf://owner/name"):
         resolve_root("hf://just-a-name", files)
+
+
+@pytest.mark.parametrize("root, extra, message", [
+    ("hf://tester/nothere", [], "no dataset repo tester/nothere on http://127.0.0.1:"),
+    ("hf://tester/mbeir@v9", [], "the dataset repo tester/mbeir has no revision 'v9'"),
+    ("hf://tester/mbeir", ["query/train/mbeir_cirr_train.jsonl"],
+     "hf://tester/mbeir lacks 1 selected file.s.: query/train/mbeir_cirr_train.jsonl; narrow --datasets"),
+])
+def test_hf_root_problems_are_one_config_error(hub, tmp_path, root, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_root(root, [*selection_files("train", ["nights"], None), *extra], cache_dir=str(tmp_path))
+
+
+def test_unreachable_hub_is_a_config_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(ConfigError, match="cannot reach the Hugging Face Hub at http://127.0.0.1:.*HF_ENDPOINT"):
+        resolve_root(DEFAULT_HF_REPO, [layout.INSTRUCTIONS], cache_dir=str(tmp_path))
+
+
+def test_pipeline_cli_on_an_unreachable_hub_is_one_line(tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "--mbeir_root", DEFAULT_HF_REPO, "--output_dir",
+                           str(tmp_path / "out"), "--dry_run"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"python -m pipeline: error: --mbeir_root {DEFAULT_HF_REPO}: cannot reach the Hugging Face Hub")
 
 
 def test_hf_root_with_images_reports_archive_size(monkeypatch, tmp_path):
@@ -88,7 +138,7 @@ def test_hf_root_with_images_reports_archive_size(monkeypatch, tmp_path):
         def dataset_info(self, repo_id, revision=None, files_metadata=False):
             assert files_metadata
             parts = [Sibling(f"mbeir_images.tar.gz.part-0{i}", 40_000_000_000) for i in range(4)]
-            return type("Info", (), {"siblings": [*parts, Sibling("README.md", 10)]})
+            return type("Info", (), {"siblings": [*parts, Sibling("README.md", 10), Sibling(layout.INSTRUCTIONS, 9)]})
 
     calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
