@@ -79,3 +79,32 @@ def test_embedded_image_structs_need_no_root(sample_cot, sample_root, tmp_path):
 def test_missing_data_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no Parquet shards"):
         list_shards(str(tmp_path))
+
+
+def _step_rows(data: TrainData, steps: int) -> list[list[str]]:
+    it = iter(data)
+    return [[ex.row_id for ex in next(it)] for _ in range(steps)]
+
+
+def test_step_rows_depend_only_on_seed_and_global_batch(sample_cot, sample_root):
+    """Ranks split each global batch in order: their shares concatenated are the one-process batch."""
+    one = _step_rows(TrainData(sample_cot, 16, seed=1, mbeir_root=sample_root), 3)
+    for world in (2, 3):
+        shares = [_step_rows(TrainData(sample_cot, 16, 1, sample_root, rank=r, world_size=world), 3)
+                  for r in range(world)]
+        assert [sum((s[i] for s in shares), []) for i in range(3)] == one
+    assert one != _step_rows(TrainData(sample_cot, 8, seed=1, mbeir_root=sample_root), 3)
+
+
+def test_resume_with_another_world_size_continues_with_the_same_rows(sample_cot, sample_root):
+    first = TrainData(sample_cot, 16, seed=0, mbeir_root=sample_root)
+    it = iter(first)
+    next(it)
+    saved = first.sampler.state_dict()  # as a checkpoint after step 1 stores it
+    expected = [ex.row_id for ex in next(it)]
+    shares = []
+    for r in range(2):
+        data = TrainData(sample_cot, 16, 0, sample_root, rank=r, world_size=2)
+        data.sampler.load_state_dict(saved)
+        shares += [ex.row_id for ex in next(iter(data))]
+    assert shares == expected

@@ -47,3 +47,20 @@ def test_resume_gives_identical_next_step_losses_and_a_loadable_checkpoint(sampl
 
     cands = [CandidateInput("a red circle on a white background", None, "text")]
     torch.testing.assert_close(emb.encode_candidates(cands), ckpt.encode_candidates(cands))
+
+
+def test_step_loss_does_not_depend_on_the_micro_batch_and_the_log_says_how_many_negatives(
+        sample_cot, sample_root, tmp_path):
+    torch.set_num_threads(1)
+    common = ["--data", sample_cot, "--mbeir_root", sample_root, "--model", "tiny", "--global_batch", "16",
+              "--max_steps", "1", "--progress", "false"]
+    logs = {}
+    for name, extra in (("m16", ["--micro_batch", "16"]), ("m4", ["--micro_batch", "4"]),
+                        ("micro", ["--micro_batch", "4", "--negatives", "micro"])):
+        main(common + extra + ["--output_dir", str(tmp_path / name)])
+        logs[name] = json.loads((tmp_path / name / "train_log.jsonl").read_text())
+    for k in ("loss", "ce", "nce", "route"):
+        assert abs(logs["m4"][k] - logs["m16"][k]) <= 1e-4 * abs(logs["m16"][k]), k
+    assert logs["m16"]["nce_candidates"] == logs["m4"]["nce_candidates"] == 16
+    assert logs["micro"]["nce_candidates"] == 4 and logs["micro"]["extra_pass_share"] == 0
+    assert 0 < logs["m4"]["extra_pass_share"] < 1
