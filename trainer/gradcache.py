@@ -38,21 +38,21 @@ class Chunk:
     tokens: int  # input tokens, for throughput
 
 
-def make_chunks(embedder, examples: list[Example], n_chunks: int) -> list[Chunk | None]:
-    """Split this rank's rows into n_chunks contiguous near-equal chunks (None where a chunk gets no row)."""
-    out: list[Chunk | None] = []
-    for k in range(n_chunks):
-        part = examples[k * len(examples) // n_chunks:(k + 1) * len(examples) // n_chunks]
-        if not part:
-            out.append(None)
-            continue
-        q = embedder.processor(embedder.query_items([e.query for e in part], with_target=[e.target for e in part]))
-        c = embedder.processor(embedder.candidate_items([e.candidate for e in part]), padding_side="left")
-        labels = q["labels"]
-        out.append(Chunk(q, c, [e.cand_key for e in part], int((labels[:, 1:] != IGNORE).sum()),
-                         int((labels != IGNORE).any(-1).sum()),
-                         int(q["attention_mask"].sum() + c["attention_mask"].sum())))
-    return out
+def split(examples: list[Example], n_chunks: int) -> list[list[Example]]:
+    """This rank's rows in n_chunks contiguous near-equal parts (empty where there are fewer rows)."""
+    return [examples[k * len(examples) // n_chunks:(k + 1) * len(examples) // n_chunks] for k in range(n_chunks)]
+
+
+def make_chunk(embedder, part: list[Example]) -> Chunk | None:
+    """Model inputs of one part; None for an empty part. Built once per pass rather than kept for the whole
+    step, so host memory too is bounded by the micro-batch (pixel values are the bulk)."""
+    if not part:
+        return None
+    q = embedder.processor(embedder.query_items([e.query for e in part], with_target=[e.target for e in part]))
+    c = embedder.processor(embedder.candidate_items([e.candidate for e in part]), padding_side="left")
+    labels = q["labels"]
+    return Chunk(q, c, [e.cand_key for e in part], int((labels[:, 1:] != IGNORE).sum()),
+                 int((labels != IGNORE).any(-1).sum()), int(q["attention_mask"].sum() + c["attention_mask"].sum()))
 
 
 def n_chunks_for(n_rows: int, micro_batch: int, same_on_all_ranks: bool) -> int:
@@ -71,10 +71,10 @@ def train_step(step_module: nn.Module, embedder, examples: list[Example], cfg: T
     if cfg.negatives not in NEGATIVES:
         raise ValueError(f"--negatives must be one of {'|'.join(NEGATIVES)}, got {cfg.negatives!r}")
     n = n_chunks_for(len(examples), cfg.micro_batch, same_on_all_ranks=cfg.negatives == "micro")
-    chunks = make_chunks(embedder, examples, n)
+    parts = split(examples, n)
     if cfg.negatives == "micro":
-        return _micro_step(step_module, chunks, cfg, embedder.device)
-    return _cached_step(step_module, chunks, cfg, embedder)
+        return _micro_step(step_module, embedder, parts, cfg)
+    return _cached_step(step_module, embedder, parts, cfg)
 
 
 def _amp(device: torch.device):
@@ -82,25 +82,28 @@ def _amp(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _cached_step(step_module: nn.Module, chunks: list[Chunk | None], cfg: TrainConfig, embedder) -> dict:
+def _cached_step(step_module: nn.Module, embedder, parts: list[list[Example]], cfg: TrainConfig) -> dict:
     world, device, t0 = _world(), embedder.device, time.perf_counter()
     inner = getattr(step_module, "module", step_module)  # pass 1 bypasses DDP: no gradients to reduce
-    rng, q_parts, c_parts = [], [], []
+    rng, q_parts, c_parts, n_tokens, n_routed, tokens = [], [], [], [], [], 0
     with torch.no_grad(), _amp(device):
-        for ch in chunks:
+        for part in parts:
             rng.append(_rng_state(device))
-            if ch is not None:
+            if (ch := make_chunk(embedder, part)) is not None:
                 q, c, _ = inner.embed(ch.q, ch.c)
                 q_parts += [q]
                 c_parts += [c]
+                tokens += ch.tokens
+            n_tokens.append(ch.n_tokens if ch else 0)
+            n_routed.append(ch.n_routed if ch else 0)
     extra_s = time.perf_counter() - t0
     dim = embedder.base.config.text_config.hidden_size
     q_local = torch.cat(q_parts) if q_parts else torch.zeros(0, dim, device=device)
     c_local = torch.cat(c_parts) if c_parts else torch.zeros(0, dim, device=device)
     q_all, offset = gather_with_grad(q_local)
     c_all, _ = gather_with_grad(c_local)
-    keys = _gather_keys([k for ch in chunks if ch is not None for k in ch.keys])
-    n_tokens, n_routed = _sum([sum(ch.n_tokens for ch in chunks if ch), sum(ch.n_routed for ch in chunks if ch)])
+    keys = _gather_keys([e.cand_key for part in parts for e in part])
+    all_tokens, all_routed = (max(1, n) for n in _sum([sum(n_tokens), sum(n_routed)]))
     q_all, c_all = q_all.detach().requires_grad_(True), c_all.detach().requires_grad_(True)
     with torch.enable_grad():
         nce = contrastive_ce(q_all, c_all, cfg.temperature, 0, same_candidate_mask(keys).to(q_all.device))
@@ -109,45 +112,44 @@ def _cached_step(step_module: nn.Module, chunks: list[Chunk | None], cfg: TrainC
 
     ce_sum = route_sum = 0.0
     row = 0
-    for k, ch in enumerate(chunks):
+    for k, part in enumerate(parts):
+        ch = make_chunk(embedder, part)
         _set_rng_state(rng[k], device)
-        with _sync_on(step_module, k == len(chunks) - 1):
+        with _sync_on(step_module, k == len(parts) - 1):
             with _amp(device):
                 q, c, ce, route = step_module(ch.q if ch else None, ch.c if ch else None)
-            rows = len(q)
-            surrogate = ((q * grad_q[row:row + rows]).sum() + (c * grad_c[row:row + rows]).sum()
-                         + cfg.ce_weight * ce * (ch.n_tokens if ch else 0) / max(1, n_tokens)
-                         + cfg.route_weight * route * (ch.n_routed if ch else 0) / max(1, n_routed))
+            g_q, g_c = grad_q[row:row + len(q)], grad_c[row:row + len(q)]
+            surrogate = ((q * g_q).sum() + (c * g_c).sum() + cfg.ce_weight * ce * n_tokens[k] / all_tokens
+                         + cfg.route_weight * route * n_routed[k] / all_routed)
             (surrogate * world).backward()  # DDP averages over ranks; the surrogate is this rank's share
-        row += rows
-        if ch is not None:
-            ce_sum += float(ce.detach()) * ch.n_tokens
-            route_sum += float(route.detach()) * ch.n_routed
+        row += len(q)
+        ce_sum += float(ce.detach()) * n_tokens[k]
+        route_sum += float(route.detach()) * n_routed[k]
     ce_sum, route_sum = _sum([ce_sum, route_sum])
-    ce, route, nce = ce_sum / max(1, n_tokens), route_sum / max(1, n_routed), float(nce.detach())
+    ce, route, nce = ce_sum / all_tokens, route_sum / all_routed, float(nce.detach())
     return {"loss": cfg.ce_weight * ce + cfg.nce_weight * nce + cfg.route_weight * route, "ce": ce, "nce": nce,
-            "route": route, "rows": len(keys), "tokens": sum(ch.tokens for ch in chunks if ch),
-            "nce_candidates": len(keys), "extra_pass_s": extra_s}
+            "route": route, "rows": len(keys), "tokens": tokens, "nce_candidates": len(keys),
+            "extra_pass_s": extra_s}
 
 
-def _micro_step(step_module: nn.Module, chunks: list[Chunk | None], cfg: TrainConfig,
-                device: torch.device) -> dict:
-    parts = {"loss": 0.0, "ce": 0.0, "nce": 0.0, "route": 0.0}
-    for k, ch in enumerate(chunks):
-        with _sync_on(step_module, k == len(chunks) - 1):
-            with _amp(device):
+def _micro_step(step_module: nn.Module, embedder, parts: list[list[Example]], cfg: TrainConfig) -> dict:
+    sums, tokens = {"loss": 0.0, "ce": 0.0, "nce": 0.0, "route": 0.0}, 0
+    for k, part in enumerate(parts):
+        ch = make_chunk(embedder, part)
+        with _sync_on(step_module, k == len(parts) - 1):
+            with _amp(embedder.device):
                 q, c, ce, route = step_module(ch.q if ch else None, ch.c if ch else None)
             nce = info_nce(q, c, cfg.temperature, same_candidate_mask(ch.keys) if ch else None)
             loss = cfg.ce_weight * ce + cfg.nce_weight * nce + cfg.route_weight * route
-            (loss / len(chunks)).backward()
+            (loss / len(parts)).backward()
+        tokens += ch.tokens if ch else 0
         for name, v in (("loss", loss), ("ce", ce), ("nce", nce), ("route", route)):
-            parts[name] += float(v.detach()) / len(chunks)
+            sums[name] += float(v.detach()) / len(parts)
     world = _world()
-    averaged = _sum(list(parts.values()))  # each rank's mean over its chunks, averaged over ranks
-    rows = _sum([sum(len(ch.keys) for ch in chunks if ch)])[0]
-    return {**{name: v / world for name, v in zip(parts, averaged, strict=True)}, "rows": int(rows),
-            "tokens": sum(ch.tokens for ch in chunks if ch), "nce_candidates": rows / len(chunks),
-            "extra_pass_s": 0.0}
+    averaged = _sum(list(sums.values()))  # each rank's mean over its chunks, averaged over ranks
+    rows = int(_sum([sum(len(p) for p in parts)])[0])
+    return {**{name: v / world for name, v in zip(sums, averaged, strict=True)}, "rows": rows, "tokens": tokens,
+            "nce_candidates": rows / len(parts), "extra_pass_s": 0.0}
 
 
 def _world() -> int:

@@ -11,7 +11,7 @@ import torch
 
 from trainer.config import TINY_DEFAULTS, TrainConfig
 from trainer.data import TrainData
-from trainer.gradcache import make_chunks, train_step
+from trainer.gradcache import make_chunk, train_step
 from trainer.loss import contrastive_ce, info_nce, same_candidate_mask
 from trainer.model import TraceEmbedder
 from trainer.train import TrainStep
@@ -39,7 +39,7 @@ def embedder(tiny_base: str, **kw) -> TraceEmbedder:
 
 def plain_step(emb: TraceEmbedder, examples, cfg: TrainConfig) -> dict:
     """The reference: one forward and backward over the whole global batch."""
-    ch = make_chunks(emb, examples, 1)[0]
+    ch = make_chunk(emb, examples)
     q, c, ce, route = TrainStep(emb)(ch.q, ch.c)
     nce = contrastive_ce(q, c, cfg.temperature, 0, same_candidate_mask(ch.keys))
     loss = cfg.ce_weight * ce + cfg.nce_weight * nce + cfg.route_weight * route
@@ -104,7 +104,7 @@ def test_negatives_micro_scores_each_micro_batch_alone(reference, batch):
     parts = train_step(TrainStep(emb), emb, batch, replace(CFG, micro_batch=GLOBAL // 2, negatives="micro"))
     emb.zero_grad(set_to_none=True)
     with torch.no_grad():
-        halves = [make_chunks(emb, batch[s:s + GLOBAL // 2], 1)[0] for s in (0, GLOBAL // 2)]
+        halves = [make_chunk(emb, batch[s:s + GLOBAL // 2]) for s in (0, GLOBAL // 2)]
         nce = [info_nce(*TrainStep(emb)(h.q, h.c)[:2], CFG.temperature, same_candidate_mask(h.keys))
                for h in halves]
     assert parts["nce_candidates"] == GLOBAL // 2
