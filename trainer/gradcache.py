@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,6 +39,12 @@ class Chunk:
     n_routed: int  # rows with a target, scored by the routing CE
     tokens: int  # input tokens, for throughput
 
+    @classmethod
+    def of(cls, q: dict, c: dict, keys: list[str]) -> Chunk:
+        labels = q["labels"]
+        return cls(q, c, keys, int((labels[:, 1:] != IGNORE).sum()), int((labels != IGNORE).any(-1).sum()),
+                   int(q["attention_mask"].sum() + c["attention_mask"].sum()))
+
 
 def split(examples: list[Example], n_chunks: int) -> list[list[Example]]:
     """This rank's rows in n_chunks contiguous near-equal parts (empty where there are fewer rows)."""
@@ -50,9 +58,7 @@ def make_chunk(embedder, part: list[Example]) -> Chunk | None:
         return None
     q = embedder.processor(embedder.query_items([e.query for e in part], with_target=[e.target for e in part]))
     c = embedder.processor(embedder.candidate_items([e.candidate for e in part]), padding_side="left")
-    labels = q["labels"]
-    return Chunk(q, c, [e.cand_key for e in part], int((labels[:, 1:] != IGNORE).sum()),
-                 int((labels != IGNORE).any(-1).sum()), int(q["attention_mask"].sum() + c["attention_mask"].sum()))
+    return Chunk.of(q, c, [e.cand_key for e in part])
 
 
 def n_chunks_for(n_rows: int, micro_batch: int, same_on_all_ranks: bool) -> int:
@@ -68,13 +74,18 @@ def train_step(step_module: nn.Module, embedder, examples: list[Example], cfg: T
     left in .grad, reduced across ranks by DDP). Returns the step's loss parts over the whole global batch and
     its bookkeeping: rows (all ranks), tokens (this rank), nce_candidates (candidates in each InfoNCE
     denominator), extra_pass_s (seconds in the cache's first pass)."""
+    n = n_chunks_for(len(examples), cfg.micro_batch, same_on_all_ranks=cfg.negatives == "micro")
+    return step_over_parts(step_module, embedder, split(examples, n), lambda part: make_chunk(embedder, part), cfg)
+
+
+def step_over_parts(step_module: nn.Module, embedder, parts: list[Sized], build: Callable[[Any], Chunk | None],
+                    cfg: TrainConfig) -> dict:
+    """train_step over parts already split, each turned into model inputs by build(part) (once per pass)."""
     if cfg.negatives not in NEGATIVES:
         raise ValueError(f"--negatives must be one of {'|'.join(NEGATIVES)}, got {cfg.negatives!r}")
-    n = n_chunks_for(len(examples), cfg.micro_batch, same_on_all_ranks=cfg.negatives == "micro")
-    parts = split(examples, n)
     if cfg.negatives == "micro":
-        return _micro_step(step_module, embedder, parts, cfg)
-    return _cached_step(step_module, embedder, parts, cfg)
+        return _micro_step(step_module, embedder, parts, build, cfg)
+    return _cached_step(step_module, embedder, parts, build, cfg)
 
 
 def _amp(device: torch.device):
@@ -82,17 +93,18 @@ def _amp(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _cached_step(step_module: nn.Module, embedder, parts: list[list[Example]], cfg: TrainConfig) -> dict:
+def _cached_step(step_module: nn.Module, embedder, parts: list, build, cfg: TrainConfig) -> dict:
     world, device, t0 = _world(), embedder.device, time.perf_counter()
     inner = getattr(step_module, "module", step_module)  # pass 1 bypasses DDP: no gradients to reduce
-    rng, q_parts, c_parts, n_tokens, n_routed, tokens = [], [], [], [], [], 0
+    rng, q_parts, c_parts, keys, n_tokens, n_routed, tokens = [], [], [], [], [], [], 0
     with torch.no_grad(), _amp(device):
         for part in parts:
             rng.append(_rng_state(device))
-            if (ch := make_chunk(embedder, part)) is not None:
+            if (ch := build(part)) is not None:
                 q, c, _ = inner.embed(ch.q, ch.c)
                 q_parts += [q]
                 c_parts += [c]
+                keys += ch.keys
                 tokens += ch.tokens
             n_tokens.append(ch.n_tokens if ch else 0)
             n_routed.append(ch.n_routed if ch else 0)
@@ -102,7 +114,7 @@ def _cached_step(step_module: nn.Module, embedder, parts: list[list[Example]], c
     c_local = torch.cat(c_parts) if c_parts else torch.zeros(0, dim, device=device)
     q_all, offset = gather_with_grad(q_local)
     c_all, _ = gather_with_grad(c_local)
-    keys = _gather_keys([e.cand_key for part in parts for e in part])
+    keys = _gather_keys(keys)
     all_tokens, all_routed = (max(1, n) for n in _sum([sum(n_tokens), sum(n_routed)]))
     q_all, c_all = q_all.detach().requires_grad_(True), c_all.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -113,7 +125,7 @@ def _cached_step(step_module: nn.Module, embedder, parts: list[list[Example]], c
     ce_sum = route_sum = 0.0
     row = 0
     for k, part in enumerate(parts):
-        ch = make_chunk(embedder, part)
+        ch = build(part)
         _set_rng_state(rng[k], device)
         with _sync_on(step_module, k == len(parts) - 1):
             with _amp(device):
@@ -132,10 +144,10 @@ def _cached_step(step_module: nn.Module, embedder, parts: list[list[Example]], c
             "extra_pass_s": extra_s}
 
 
-def _micro_step(step_module: nn.Module, embedder, parts: list[list[Example]], cfg: TrainConfig) -> dict:
+def _micro_step(step_module: nn.Module, embedder, parts: list, build, cfg: TrainConfig) -> dict:
     sums, tokens = {"loss": 0.0, "ce": 0.0, "nce": 0.0, "route": 0.0}, 0
     for k, part in enumerate(parts):
-        ch = make_chunk(embedder, part)
+        ch = build(part)
         with _sync_on(step_module, k == len(parts) - 1):
             with _amp(embedder.device):
                 q, c, ce, route = step_module(ch.q if ch else None, ch.c if ch else None)
