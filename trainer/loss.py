@@ -61,9 +61,9 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def same_candidate_mask(keys: list[str]) -> torch.Tensor:
     """(B, B) True where candidate j is the same item as row i's positive but j != i: a false negative."""
-    n = len(keys)
-    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.bool).reshape(n, n)
-    return same & ~torch.eye(n, dtype=torch.bool)
+    ids = {}
+    key_ids = torch.tensor([ids.setdefault(k, len(ids)) for k in keys], dtype=torch.long)
+    return (key_ids[:, None] == key_ids[None, :]) & ~torch.eye(len(keys), dtype=torch.bool)
 
 
 def contrastive_ce(q: torch.Tensor, c: torch.Tensor, temperature: float, offset: int = 0,
