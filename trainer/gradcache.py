@@ -61,9 +61,9 @@ def make_chunk(embedder, part: list[Example]) -> Chunk | None:
     return Chunk.of(q, c, [e.cand_key for e in part])
 
 
-def n_chunks_for(n_rows: int, micro_batch: int, same_on_all_ranks: bool) -> int:
+def n_chunks_for(n_rows: int, micro_batch: int, same_on_all_ranks: bool, device: torch.device) -> int:
     """Chunks of at most micro_batch rows; the same count on every rank when their forwards must pair up."""
-    n = torch.tensor([max(1, math.ceil(n_rows / micro_batch))])
+    n = torch.tensor([max(1, math.ceil(n_rows / micro_batch))], device=device)  # NCCL reduces GPU tensors only
     if same_on_all_ranks and _world() > 1:
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
     return int(n)
@@ -74,7 +74,7 @@ def train_step(step_module: nn.Module, embedder, examples: list[Example], cfg: T
     left in .grad, reduced across ranks by DDP). Returns the step's loss parts over the whole global batch and
     its bookkeeping: rows (all ranks), tokens (this rank), nce_candidates (candidates in each InfoNCE
     denominator), extra_pass_s (seconds in the cache's first pass)."""
-    n = n_chunks_for(len(examples), cfg.micro_batch, same_on_all_ranks=cfg.negatives == "micro")
+    n = n_chunks_for(len(examples), cfg.micro_batch, cfg.negatives == "micro", embedder.device)
     return step_over_parts(step_module, embedder, split(examples, n), lambda part: make_chunk(embedder, part), cfg)
 
 
@@ -115,7 +115,7 @@ def _cached_step(step_module: nn.Module, embedder, parts: list, build, cfg: Trai
     q_all, offset = gather_with_grad(q_local)
     c_all, _ = gather_with_grad(c_local)
     keys = _gather_keys(keys)
-    all_tokens, all_routed = (max(1, n) for n in _sum([sum(n_tokens), sum(n_routed)]))
+    all_tokens, all_routed = (max(1, n) for n in _sum([sum(n_tokens), sum(n_routed)], device))
     q_all, c_all = q_all.detach().requires_grad_(True), c_all.detach().requires_grad_(True)
     with torch.enable_grad():
         nce = contrastive_ce(q_all, c_all, cfg.temperature, 0, same_candidate_mask(keys).to(q_all.device))
@@ -137,7 +137,7 @@ def _cached_step(step_module: nn.Module, embedder, parts: list, build, cfg: Trai
         row += len(q)
         ce_sum += float(ce.detach()) * n_tokens[k]
         route_sum += float(route.detach()) * n_routed[k]
-    ce_sum, route_sum = _sum([ce_sum, route_sum])
+    ce_sum, route_sum = _sum([ce_sum, route_sum], device)
     ce, route, nce = ce_sum / all_tokens, route_sum / all_routed, float(nce.detach())
     return {"loss": cfg.ce_weight * ce + cfg.nce_weight * nce + cfg.route_weight * route, "ce": ce, "nce": nce,
             "route": route, "rows": len(keys), "tokens": tokens, "nce_candidates": len(keys),
@@ -158,8 +158,8 @@ def _micro_step(step_module: nn.Module, embedder, parts: list, build, cfg: Train
         for name, v in (("loss", loss), ("ce", ce), ("nce", nce), ("route", route)):
             sums[name] += float(v.detach()) / len(parts)
     world = _world()
-    averaged = _sum(list(sums.values()))  # each rank's mean over its chunks, averaged over ranks
-    rows = int(_sum([sum(len(p) for p in parts)])[0])
+    averaged = _sum(list(sums.values()), embedder.device)  # each rank's mean over its chunks, then over ranks
+    rows = int(_sum([sum(len(p) for p in parts)], embedder.device)[0])
     return {**{name: v / world for name, v in zip(sums, averaged, strict=True)}, "rows": rows, "tokens": tokens,
             "nce_candidates": rows / len(parts), "extra_pass_s": 0.0}
 
@@ -168,11 +168,11 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _sum(values: list[float]) -> list[float]:
+def _sum(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum over ranks."""
     if _world() == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
 

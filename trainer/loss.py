@@ -72,7 +72,7 @@ def contrastive_ce(q: torch.Tensor, c: torch.Tensor, temperature: float, offset:
     (len(q), len(q)), optional: duplicates of row i's positive among candidates offset.., left out of the
     denominator."""
     if len(q) == 0:  # a rank or micro-batch left without rows (skipped bad rows): nothing to score
-        return c.sum() * 0.0
+        return (q.sum() + c.sum()) * 0.0
     logits = q @ c.T / temperature
     if false_negatives is not None and bool(false_negatives.any()):
         mask = torch.zeros_like(logits, dtype=torch.bool)

@@ -103,6 +103,8 @@ def train(cfg: TrainConfig) -> list[dict]:
     """Run training; returns the per-step log records (rank 0 also writes them to output_dir/train_log.jsonl)."""
     rank, world, local_rank = _dist()
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL object collectives (all_gather_object) use the current device
     out = Path(cfg.output_dir)
     base, base_ref = cfg.model, cfg.model
     if cfg.model == "tiny":

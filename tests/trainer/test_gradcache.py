@@ -112,6 +112,15 @@ def test_negatives_micro_scores_each_micro_batch_alone(reference, batch):
     assert parts["nce"] < reference[1]["nce"]  # fewer candidates in each denominator
 
 
+@pytest.mark.parametrize("negatives", ["global", "micro"])
+def test_a_step_without_rows_contributes_nothing(reference, negatives):
+    """A rank whose rows were all skipped still takes part in the step (DDP needs its backward)."""
+    emb = reference[0]
+    parts = train_step(TrainStep(emb), emb, [], replace(CFG, negatives=negatives))
+    assert parts["rows"] == 0 and parts["loss"] == 0
+    assert all(float(g.abs().max()) == 0 for g in grads(emb).values())
+
+
 def test_bad_negatives_value_names_the_flag(reference, batch):
     emb = reference[0]
     with pytest.raises(ValueError, match="--negatives"):
