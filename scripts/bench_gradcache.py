@@ -49,8 +49,9 @@ def synthetic_rows(n: int, seed: int = 0) -> list:
     return rows
 
 
-def measure(tiny_base: str, global_batch: int, micro_batch: int, negatives: str, steps: int) -> dict:
-    """One configuration, in this process."""
+def measure(tiny_base: str, global_batch: int, micro_batch: int, negatives: str, steps: int,
+            baseline_micro: int) -> dict:
+    """One configuration, in this process; the baseline is one step of baseline_micro rows."""
     import torch
 
     from trainer.config import TINY_DEFAULTS, TrainConfig
@@ -64,7 +65,7 @@ def measure(tiny_base: str, global_batch: int, micro_batch: int, negatives: str,
                                   max_target_tokens=32).train()
     step = TrainStep(emb)
     rows = synthetic_rows(global_batch)
-    train_step(step, emb, rows[:micro_batch], replace(cfg, negatives="micro"))  # warm-up: one micro-batch
+    train_step(step, emb, rows[:baseline_micro], replace(cfg, micro_batch=baseline_micro))  # the baseline
     emb.zero_grad(set_to_none=True)
     base = rss_mb()
     t0 = time.perf_counter()
@@ -85,7 +86,7 @@ def main() -> None:
     if args._one:
         base, g, negatives, kind = args._one
         micro = int(g) if kind == "plain" else args.micro_batch
-        print(json.dumps(measure(base, int(g), micro, negatives, args.steps)))
+        print(json.dumps(measure(base, int(g), micro, negatives, args.steps, args.micro_batch)))
         return
 
     from trainer.tiny import save_tiny_base
