@@ -6,6 +6,8 @@ from dataclasses import dataclass, fields
 
 from pipeline.mbeir.errors import ConfigError
 
+NEGATIVES = ("global", "micro")  # global: the gradient cache (PAPER.md §3 batch); micro: the ablation
+
 
 @dataclass
 class TrainConfig:
@@ -17,8 +19,11 @@ class TrainConfig:
     lr: float = 2e-4  # PAPER.md §3: lr 2e-4, AdamW
     warmup_ratio: float = 0.03  # PAPER.md §3: LamRA default warm-up 3 %, then cosine decay
     epochs: float = 1.0  # PAPER.md §3: 1 epoch
-    global_batch: int = 1024  # PAPER.md §3: global batch 1024 (reached by gradient accumulation)
-    micro_batch: int = 8  # rows per GPU per forward; in-batch negatives = micro_batch x world size
+    global_batch: int = 1024  # PAPER.md §3: global batch 1024, all ranks together; with --negatives global
+    # it is also the InfoNCE batch (every query against all global_batch candidates, negatives across GPUs)
+    micro_batch: int = 8  # rows per GPU per forward: memory only (the gradient cache keeps the loss exact)
+    negatives: str = "global"  # global: InfoNCE over the global batch (gradient cache, trainer/gradcache.py);
+    # micro: per-forward InfoNCE over micro_batch x world size candidates, plain accumulation (the ablation)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_steps: int = 0  # > 0 overrides epochs
@@ -92,6 +97,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if value != value or not ok(value):  # value != value: NaN
             raise ConfigError(f"--{name} {value} is out of range: it must be {want}")
+    if cfg.negatives not in NEGATIVES:
+        raise ConfigError(f"--negatives {cfg.negatives!r} is not one of {', '.join(NEGATIVES)}: global (InfoNCE over "
+                          "the whole global batch, the paper's) or micro (over each micro-batch, the ablation)")
     if cfg.micro_batch > cfg.global_batch:
         raise ConfigError(f"--micro_batch {cfg.micro_batch} is above --global_batch {cfg.global_batch}: the "
                           "micro-batch is a slice of the global batch")

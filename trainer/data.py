@@ -1,7 +1,7 @@
 """M-BEIR-CoT Parquet shards -> task-homogeneous training batches.
 
 Mixing rule (documented, seeded): per epoch, each task family (dataset, task_id) is shuffled and cut into
-batches; the batches of all families are then shuffled together. Every row appears once per epoch and each
+global batches (one optimizer step each); the batches of all families are then shuffled together. Every row appears once per epoch and each
 family's share of steps is proportional to its size. The sampler's position is saveable for exact resume.
 """
 
@@ -194,7 +194,7 @@ class TaskBatchSampler:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["seed"] != self.seed or state["batch_size"] != self.batch_size:
-            raise ValueError(f"sampler state {state} does not match seed={self.seed} batch={self.batch_size}")
+            raise ValueError(f"sampler state {state} does not match seed={self.seed} global_batch={self.batch_size}")
         self.epoch, self.cursor = state["epoch"], state["cursor"]
 
 
@@ -254,13 +254,22 @@ class RowDecoder:
                        row.get("pos_did") or f"{row.get('pos_img_path')}|{row.get('pos_txt')}")
 
 
+def rank_share(rows: list, rank: int, world_size: int) -> list:
+    """Rank r's contiguous part of a global batch (sizes differ by at most one), so the ranks' parts
+    concatenated in rank order are the global batch in its own order."""
+    n = len(rows)
+    return rows[rank * n // world_size:(rank + 1) * n // world_size]
+
+
 class TrainData:
-    """Parquet shards + sampler + decoder: iterate lists of Examples, one task family per list."""
+    """Parquet shards + sampler + decoder. Each item is this rank's share of one optimizer step's global batch
+    (batch_size rows over all ranks, one task family): the rows of a step depend only on the seed and
+    batch_size, never on the world size or the micro-batch (trainer/gradcache.py splits the share)."""
 
     def __init__(self, data: str, batch_size: int, seed: int = 0, mbeir_root: str | None = None,
                  rank: int = 0, world_size: int = 1):
         self.index = ShardIndex(list_shards(data))
-        self.sampler = TaskBatchSampler(self.index.family_indices(), batch_size * world_size, seed)
+        self.sampler = TaskBatchSampler(self.index.family_indices(), batch_size, seed)
         self.decode = RowDecoder(ImageLoader(mbeir_root))
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.decode.skipped = self.index.skipped  # one tally for the train log: shards, row groups and rows
@@ -273,5 +282,5 @@ class TrainData:
 
     def __iter__(self):
         for global_batch in self.sampler:
-            mine = global_batch[self.rank::self.world_size]
+            mine = rank_share(global_batch, self.rank, self.world_size)
             yield [ex for ex in map(self.decode, self.index.rows(mine)) if ex is not None]

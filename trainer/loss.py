@@ -61,23 +61,33 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def same_candidate_mask(keys: list[str]) -> torch.Tensor:
     """(B, B) True where candidate j is the same item as row i's positive but j != i: a false negative."""
-    n = len(keys)
-    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.bool).reshape(n, n)
-    return same & ~torch.eye(n, dtype=torch.bool)
+    ids = {}
+    key_ids = torch.tensor([ids.setdefault(k, len(ids)) for k in keys], dtype=torch.long)
+    return (key_ids[:, None] == key_ids[None, :]) & ~torch.eye(len(keys), dtype=torch.bool)
+
+
+def contrastive_ce(q: torch.Tensor, c: torch.Tensor, temperature: float, offset: int = 0,
+                   false_negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """Query i against every candidate in c; its positive is candidate offset + i. false_negatives
+    (len(q), len(q)), optional: duplicates of row i's positive among candidates offset.., left out of the
+    denominator."""
+    if len(q) == 0:  # a rank or micro-batch left without rows (skipped bad rows): nothing to score
+        return (q.sum() + c.sum()) * 0.0
+    logits = q @ c.T / temperature
+    if false_negatives is not None and bool(false_negatives.any()):
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask[:, offset:offset + len(q)] = false_negatives.to(logits.device)
+        logits = logits.masked_fill(mask, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(q), device=logits.device) + offset)
 
 
 def info_nce(q: torch.Tensor, c: torch.Tensor, temperature: float,
              false_negatives: torch.Tensor | None = None) -> torch.Tensor:
     """This rank's query i against every candidate of every rank; its positive is this rank's candidate i.
     false_negatives (B, B), optional: this rank's duplicates of the positive, left out of the denominator
-    (duplicates on other ranks are not detected)."""
+    (duplicates on other ranks are not detected; the gradient cache, trainer/gradcache.py, masks them all)."""
     c_all, offset = gather_with_grad(c)
-    logits = q @ c_all.T / temperature
-    if false_negatives is not None and bool(false_negatives.any()):
-        mask = torch.zeros_like(logits, dtype=torch.bool)
-        mask[:, offset:offset + len(q)] = false_negatives.to(logits.device)
-        logits = logits.masked_fill(mask, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(q), device=logits.device) + offset)
+    return contrastive_ce(q, c_all, temperature, offset, false_negatives)
 
 
 def trace_loss(q_emb: torch.Tensor, c_emb: torch.Tensor, q_hidden: torch.Tensor, q_labels: torch.Tensor,

@@ -1,8 +1,9 @@
 """`python -m trainer.train --data DIR --model NAME_OR_PATH|tiny --output_dir CKPT [...]` (also under torchrun).
 
-One optimizer step = global_batch rows = micro_batch x world_size x accumulation steps; each forward holds
-one task family (trainer/data.py). Checkpoints hold the adapter (LoRA, projector, <|emb|> rows), tokenizer,
-config, and training_state.pt (optimizer, scheduler, sampler position, RNG) for exact resume.
+One optimizer step = global_batch rows of one task family (trainer/data.py), split over the ranks and into
+forwards of at most micro_batch rows; with --negatives global (default) InfoNCE scores every query of the
+global batch against all its candidates through a gradient cache (trainer/gradcache.py). Checkpoints hold the
+adapter (LoRA, projector, <|emb|> rows), tokenizer, config, and training_state.pt (optimizer, scheduler, sampler position, RNG) for exact resume.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from torch import nn
 from pipeline.mbeir.cli import CliParser, run_cli, writable_folder
 from pipeline.mbeir.errors import ConfigError
 from trainer.config import TINY_DEFAULTS, TrainConfig, config_fields, validate
-from trainer.data import Example, TrainData
-from trainer.loss import info_nce, route_ce, same_candidate_mask, target_ce
+from trainer.data import TrainData
+from trainer.gradcache import train_step
+from trainer.loss import route_ce, target_ce
 from trainer.model import TraceEmbedder, read_checkpoint
 
 PROG = "python -m trainer.train"
@@ -36,21 +38,32 @@ TINY_BASE = "tiny_base"
 
 
 class TrainStep(nn.Module):
-    """The whole differentiable step in one forward, so DDP sees every trainable parameter use."""
+    """The whole differentiable step of one chunk in one forward, so DDP sees every trainable parameter use."""
 
     def __init__(self, embedder: TraceEmbedder):
         super().__init__()
         self.embedder = embedder
 
-    def forward(self, q_batch: dict, c_batch: dict):
-        """(query embeddings, candidate embeddings, target-token CE, first-target-token (routing) CE)."""
+    def embed(self, q_batch: dict, c_batch: dict):
+        """(query embeddings, candidate embeddings, query hidden states)."""
         emb = self.embedder
         q_emb, q_hidden = emb.embed_sequences(q_batch)
-        ce, _ = target_ce(q_hidden, q_batch["labels"], emb.lm_head)
-        route = route_ce(q_hidden, q_batch["labels"], emb.lm_head)
-        h = emb.hidden(c_batch).last_hidden_state[:, -1]  # the state feeding <|emb|>, as at inference
-        c_emb = torch.nn.functional.normalize(h.float(), dim=-1)
-        return q_emb, c_emb, ce, route
+        h = emb.hidden(c_batch).last_hidden_state[:, -1]  # left-padded: the state feeding <|emb|>, as at inference
+        return q_emb, torch.nn.functional.normalize(h.float(), dim=-1), q_hidden
+
+    def forward(self, q_batch: dict | None, c_batch: dict | None):
+        """(query embeddings, candidate embeddings, target-token CE, first-target-token (routing) CE). Every
+        trainable parameter enters the graph (times 0 where unused, e.g. the vision merger in a text-only
+        chunk), so DDP needs no find_unused_parameters; None batches (a rank left without rows) give empty
+        embeddings and zero losses."""
+        touch = sum(p.view(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0
+        if q_batch is None:
+            empty = torch.zeros(0, self.embedder.base.config.text_config.hidden_size, device=touch.device)
+            return empty, empty, touch, touch
+        q_emb, c_emb, q_hidden = self.embed(q_batch, c_batch)
+        ce, _ = target_ce(q_hidden, q_batch["labels"], self.embedder.lm_head)
+        route = route_ce(q_hidden, q_batch["labels"], self.embedder.lm_head)
+        return q_emb, c_emb, ce + touch, route
 
 
 def _dist() -> tuple[int, int, int]:
@@ -90,16 +103,12 @@ def cosine_with_warmup(optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _batches(embedder: TraceEmbedder, examples: list[Example]):
-    q_items = embedder.query_items([e.query for e in examples], with_target=[e.target for e in examples])
-    c_items = embedder.candidate_items([e.candidate for e in examples])
-    return embedder.processor(q_items), embedder.processor(c_items)
-
-
 def train(cfg: TrainConfig) -> list[dict]:
     """Run training; returns the per-step log records (rank 0 also writes them to output_dir/train_log.jsonl)."""
     rank, world, local_rank = _dist()
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL object collectives (all_gather_object) use the current device
     out = Path(cfg.output_dir)
     base, base_ref = cfg.model, cfg.model
     if cfg.model == "tiny":
@@ -126,11 +135,10 @@ def train(cfg: TrainConfig) -> list[dict]:
     step_module: nn.Module = TrainStep(embedder)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
+            step_module, device_ids=[local_rank] if device.type == "cuda" else None)
 
-    data = TrainData(cfg.data, cfg.micro_batch, cfg.seed, cfg.mbeir_root, rank, world)
-    accum = max(1, cfg.global_batch // (cfg.micro_batch * world))
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * data.steps_per_epoch() / accum))
+    data = TrainData(cfg.data, cfg.global_batch, cfg.seed, cfg.mbeir_root, rank, world)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * data.steps_per_epoch()))
     params = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
@@ -162,30 +170,18 @@ def train(cfg: TrainConfig) -> list[dict]:
         bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True)
     batches = iter(data)
     while step < total:
-        t0, rows, tokens, parts = time.perf_counter(), 0, 0, {"loss": 0.0, "ce": 0.0, "nce": 0.0,
-                                                                           "route": 0.0}
+        t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        for micro in range(accum):
-            examples = next(batches)
-            q_batch, c_batch = _batches(embedder, examples)
-            sync = world == 1 or micro == accum - 1
-            ctx = step_module.no_sync() if not sync and hasattr(step_module, "no_sync") else _null()
-            with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                q_emb, c_emb, ce, route = step_module(q_batch, c_batch)
-                nce = info_nce(q_emb, c_emb, cfg.temperature, same_candidate_mask([e.cand_key for e in examples]))
-                loss = cfg.ce_weight * ce + cfg.nce_weight * nce + cfg.route_weight * route
-                (loss / accum).backward()
-            rows += len(examples)
-            tokens += int(q_batch["attention_mask"].sum() + c_batch["attention_mask"].sum())
-            for k, v in (("loss", loss), ("ce", ce), ("nce", nce), ("route", route)):
-                parts[k] += float(v.detach()) / accum
+        parts = train_step(step_module, embedder, next(batches), cfg)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         step += 1
         dt = time.perf_counter() - t0
-        record = {"step": step, **parts, "lr": scheduler.get_last_lr()[0], "samples_per_s": rows * world / dt,
-                  "tokens_per_s": tokens * world / dt, "skipped": dict(data.decode.skipped)}
+        record = {"step": step, **{k: parts[k] for k in ("loss", "ce", "nce", "route")},
+                  "lr": scheduler.get_last_lr()[0], "samples_per_s": parts["rows"] / dt,
+                  "tokens_per_s": parts["tokens"] * world / dt, "nce_candidates": parts["nce_candidates"],
+                  "extra_pass_share": parts["extra_pass_s"] / dt, "skipped": dict(data.decode.skipped)}
         log.append(record)
         if rank == 0:
             with open(log_file, "a") as fh:
@@ -202,14 +198,6 @@ def train(cfg: TrainConfig) -> list[dict]:
     if bar is not None:
         bar.close()
     return log
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _save(embedder, optimizer, scheduler, data, step, path: Path, base_ref: str, rank: int, world: int) -> None:
@@ -293,6 +281,14 @@ def check_resume(cfg: TrainConfig, resume: Path) -> None:
     if not same:
         raise ConfigError(f"--resume {resume} was trained from {trained_from}, not --model {cfg.model}: resume it "
                           "with the --model it was trained from, or start a new --output_dir")
+    try:
+        sampler = torch.load(resume / STATE_FILE, weights_only=False, map_location="cpu").get("sampler", {})
+    except Exception as e:  # noqa: BLE001 - any unreadable state file is the same bad input
+        raise ConfigError(f"--resume {resume}: {STATE_FILE} cannot be read ({type(e).__name__}: {e}); the "
+                          "checkpoint is damaged: resume from an earlier checkpoint-N") from e
+    if sampler.get("batch_size", cfg.global_batch) != cfg.global_batch or sampler.get("seed", cfg.seed) != cfg.seed:
+        raise ConfigError(f"--resume {resume} was trained with --global_batch {sampler.get('batch_size')} --seed "
+                          f"{sampler.get('seed')}: pass the same values to resume it (a step's rows depend on both)")
 
 
 def _architecture(folder: Path) -> dict:

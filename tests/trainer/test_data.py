@@ -129,3 +129,32 @@ def test_too_few_rows_to_batch_is_a_config_error(sample_cot, tmp_path):
     write_cot_shards(rows, tmp_path, n_shards=1)
     with pytest.raises(ConfigError, match="hold 1 row.s. and no task family with 2 or more"):
         TrainData(str(tmp_path), batch_size=4, seed=0)
+
+
+def _step_rows(data: TrainData, steps: int) -> list[list[str]]:
+    it = iter(data)
+    return [[ex.row_id for ex in next(it)] for _ in range(steps)]
+
+
+def test_step_rows_depend_only_on_seed_and_global_batch(sample_cot, sample_root):
+    """Ranks split each global batch in order: their shares concatenated are the one-process batch."""
+    one = _step_rows(TrainData(sample_cot, 16, seed=1, mbeir_root=sample_root), 3)
+    for world in (2, 3):
+        shares = [_step_rows(TrainData(sample_cot, 16, 1, sample_root, rank=r, world_size=world), 3)
+                  for r in range(world)]
+        assert [sum((s[i] for s in shares), []) for i in range(3)] == one
+    assert one != _step_rows(TrainData(sample_cot, 8, seed=1, mbeir_root=sample_root), 3)
+
+
+def test_resume_with_another_world_size_continues_with_the_same_rows(sample_cot, sample_root):
+    first = TrainData(sample_cot, 16, seed=0, mbeir_root=sample_root)
+    it = iter(first)
+    next(it)
+    saved = first.sampler.state_dict()  # as a checkpoint after step 1 stores it
+    expected = [ex.row_id for ex in next(it)]
+    shares = []
+    for r in range(2):
+        data = TrainData(sample_cot, 16, 0, sample_root, rank=r, world_size=2)
+        data.sampler.load_state_dict(saved)
+        shares += [ex.row_id for ex in next(iter(data))]
+    assert shares == expected

@@ -85,6 +85,7 @@ def main_with_errors(argv):
     (["--ce_weight", "0", "--nce_weight", "0", "--route_weight", "0"], "all 0: nothing to train"),
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
     (["--progress", "maybe"], "argument --progress: 'maybe' is not a boolean: use true or false"),
+    (["--negatives", "all"], "--negatives 'all' is not one of global, micro"),
     (["--batch_size", "8"], "unknown flag --batch_size (did you mean --global_batch or --micro_batch?)"),
 ])
 def test_flag_out_of_range(sample_cot, capsys, flags, message):
@@ -94,7 +95,7 @@ def test_flag_out_of_range(sample_cot, capsys, flags, message):
 
 def _fake_ckpt(path, trace: dict, files=()) -> str:
     path.mkdir(parents=True)
-    (path / "training_state.pt").write_bytes(b"")
+    torch.save({}, path / "training_state.pt")
     (path / "trace_config.json").write_text(json.dumps(trace))
     for name, text in files:
         (path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -180,3 +181,18 @@ def test_a_model_that_cannot_be_loaded_is_one_line(sample_cot, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"{PROG}: error: cannot load the model at nobody/no-such-model: "), proc.stderr
+def test_step_loss_does_not_depend_on_the_micro_batch_and_the_log_says_how_many_negatives(
+        sample_cot, sample_root, tmp_path):
+    torch.set_num_threads(1)
+    common = ["--data", sample_cot, "--mbeir_root", sample_root, "--model", "tiny", "--global_batch", "16",
+              "--max_steps", "1", "--progress", "false"]
+    logs = {}
+    for name, extra in (("m16", ["--micro_batch", "16"]), ("m4", ["--micro_batch", "4"]),
+                        ("micro", ["--micro_batch", "4", "--negatives", "micro"])):
+        main(common + extra + ["--output_dir", str(tmp_path / name)])
+        logs[name] = json.loads((tmp_path / name / "train_log.jsonl").read_text())
+    for k in ("loss", "ce", "nce", "route"):
+        assert abs(logs["m4"][k] - logs["m16"][k]) <= 1e-4 * abs(logs["m16"][k]), k
+    assert logs["m16"]["nce_candidates"] == logs["m4"]["nce_candidates"] == 16
+    assert logs["micro"]["nce_candidates"] == 4 and logs["micro"]["extra_pass_share"] == 0
+    assert 0 < logs["m4"]["extra_pass_share"] < 1
