@@ -78,7 +78,7 @@ class MbeirCotOptions(PipelineOptions):
                             "so memory stays flat at any input size (pipeline/partition.py); 0 = one pass")
         g.add_argument("--local_workers", default="auto",
                        help="local runners only: worker processes running the graph (Beam's multi_processing "
-                            "mode); 'auto' = one per core for runs of at least "
+                            "mode); 'auto' = one per idle core (cores minus the load average) for runs of at least "
                             f"{AUTO_WORKERS_MIN_QUERIES} query lines, else 1 (in-process); an explicit "
                             "--direct_num_workers/--direct_running_mode wins")
         g.add_argument("--embed_images", action="store_true",

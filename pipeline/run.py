@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import math
 import os
 import shlex
 import sys
@@ -14,7 +15,7 @@ from collections import Counter
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
 
 from pipeline import shards
 from pipeline.build import CARD_SAMPLE_ROWS, WORK, RunPlan, build, sample_rank
@@ -268,9 +269,20 @@ def _partitions(opts, plan: RunPlan) -> list[dict] | None:
                            opts.max_line_bytes)
 
 
+def idle_cores() -> int:
+    """Cores not busy with other work now (cores minus the 1-minute load average, at least 1)."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not every platform has a load average
+        load = 0.0
+    return max(1, min(cores, math.floor(cores - load + 0.5)))
+
+
 def local_workers(setting: str, query_lines: int | None, cores: int | None = None) -> int:
-    """Worker processes of a local run: --local_workers N, or for 'auto' one per core once the run has at
-    least AUTO_WORKERS_MIN_QUERIES query lines (None: unknown, counted as large)."""
+    """Worker processes of a local run: --local_workers N, or for 'auto' one per idle core (idle_cores, or
+    `cores`) once the run has at least AUTO_WORKERS_MIN_QUERIES query lines (None: unknown, counted as large).
+    On a machine busy with other work a second process only adds its own cost (measured: README)."""
     if setting != "auto":
         try:
             workers = int(setting)
@@ -279,9 +291,9 @@ def local_workers(setting: str, query_lines: int | None, cores: int | None = Non
         if workers < 1:
             raise ConfigError(f"--local_workers must be 'auto' or a whole number of at least 1, got {setting!r}")
         return workers
-    cores = cores or os.cpu_count() or 1
-    small = query_lines is not None and query_lines < AUTO_WORKERS_MIN_QUERIES
-    return 1 if small else cores
+    if query_lines is not None and query_lines < AUTO_WORKERS_MIN_QUERIES:
+        return 1
+    return cores or idle_cores()
 
 
 def _use_workers(opts, argv: list[str], query_lines: int | None) -> int:
@@ -293,6 +305,9 @@ def _use_workers(opts, argv: list[str], query_lines: int | None) -> int:
     workers = local_workers(opts.local_workers, query_lines)
     direct.direct_num_workers = workers
     direct.direct_running_mode = "multi_processing" if workers > 1 else "in_memory"
+    worker = opts.view_as(WorkerOptions)
+    if workers > 1 and not any(a.startswith("--default_sdk_harness_log_level") for a in argv):
+        worker.default_sdk_harness_log_level = "WARNING"  # else each worker logs its gRPC set-up at INFO
     return workers
 
 

@@ -411,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, c in checks.items():
         sign = ">=" if name.startswith("teacher_rps_vs") else "<"
         target = f"(target {sign} {c['target']}) {'PASS' if c['pass'] else 'FAIL'}" if "target" in c else "(no target)"
-        print(f"{name}: {c['value']:.3f} between {c['between'][0]} and {c['between'][1]} {target}")
+        a, b = (f"{v:.0f}" if isinstance(v, float) else str(v) for v in c["between"])
+        print(f"{name}: {c['value']:.3f} between {a} and {b} {target}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": {**vars(args), "pipeline_args": extra}, "results": results, "direct": direct,

@@ -19,6 +19,18 @@ def test_auto_uses_every_core_for_big_runs_and_one_process_for_small_ones():
     assert local_workers("3", 10, cores=1) == 3  # an explicit count wins
 
 
+def test_auto_counts_only_the_cores_other_work_leaves_idle(monkeypatch):
+    import pipeline.run as run
+
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert local_workers("auto", None) == 8
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (5.0, 0.0, 0.0))
+    assert local_workers("auto", None) == 3
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (12.0, 0.0, 0.0))  # a machine busy with other work
+    assert local_workers("auto", None) == 1
+
+
 @pytest.mark.parametrize("bad", ["0", "-2", "many", "1.5"])
 def test_a_bad_worker_count_is_a_configuration_error(bad):
     with pytest.raises(ConfigError, match="--local_workers"):
