@@ -45,14 +45,17 @@ bench: $(STAMP)
 bench-teacher: $(STAMP)
 	$(PYTHON) scripts/bench_teacher.py --json $(BENCH_OUT)/teacher.json
 
-## Pipeline scale benchmark on synthetic trees against the reference teacher (50 ms): full runs at FULL_SIZES
-## plus the direct-row CPU check, then dry runs (no teacher) at DRY_SIZES. A full 1,000,000-query run makes
-## 800,000 teacher calls (hours on a small machine): add it with FULL_SIZES=10000,100000,1000000.
-FULL_SIZES ?= 10000,100000
-DRY_SIZES ?= 10000,100000,1000000
+## Pipeline benchmark on synthetic trees with M-BEIR-sized images: a --reasoning_only run of REASONING_SIZES
+## queries (each its own text and image: ~2 teacher requests per query) against the reference teacher at 100 ms,
+## 256 in flight, plus the direct-row CPU check; then dry runs at DRY_SIZES (memory must stay flat). With
+## CURATOR_VS=path/to/bench-peers/curator_vs.sh, Curator is measured against the same server in the same run.
+REASONING_SIZES ?= 20000
+DRY_SIZES ?= 50000,200000
+CURATOR_VS ?=
 bench-pipeline: $(STAMP)
 	mkdir -p $(BENCH_OUT)
-	$(PYTHON) scripts/bench_pipeline.py --sizes $(FULL_SIZES) --json $(BENCH_OUT)/pipeline.json
+	$(PYTHON) scripts/bench_pipeline.py --reasoning_only --sizes $(REASONING_SIZES) --latency_ms 100 \
+		--max_in_flight 256 $(if $(CURATOR_VS),--curator $(CURATOR_VS),) --json $(BENCH_OUT)/pipeline.json
 	$(PYTHON) scripts/bench_pipeline.py --sizes $(DRY_SIZES) --dry_run --direct_sizes "" --json $(BENCH_OUT)/pipeline-dry.json
 
 ## Kill the pipeline with SIGKILL three times against a faulty teacher; compare with an undisturbed run.

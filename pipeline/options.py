@@ -21,6 +21,9 @@ LOCAL_RUNNERS = frozenset({"FnApiRunner", "DirectRunner", "BundleBasedDirectRunn
                            "PrismRunner"})
 # The in-process runner holds every shuffle's input, about 6 KB per query: 50,000 queries peak near 0.6 GB.
 LOCAL_PARTITION_QUERIES = 50_000
+# --local_workers auto: one worker process per core once a run has this many query lines (a worker process
+# costs about 1.5 s to start and its own interpreter, Beam and libraries: smaller runs stay in one process).
+AUTO_WORKERS_MIN_QUERIES = 5_000
 
 
 def _csv(value: str) -> list[str]:
@@ -73,6 +76,11 @@ class MbeirCotOptions(PipelineOptions):
         g.add_argument("--partition_queries", type=int, default=LOCAL_PARTITION_QUERIES,
                        help="local runners only: run the queries in partitions of about this many lines each, "
                             "so memory stays flat at any input size (pipeline/partition.py); 0 = one pass")
+        g.add_argument("--local_workers", default="auto",
+                       help="local runners only: worker processes running the graph (Beam's multi_processing "
+                            "mode); 'auto' = one per idle core (cores minus the load average) for runs of at least "
+                            f"{AUTO_WORKERS_MIN_QUERIES} query lines, else 1 (in-process); an explicit "
+                            "--direct_num_workers/--direct_running_mode wins")
         g.add_argument("--embed_images", action="store_true",
                        help="store image bytes in the rows as Hugging Face Image structs")
 

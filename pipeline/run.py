@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import math
 import os
 import shlex
 import sys
@@ -14,7 +15,7 @@ from collections import Counter
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
 
 from pipeline import shards
 from pipeline.build import CARD_SAMPLE_ROWS, WORK, RunPlan, build, sample_rank
@@ -23,7 +24,13 @@ from pipeline.mbeir import images, layout
 from pipeline.mbeir.errors import ConfigError, OutputError
 from pipeline.mbeir.read import read_instructions
 from pipeline.mbeir.source import resolve_root, selection_files
-from pipeline.options import DEFAULT_LOCAL_RUNNER, LOCAL_RUNNERS, MbeirCotOptions, take_dry_run
+from pipeline.options import (
+    AUTO_WORKERS_MIN_QUERIES,
+    DEFAULT_LOCAL_RUNNER,
+    LOCAL_RUNNERS,
+    MbeirCotOptions,
+    take_dry_run,
+)
 from pipeline.partition import PARTS, merge_partitions, plan_partitions
 from pipeline.stages.teacher import TeacherPolicy, close_clients
 from pipeline.stats import check_identity, summary, to_stats
@@ -113,6 +120,7 @@ def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
     for flag in ("max_line_bytes", "max_prompt_tokens"):
         if getattr(opts, flag) < 1:
             raise ConfigError(f"--{flag} must be at least 1, got {getattr(opts, flag)}")
+    local_workers(opts.local_workers, None)  # a bad --local_workers stops here
     _check_instructions(root)
     _check_image_dir(root)
     policy = TeacherPolicy(opts.teacher_mode, opts.max_requests, opts.max_cost_usd,
@@ -249,15 +257,59 @@ def _run_graph(opts, plan: RunPlan) -> None:
         build(p, opts, plan)
 
 
-def _partitions(opts, plan: RunPlan) -> list[dict] | None:
-    """The query partitions of a local run over more than --partition_queries lines; None for one pass."""
+def _is_local(opts) -> bool:
     runner = opts.view_as(StandardOptions).runner
-    local = (runner if isinstance(runner, str) else type(runner).__name__) in LOCAL_RUNNERS
-    if not local or opts.partition_queries <= 0:
+    return (runner if isinstance(runner, str) else type(runner).__name__) in LOCAL_RUNNERS
+
+
+def _partitions(opts, plan: RunPlan) -> list[dict] | None:
+    """The query partitions of a local run (one when the input fits in one); None when not partitioned."""
+    if not _is_local(opts) or opts.partition_queries <= 0:
         return None
-    parts = plan_partitions(plan.root, plan.query_files, opts.tasks, opts.limit, opts.partition_queries,
-                            opts.max_line_bytes)
-    return parts if len(parts) > 1 else None
+    return plan_partitions(plan.root, plan.query_files, opts.tasks, opts.limit, opts.partition_queries,
+                           opts.max_line_bytes)
+
+
+def idle_cores() -> int:
+    """Cores not busy with other work now (cores minus the 1-minute load average, at least 1)."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not every platform has a load average
+        load = 0.0
+    return max(1, min(cores, math.floor(cores - load + 0.5)))
+
+
+def local_workers(setting: str, query_lines: int | None, cores: int | None = None) -> int:
+    """Worker processes of a local run: --local_workers N, or for 'auto' one per idle core (idle_cores, or
+    `cores`) once the run has at least AUTO_WORKERS_MIN_QUERIES query lines (None: unknown, counted as large).
+    On a machine busy with other work a second process only adds its own cost (measured: README)."""
+    if setting != "auto":
+        try:
+            workers = int(setting)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise ConfigError(f"--local_workers must be 'auto' or a whole number of at least 1, got {setting!r}")
+        return workers
+    if query_lines is not None and query_lines < AUTO_WORKERS_MIN_QUERIES:
+        return 1
+    return cores or idle_cores()
+
+
+def _use_workers(opts, argv: list[str], query_lines: int | None) -> int:
+    """Sets Beam's direct options for --local_workers (unless they were given explicitly); the workers used."""
+    direct = opts.view_as(DirectOptions)
+    if not _is_local(opts) or any(a.split("=")[0] in ("--direct_num_workers", "--direct_running_mode")
+                                  for a in argv):
+        return direct.direct_num_workers if direct.direct_running_mode != "in_memory" else 1
+    workers = local_workers(opts.local_workers, query_lines)
+    direct.direct_num_workers = workers
+    direct.direct_running_mode = "multi_processing" if workers > 1 else "in_memory"
+    worker = opts.view_as(WorkerOptions)
+    if workers > 1 and not any(a.startswith("--default_sdk_harness_log_level") for a in argv):
+        worker.default_sdk_harness_log_level = "WARNING"  # else each worker logs its gRPC set-up at INFO
+    return workers
 
 
 def _run_partitioned(opts, plan: RunPlan, parts: list[dict]) -> None:
@@ -278,7 +330,10 @@ def execute(opts, plan: RunPlan, argv: list[str]) -> dict:
     _clear_outputs(plan.output_dir)
     try:
         parts = _partitions(opts, plan)
-        if parts is None:
+        workers = _use_workers(opts, argv, sum(len(v) for p in parts for v in p.values()) if parts else None)
+        if workers > 1:
+            print(f"local run on {workers} worker processes (--local_workers)", flush=True)
+        if parts is None or len(parts) == 1:
             _run_graph(opts, plan)
         else:
             _run_partitioned(opts, plan, parts)

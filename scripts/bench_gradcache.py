@@ -76,13 +76,26 @@ def measure(tiny_base: str, global_batch: int, micro_batch: int, negatives: str,
             "embeddings_mb": 2 * global_batch * emb.base.config.text_config.hidden_size * 4 / 2**20}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--global_batches", type=int, nargs="+", default=[64, 512])
-    ap.add_argument("--micro_batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=1)
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.mbeir.cli import run_cli
+
+    return run_cli(_main, argv, prog="python scripts/bench_gradcache.py")
+
+
+def _main(argv: list[str]) -> None:
+    from pipeline.mbeir.cli import CliParser, positive_int
+    from pipeline.mbeir.errors import ConfigError
+
+    ap = CliParser(prog="python scripts/bench_gradcache.py", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--global_batches", type=positive_int, nargs="+", default=[64, 512])
+    ap.add_argument("--micro_batch", type=positive_int, default=8)
+    ap.add_argument("--steps", type=positive_int, default=1)
     ap.add_argument("--_one", nargs=4, help=argparse.SUPPRESS)  # internal: tiny_base G negatives micro|plain
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if any(g < args.micro_batch for g in args.global_batches):
+        raise ConfigError(f"--global_batches {args.global_batches}: each must be at least --micro_batch "
+                          f"{args.micro_batch}")
     if args._one:
         base, g, negatives, kind = args._one
         micro = int(g) if kind == "plain" else args.micro_batch
@@ -107,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

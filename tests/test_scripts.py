@@ -29,7 +29,11 @@ CASES = [
     ("llama_server", ["stop", "--port", "1"], "--port 1: no server was started there"),
     ("bench_global_pool", ["--k", "0"], "argument --k: 0 is below the minimum 1"),
     ("bench_global_pool", ["--checkpoint", "/no/ckpt"], "--checkpoint /no/ckpt is not a folder"),
-    ("gpu_check_train", ["--batch", "-2"], "argument --batch: -2 is below the minimum 1"),
+    ("gpu_check_train", ["--global_batch", "-2"], "argument --global_batch: -2 is below the minimum 1"),
+    ("gpu_check_train", ["--tiny", "--global_batch", "4", "--micro_batches", "8"],
+     "--micro_batches [8] has a value above --global_batch 4"),
+    ("bench_gradcache", ["--micro_batch", "0"], "argument --micro_batch: 0 is below the minimum 1"),
+    ("bench_gradcache", ["--global_batches", "4"], "--global_batches [4]: each must be at least --micro_batch 8"),
 ]
 if not torch.cuda.is_available():
     CASES += [("bench_global_pool", ["--device", "cuda"], "--device cuda: no CUDA GPU is visible here"),

@@ -67,6 +67,33 @@ STOP_WORDS: frozenset[str] = frozenset(
 )
 
 
+# Language screening (validators.rules.plainly_english). English function words; some ("a", "in", "is", "an",
+# "to") are also words of other languages, which is why a sentence must also be free of FOREIGN_FUNCTION_WORDS
+# and of non-ASCII characters. A sentence at least 20 % made of them is English for any threshold the rule uses
+# (py3langid puts every such sentence of tests/validators far above SENTENCE_ENGLISH_MIN_PROB).
+ENGLISH_MARKERS: frozenset[str] = frozenset(
+    """
+    a an the and or but of in on at to for by with from into onto as is are was were be been being has have
+    had it its it's this that these those which who whose what where when while there their they them than
+    not would should could will can may so such each every all both also only its
+    shows show showing shown image photo picture
+    """.split()
+)
+ENGLISH_MARKER_SHARE = 0.2
+# Function words of the languages the rule rejects most often; one of them sends the sentence to py3langid.
+FOREIGN_FUNCTION_WORDS: frozenset[str] = frozenset(
+    """
+    de el la los las y que es en con para por del al una un uno unos unas muy pero como su sus esta este
+    der die das und ist nicht ein eine einen mit von zu auf den dem des sich auch sind wird aus bei oder
+    le les et est une du au aux il elle sont dans avec pour sur ce cette qui pas ou
+    di che non per sono gli della nel il lo e o ed
+    da em um uma os ao na nos mais
+    het een van op niet zijn voor ook
+    och att det som pa och er ikke til
+    """.split()
+)
+
+
 def compile_any(patterns: tuple[str, ...]) -> re.Pattern[str]:
     """One case-insensitive regex matching any of `patterns`."""
     return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)

@@ -16,7 +16,15 @@ from functools import cache
 from validators.cot_format import format_problems, split_cot
 from validators.dedup import normalize_answer
 from validators.defaults import RuleConfig
-from validators.patterns import LEAKAGE_PATTERNS, REFUSAL_PATTERNS, STOP_WORDS, compile_any
+from validators.patterns import (
+    ENGLISH_MARKER_SHARE,
+    ENGLISH_MARKERS,
+    FOREIGN_FUNCTION_WORDS,
+    LEAKAGE_PATTERNS,
+    REFUSAL_PATTERNS,
+    STOP_WORDS,
+    compile_any,
+)
 
 
 @dataclass(frozen=True)
@@ -130,16 +138,33 @@ def english_probability(text: str) -> float:
 
 
 _SENTENCE = re.compile(r"[^.!?\n。！？]+[.!?。！？]*")
+_ASCII_WORD = re.compile(r"[A-Za-z']+")
+
+
+def plainly_english(sentence: str) -> bool:
+    """True when a sentence needs no language identification of its own: ASCII only, no function word of a
+    language the rule rejects, and at least ENGLISH_MARKER_SHARE of its words English-only function words.
+    Anything else (accents, other scripts, a Spanish "con", a German "und", too few English markers) is judged
+    by py3langid as before; this only saves the call for sentences no threshold would reject."""
+    if not sentence.isascii():
+        return False
+    words = _ASCII_WORD.findall(sentence.lower())
+    if not words or any(w in FOREIGN_FUNCTION_WORDS for w in words):
+        return False
+    return sum(w in ENGLISH_MARKERS for w in words) >= ENGLISH_MARKER_SHARE * len(words)
 
 
 def check_language(ctx: CotContext, cfg: RuleConfig) -> list[str]:
-    """Non-English output: the whole text, or any single long-enough sentence (mixed-language output)."""
+    """Non-English output: the whole text, or any single long-enough sentence (mixed-language output).
+
+    One py3langid call per output (the whole text); a sentence is identified on its own only when it gives a
+    reason to (plainly_english is False), so an ordinary English answer costs one call, not one per sentence."""
     text = f"{ctx.reasoning}\n{ctx.answer}".strip()
     if len(text.encode()) >= cfg.language_min_bytes and english_probability(text) < cfg.english_min_prob:
         return ["non_english"]
     for sentence in _SENTENCE.findall(text):
         sentence = sentence.strip()
-        if len(sentence.encode()) >= cfg.sentence_min_bytes and (
+        if len(sentence.encode()) >= cfg.sentence_min_bytes and not plainly_english(sentence) and (
             english_probability(sentence) < cfg.sentence_english_min_prob
         ):
             return ["non_english"]

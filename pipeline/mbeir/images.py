@@ -19,6 +19,7 @@ from functools import lru_cache
 from PIL import Image
 
 from pipeline.mbeir import reasons
+from pipeline.mbeir.records import ImageFacts
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 CHECK_MODES = ("none", "exists", "decode")  # "none" still refuses unsafe paths: that check is never off
@@ -104,31 +105,38 @@ def _decode(data: bytes) -> Image.Image:
     return img
 
 
-def check_image(root: str, rel_path: str, mode: str = "decode") -> str | None:
-    """A reason code (unsafe_image_path, missing_image, unreadable_image, decompression_bomb) or None if fine.
-    mode "none" checks only that the path stays inside the root."""
+def inspect_image(root: str, rel_path: str, mode: str = "decode") -> tuple[str | None, ImageFacts | None]:
+    """(reason code or None, what the check learnt). Reasons: unsafe_image_path, missing_image,
+    unreadable_image, decompression_bomb. Mode "none" checks only that the path stays inside the root; facts
+    (digest, format, mode, size) come from mode "decode" only, from the bytes at the path that passed the check."""
     if mode not in CHECK_MODES:
         raise ValueError(f"mode must be one of {CHECK_MODES}, got {mode!r}")
     try:
         path = image_path(root, rel_path)
     except UnsafeImagePath:
-        return reasons.UNSAFE_IMAGE_PATH
+        return reasons.UNSAFE_IMAGE_PATH, None
     if mode == "none":
-        return None
+        return None, None
     fs = _fs()
     try:
-        if not fs.exists(path):
-            return reasons.MISSING_IMAGE
         if mode == "exists":
-            return None
-        _decode(read_image_bytes(root, rel_path))
+            return (None if fs.exists(path) else reasons.MISSING_IMAGE), None
+        with fs.open(path, compression_type="uncompressed") as f:
+            data = f.read()
+        img = _decode(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return reasons.DECOMPRESSION_BOMB
+        return reasons.DECOMPRESSION_BOMB, None
     except FileNotFoundError:
-        return reasons.MISSING_IMAGE
+        return reasons.MISSING_IMAGE, None
     except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error ...)
-        return reasons.UNREADABLE_IMAGE
-    return None
+        return (reasons.UNREADABLE_IMAGE if fs.exists(path) else reasons.MISSING_IMAGE), None
+    return None, ImageFacts(image_digest(data), img.format or "", img.mode, tuple(img.size))
+
+
+def check_image(root: str, rel_path: str, mode: str = "decode") -> str | None:
+    """A reason code (unsafe_image_path, missing_image, unreadable_image, decompression_bomb) or None if fine.
+    mode "none" checks only that the path stays inside the root."""
+    return inspect_image(root, rel_path, mode)[0]
 
 
 def load_image(root: str, rel_path: str, max_side: int | None = None) -> Image.Image:

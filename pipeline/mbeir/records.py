@@ -6,6 +6,22 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class ImageFacts:
+    """What the read-time decode check learnt about an image, handed on so no later stage decodes it again:
+    the sha256 of its bytes (part of the request key), its format, mode and size (whether it can be sent as
+    it is). The bytes sent are checked against the digest, so a file changed since the check is not sent."""
+
+    sha256: str
+    format: str
+    mode: str
+    size: tuple[int, int]
+
+    def sendable_as_is(self, max_side: int) -> bool:
+        """An RGB or greyscale JPEG within max_side goes to the teacher unchanged (most of M-BEIR)."""
+        return self.format == "JPEG" and self.mode in ("RGB", "L") and max(self.size) <= max_side
+
+
+@dataclass(frozen=True)
 class QueryRecord:
     """One M-BEIR query line, parsed and checked."""
 
@@ -21,6 +37,7 @@ class QueryRecord:
     dataset_id: int
     source_file: str  # path relative to the M-BEIR root
     line_number: int  # 1-based
+    query_img: ImageFacts | None = field(default=None, compare=False)  # set by the decode check
 
     @property
     def key(self) -> str:
@@ -41,6 +58,7 @@ class CandidateRecord:
     # are the same candidate when everything above agrees.
     source_file: str = field(default="", compare=False)
     line_number: int = field(default=0, compare=False)
+    img: ImageFacts | None = field(default=None, compare=False)  # set by the decode check of the join
 
 
 @dataclass(frozen=True)

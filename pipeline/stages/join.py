@@ -11,6 +11,8 @@ exact copy (a local pool and the union pool it is part of) is not. Only dids som
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
@@ -45,7 +47,9 @@ class _ResolveCandidate(beam.DoFn):
         if cand is None:
             reason = reasons.POSITIVE_NOT_FOUND
         elif cand.img_path:  # check "none" still refuses a path out of the root
-            reason = images.check_image(self.root, cand.img_path, mode=self.image_check)
+            reason, facts = images.inspect_image(self.root, cand.img_path, mode=self.image_check)
+            if facts is not None:
+                cand = dataclasses.replace(cand, img=facts)
         for query_key in refs:
             yield query_key, (did, None if reason else cand, reason)
 

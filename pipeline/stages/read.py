@@ -125,17 +125,20 @@ class _CheckQueryImage(beam.DoFn):
 
     def process(self, q: QueryRecord):
         if q.query_img_path:  # mode "none" still refuses a path out of the root
-            reason = images.check_image(self.root, q.query_img_path, mode=self.mode)
+            reason, facts = images.inspect_image(self.root, q.query_img_path, mode=self.mode)
             if reason:
                 yield beam.pvalue.TaggedOutput(REJECTS, Reject(
                     reason, f"query image {q.query_img_path}", q.source_file, q.line_number, q.qid, q.dataset))
                 return
+            if facts is not None:  # handed on: the request builder and the call need not decode it again
+                q = dataclasses.replace(q, query_img=facts)
         yield q
 
 
 class CheckQueryImages(beam.PTransform):
     """QueryRecord -> QueryRecord whose image (if any) passes the check, Reject otherwise. Whatever the mode,
-    an image path leading out of the M-BEIR root (symlinks included) is rejected as unsafe_image_path."""
+    an image path leading out of the M-BEIR root (symlinks included) is rejected as unsafe_image_path. With
+    mode "decode" the record carries what the check learnt (QueryRecord.query_img)."""
 
     def __init__(self, root: str, mode: str):
         super().__init__()

@@ -18,12 +18,13 @@ import dataclasses
 import hashlib
 import io
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import prompts
-from pipeline.mbeir.records import Example
+from pipeline.mbeir.records import Example, ImageFacts
 
 # PAPER.md §2 Phase 2: one CoT template per task family.
 CIR_DATASETS = frozenset({"cirr", "fashioniq"})
@@ -43,7 +44,9 @@ TASK_TYPES: dict[str, str] = {
 IMAGE_LABELS = {"query": "Query image:", "target": "Target image:"}
 
 DEFAULT_MAX_SIDE = 512  # px; long side of images sent as data URLs
-DEFERRED_IMAGE = "mbeir-image:"  # "mbeir-image:<max_side>:<path under the M-BEIR root>", see materialize_images
+# "mbeir-image:<max_side>:<sha256 or ->:<1 when sendable as it is, else 0>:<path under the M-BEIR root>",
+# see materialize_images; the digest and the flag come from the read-time check (records.ImageFacts).
+DEFERRED_IMAGE = "mbeir-image:"
 IMAGE_TOKENS = 256  # fixed per-image estimate (a 448-512 px image is ~256 tokens for Qwen-VL and GPT-4o)
 CHARS_PER_TOKEN = 4  # English text averages ~4 characters per BPE token
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message
@@ -118,6 +121,26 @@ def estimate_tokens(request: TeacherRequest) -> int:
     return total
 
 
+def _reencoded_jpeg(data: bytes, max_side: int) -> bytes:
+    """The image decoded, shrunk so its long side is at most max_side, and encoded as a JPEG (quality 90)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        scale = min(1.0, max_side / max(img.size))
+        # JPEG: libjpeg decodes straight at the largest 1/2^k scale still at least the target size.
+        img.draft("RGB", (int(img.width * scale), int(img.height * scale)))
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        img.thumbnail((max_side, max_side))
+        out = io.BytesIO()
+        img.save(out, format="JPEG", quality=90)
+        return out.getvalue()
+
+
+def _data_url(encoded: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(encoded).decode("ascii")
+
+
 def jpeg_data_url(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> str:
     """JPEG data URL of an image whose long side is at most `max_side`. An RGB or greyscale JPEG already that
     small (most of M-BEIR: short side 256) is sent as it is; anything else is decoded, shrunk and re-encoded.
@@ -128,24 +151,41 @@ def jpeg_data_url(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> str:
         with Image.open(io.BytesIO(data)) as img:
             if img.format == "JPEG" and img.mode in ("RGB", "L") and max(img.size) <= max_side:
                 img.load()  # a truncated file fails here, as it would when re-encoded
-                encoded = data
-            else:
-                scale = min(1.0, max_side / max(img.size))
-                # JPEG: libjpeg decodes straight at the largest 1/2^k scale still at least the target size.
-                img.draft("RGB", (int(img.width * scale), int(img.height * scale)))
-                if img.mode != "RGB":
-                    img = img.convert("RGB")
-                img.thumbnail((max_side, max_side))
-                out = io.BytesIO()
-                img.save(out, format="JPEG", quality=90)
-                encoded = out.getvalue()
+                return _data_url(data)
+        return _data_url(_reencoded_jpeg(data, max_side))
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot decode image: {e}") from e
-    return "data:image/jpeg;base64," + base64.b64encode(encoded).decode("ascii")
 
 
-def _deferred_url(rel_path: str, max_side: int) -> str:
-    return f"{DEFERRED_IMAGE}{max_side}:{rel_path}"
+class _EncodedImages:
+    """Bounded per-process cache of re-encoded (shrunk) images by (digest, max_side): the CoT and verifier
+    requests of an example, and the queries sharing an image, decode and encode it once while it is held.
+    Images sent as they are need no entry: their encoding is the file itself."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.held = max_bytes, 0
+        self.entries: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+    def get(self, digest: str, max_side: int, data: bytes) -> bytes:
+        key = (digest, max_side)
+        encoded = self.entries.get(key)
+        if encoded is not None:
+            self.entries.move_to_end(key)
+            return encoded
+        encoded = _reencoded_jpeg(data, max_side)
+        self.entries[key] = encoded
+        self.held += len(encoded)
+        while self.held > self.max_bytes and len(self.entries) > 1:
+            self.held -= len(self.entries.popitem(last=False)[1])
+        return encoded
+
+
+ENCODED_CACHE_BYTES = 32 * 2**20  # ~600 shrunk 512 px JPEGs per worker process
+_ENCODED = _EncodedImages(ENCODED_CACHE_BYTES)
+
+
+def _deferred_url(rel_path: str, max_side: int, digest: str = "-", as_is: bool = False) -> str:
+    return f"{DEFERRED_IMAGE}{max_side}:{digest}:{int(as_is)}:{rel_path}"
 
 
 def has_deferred_images(request: TeacherRequest) -> bool:
@@ -160,9 +200,27 @@ def _image_urls(request: TeacherRequest):
                     yield part["image_url"]["url"]
 
 
+def _materialized_url(reference: str, loader: ImageLoader) -> str:
+    """The data URL of a deferred reference. The bytes are read once, through the loader's real-path check; when
+    the read-time check handed on a digest they must still match it (else ValueError: the file changed), and
+    an image it found sendable as it is is sent without another decode."""
+    max_side, digest, as_is, rel_path = reference[len(DEFERRED_IMAGE):].split(":", 3)
+    data = loader(rel_path)
+    if digest != "-":
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"image {rel_path} changed since it was checked")
+        if as_is == "1":
+            return _data_url(data)
+        try:
+            return _data_url(_ENCODED.get(digest, int(max_side), data))
+        except OSError as e:
+            raise ValueError(f"cannot decode image: {e}") from e
+    return jpeg_data_url(data, int(max_side))
+
+
 def materialize_images(request: TeacherRequest, loader: ImageLoader) -> TeacherRequest:
-    """The request as sent: every deferred image reference replaced by its resized JPEG data URL (the key does
-    not change). Bad bytes -> ValueError."""
+    """The request as sent: every deferred image reference replaced by its JPEG data URL (the key does not
+    change). Bad or changed bytes -> ValueError."""
     if not has_deferred_images(request):
         return request
 
@@ -170,8 +228,7 @@ def materialize_images(request: TeacherRequest, loader: ImageLoader) -> TeacherR
         url = p["image_url"]["url"] if p.get("type") == "image_url" else ""
         if not url.startswith(DEFERRED_IMAGE):
             return p
-        max_side, rel_path = url[len(DEFERRED_IMAGE):].split(":", 1)
-        return {**p, "image_url": {**p["image_url"], "url": jpeg_data_url(loader(rel_path), int(max_side))}}
+        return {**p, "image_url": {**p["image_url"], "url": _materialized_url(url, loader)}}
 
     messages = [{**m, "content": [part(p) for p in m["content"]]} if isinstance(m["content"], list) else m
                 for m in request.messages]
@@ -191,10 +248,14 @@ class _Images:
         self.loader, self.mode, self.max_side, self.url_base = loader, mode, max_side, url_base.rstrip("/")
         self.defer = defer
 
-    def parts(self, label: str, rel_path: str) -> tuple[list[dict], list[dict]]:
+    def parts(self, label: str, rel_path: str, facts: ImageFacts | None = None) -> tuple[list[dict], list[dict]]:
+        """`facts` (from the read-time check) spare the read: the key needs only the digest."""
         if self.mode == "url":
             url = f"{self.url_base}/{rel_path.lstrip('/')}"
             digest = "url-sha256:" + hashlib.sha256(url.encode("utf-8")).hexdigest()
+        elif self.defer and facts is not None:
+            url = _deferred_url(rel_path, self.max_side, facts.sha256, facts.sendable_as_is(self.max_side))
+            digest = f"sha256:{facts.sha256}@{self.max_side}"
         else:
             data = self.loader(rel_path)
             url = _deferred_url(rel_path, self.max_side) if self.defer else jpeg_data_url(data, self.max_side)
@@ -232,12 +293,12 @@ def _build(kind: str, prompt_id: str, example: Example, fields: dict[str, str], 
     text = {"type": "text", "text": prompt.render(**fields)}
     sent, keyed = [text], [text]
     if images is not None:
-        paths = [("query", example.query.query_img_path)]
+        paths = [("query", example.query.query_img_path, example.query.query_img)]
         if with_target_image:
-            paths += [("target", c.img_path) for c in example.positives[:1]]
-        for label, rel in paths:
+            paths += [("target", c.img_path, c.img) for c in example.positives[:1]]
+        for label, rel, facts in paths:
             if rel:
-                s, k = images.parts(IMAGE_LABELS[label], rel)
+                s, k = images.parts(IMAGE_LABELS[label], rel, facts)
                 sent += s
                 keyed += k
     # A text-only request goes out as a plain string: some OpenAI-compatible servers (llama.cpp's chat templates)

@@ -183,6 +183,42 @@ def test_english_with_foreign_names_passes(reasoning, answer):
     assert check_language(ctx("oven", reasoning, answer), CFG) == []
 
 
+@pytest.mark.parametrize(
+    "reasoning, answer",
+    [
+        # mixed-language answers whose foreign sentence has no accent to give it away
+        (GOOD["fashioniq"][1] + " El vestido debe ser rojo y largo, con flores en la falda.", GOOD["fashioniq"][2]),
+        (GOOD["fashioniq"][1] + " Das Kleid soll also rot und lang sein, mit Blumen.", GOOD["fashioniq"][2]),
+        (GOOD["fashioniq"][1], "Un vestido rojo y largo con un estampado de flores."),
+        (GOOD["fashioniq"][1], "Ein langes rotes Kleid mit einem Muster aus Blumen."),
+    ],
+)
+def test_mixed_language_answers_are_rejected(reasoning, answer):
+    assert check_language(ctx("fashioniq", reasoning, answer), CFG) == ["non_english"]
+
+
+def _count_language_calls(monkeypatch) -> list[str]:
+    import validators.rules as rules
+
+    calls, real = [], rules.english_probability
+    monkeypatch.setattr(rules, "english_probability", lambda text: calls.append(text) or real(text))
+    return calls
+
+
+@pytest.mark.parametrize("dataset", ["fashioniq", "cirr", "infoseek"])
+def test_an_english_answer_costs_one_language_call(monkeypatch, dataset):
+    _, reasoning, answer = GOOD[dataset]
+    calls = _count_language_calls(monkeypatch)
+    assert check_language(ctx(dataset, reasoning, answer), CFG) == []
+    assert len(calls) == 1
+
+
+def test_foreign_names_give_reason_for_a_sentence_call(monkeypatch):
+    calls = _count_language_calls(monkeypatch)
+    assert check_language(ctx("oven", INFOSEEK_REASONING, "Château de Chambord, Loir-et-Cher, France"), CFG) == []
+    assert len(calls) == 2 and "Château" in calls[1]
+
+
 def test_too_short_to_judge_is_not_judged():
     assert check_language(CotContext("oven", 8, "", None, None, None, "", "Der Hund.", "Hund"), CFG) == []
 

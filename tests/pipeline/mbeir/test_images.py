@@ -12,6 +12,7 @@ from pipeline.mbeir.images import (
     check_image,
     image_digest,
     image_path,
+    inspect_image,
     is_local_root,
     load_image,
     local_image_path,
@@ -50,6 +51,17 @@ def _gray_png() -> bytes:
     buf = io.BytesIO()
     Image.new("L", (10, 20), 128).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_the_decode_check_hands_on_what_it_learnt(root):
+    rel = "mbeir_images/cirr_images/ok.jpg"
+    reason, facts = inspect_image(root, rel)
+    assert reason is None and facts.sha256 == hashlib.sha256(_jpeg()).hexdigest()
+    assert (facts.format, facts.mode, facts.size) == ("JPEG", "RGB", (96, 48))
+    assert facts.sendable_as_is(512) and not facts.sendable_as_is(64)
+    assert not inspect_image(root, "mbeir_images/cirr_images/gray.png")[1].sendable_as_is(512)  # PNG: re-encoded
+    assert inspect_image(root, rel, mode="exists") == (None, None)  # nothing decoded, nothing learnt
+    assert inspect_image(root, "mbeir_images/cirr_images/cut.jpg") == (reasons.UNREADABLE_IMAGE, None)
 
 
 @pytest.mark.parametrize("rel, reason", [

@@ -1,4 +1,5 @@
 import base64
+import hashlib
 import io
 
 import pytest
@@ -118,10 +119,73 @@ def test_deferred_images_keep_the_key_and_become_the_same_data_urls_at_call_time
                               defer_images=True)
     assert later.key == now.key and later.est_prompt_tokens == now.est_prompt_tokens
     urls = [p["image_url"]["url"] for p in later.messages[0]["content"] if p["type"] == "image_url"]
-    assert urls == ["mbeir-image:256:mbeir_images/cirr_images/ref.png", "mbeir-image:256:mbeir_images/cirr_images/tgt.png"]
+    assert urls == ["mbeir-image:256:-:0:mbeir_images/cirr_images/ref.png",
+                    "mbeir-image:256:-:0:mbeir_images/cirr_images/tgt.png"]
     assert has_deferred_images(later) and not has_deferred_images(now)
     assert materialize_images(later, loader).messages == now.messages
     assert materialize_images(now, loader) is now  # nothing to do
+
+
+def _with_checked_images(example, store):
+    """The example as the read-time decode check hands it on (ImageFacts on the query and its positive)."""
+    import dataclasses
+
+    from pipeline.mbeir.records import ImageFacts
+
+    def facts(rel):
+        img = Image.open(io.BytesIO(store[rel]))
+        return ImageFacts(hashlib.sha256(store[rel]).hexdigest(), img.format, img.mode, img.size)
+
+    q = example.query
+    positives = tuple(dataclasses.replace(c, img=facts(c.img_path)) for c in example.positives)
+    return dataclasses.replace(example, query=dataclasses.replace(q, query_img=facts(q.query_img_path)),
+                               positives=positives)
+
+
+def test_checked_images_are_not_read_at_build_and_keep_the_key(cir_example, image_store):
+    image_store["mbeir_images/cirr_images/ref.png"] = _jpeg((341, 256))  # sent as it is
+    checked = _with_checked_images(cir_example, image_store)
+    reads = []
+
+    def loader(rel):
+        reads.append(rel)
+        return image_store[rel]
+
+    later = build_cot_request(checked, model="m", params=PARAMS, image_loader=loader, defer_images=True)
+    assert reads == []  # the digest came from the check
+    now = build_cot_request(cir_example, model="m", params=PARAMS, image_loader=image_store.__getitem__)
+    assert later.key == now.key
+    sent = materialize_images(later, loader)
+    assert sent.messages == now.messages and reads == list(image_store)[:2]  # one read per image, at the call
+    urls = [p["image_url"]["url"] for p in sent.messages[0]["content"] if p["type"] == "image_url"]
+    assert _sent(urls[0]) == image_store["mbeir_images/cirr_images/ref.png"]
+
+
+def test_an_image_changed_since_its_check_is_not_sent(cir_example, image_store):
+    checked = _with_checked_images(cir_example, image_store)
+    req = build_cot_request(checked, model="m", params=PARAMS, image_loader=image_store.__getitem__,
+                            defer_images=True)
+    image_store["mbeir_images/cirr_images/tgt.png"] = png_bytes((1, 2, 3))
+    with pytest.raises(ValueError, match="changed since it was checked"):
+        materialize_images(req, image_store.__getitem__)
+
+
+def test_cot_and_verifier_share_a_shrunk_image(cir_example, image_store, monkeypatch):
+    import pipeline.teacher.prompting as prompting
+
+    image_store["mbeir_images/cirr_images/ref.png"] = _jpeg((1200, 900))  # must be shrunk to 512
+    checked = _with_checked_images(cir_example, image_store)
+    monkeypatch.setattr(prompting, "_ENCODED", prompting._EncodedImages(2**20))
+    encodes = []
+    real = prompting._reencoded_jpeg
+    monkeypatch.setattr(prompting, "_reencoded_jpeg", lambda data, side: encodes.append(side) or real(data, side))
+    cot = build_cot_request(checked, model="m", params=PARAMS, image_loader=image_store.__getitem__,
+                            defer_images=True)
+    verifier = build_verifier_request(checked, "r", "a", model="m", params=PARAMS,
+                                      image_loader=image_store.__getitem__, defer_images=True)
+    first, second = (materialize_images(r, image_store.__getitem__) for r in (cot, verifier))
+    assert len(encodes) == 2  # reference and target once each, for both requests
+    assert first.messages[0]["content"][2] == second.messages[0]["content"][2]
 
 
 def test_deferred_bad_image_fails_at_call_time_not_at_build(cir_example):

@@ -1,0 +1,57 @@
+"""--local_workers: worker processes of a local run, chosen automatically; the same output whatever the count."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.mbeir.errors import ConfigError
+from pipeline.options import AUTO_WORKERS_MIN_QUERIES
+from pipeline.run import local_workers
+from tests.pipeline.conftest import output_files, run_pipeline
+from tests.pipeline.test_partition import _table, _with_duplicates
+
+
+def test_auto_uses_every_core_for_big_runs_and_one_process_for_small_ones():
+    assert local_workers("auto", AUTO_WORKERS_MIN_QUERIES, cores=8) == 8
+    assert local_workers("auto", None, cores=2) == 2  # size unknown (--partition_queries 0): counted as big
+    assert local_workers("auto", AUTO_WORKERS_MIN_QUERIES - 1, cores=8) == 1
+    assert local_workers("auto", 10**6, cores=1) == 1
+    assert local_workers("3", 10, cores=1) == 3  # an explicit count wins
+
+
+def test_auto_counts_only_the_cores_other_work_leaves_idle(monkeypatch):
+    import pipeline.run as run
+
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert local_workers("auto", None) == 8
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (5.0, 0.0, 0.0))
+    assert local_workers("auto", None) == 3
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (12.0, 0.0, 0.0))  # a machine busy with other work
+    assert local_workers("auto", None) == 1
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "many", "1.5"])
+def test_a_bad_worker_count_is_a_configuration_error(bad):
+    with pytest.raises(ConfigError, match="--local_workers"):
+        local_workers(bad, 100)
+
+
+def test_worker_processes_write_what_one_process_writes(sample_root, tmp_path, teacher):
+    root = str(tmp_path / "dup")
+    _with_duplicates(sample_root, root)
+    outs = {}
+    for workers in ("1", "2"):
+        out = str(tmp_path / f"w{workers}")
+        stats = run_pipeline(root, out, "--datasets", "mscoco,cirr", "--partition_queries", "0",
+                             "--local_workers", workers, teacher=teacher, limit=None)
+        outs[workers] = (out, stats)
+    (one, one_stats), (two, two_stats) = outs["1"], outs["2"]
+    assert two_stats["teacher"]["requests"] == one_stats["teacher"]["requests"] > 0
+    for key in ("input", "routed", "accepted", "rejected", "failed", "per_dataset", "pool"):
+        assert two_stats[key] == one_stats[key], key
+    for folder in ("data", "rejects", "failed"):
+        assert _table(two, folder) == _table(one, folder), folder
+    one_files, two_files = output_files(one), output_files(two)
+    assert {k: v for k, v in two_files.items() if k.startswith("data/")} == {
+        k: v for k, v in one_files.items() if k.startswith("data/")}
