@@ -2,9 +2,12 @@
 adaptive), share of queries that reasoned, mean generated tokens, queries/s of online query encoding, recall.
 
     python -m trainer.bench --mbeir_root ROOT --checkpoint CKPT [--pairs mscoco_task0 cirr_task7] [--limit N]
+    python -m trainer.bench --mbeir_root ROOT --checkpoint CKPT --mix mscoco_task0:0.96,cirr_task7:0.04 --queries N
 
-Writes bench.json and bench.png (headline recall vs queries/s) under --output_dir and prints the table.
-Recall here is over the benchmarked queries only (with --limit, a subset: not the M-BEIR number).
+Per pair: writes bench.json and bench.png (headline recall vs queries/s) under --output_dir and prints the
+table. Recall here is over the benchmarked queries only (with --limit, a subset: not the M-BEIR number).
+With --mix: one workload of N queries drawn from the pairs in those shares (trainer/benchmark/mix.py); bench.json
+holds per mode qps, share_reasoned, mean_generated_tokens and, for adaptive, the ideal throughput and ratios.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import torch
 
 from trainer import evaluate, paper_results, retrieval
+from trainer.benchmark import mix
 from trainer.evalset import eval_pairs, read_instructions, read_pair_qrels
 from trainer.interface import MODES, Embedder
 
@@ -98,9 +102,15 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     p.add_argument("--device", default=evaluate.EvalConfig.device)
     p.add_argument("--query_batch", type=int, default=8)
     p.add_argument("--max_new_tokens", type=int, default=128)
+    p.add_argument("--mix", default=None, help="PAIR:SHARE,... e.g. " + mix.PAPER_MIXES["bypass96"])
+    p.add_argument("--queries", type=int, default=1000, help="workload size with --mix")
+    p.add_argument("--repeats", type=int, default=1, help="with --mix: timed runs per mode, the best is kept")
+    p.add_argument("--seed", type=int, default=0, help="with --mix: instruction choice and workload order")
     a = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if a.mix is not None:
+        return _main_mix(p, a, out, embedder)
     cfg = evaluate.EvalConfig(mbeir_root=Path(a.mbeir_root), output_dir=out, split=a.split, pairs=a.pairs,
                               limit=a.limit, cache_dir=Path(a.cache_dir) if a.cache_dir else None,
                               device=a.device, query_batch=a.query_batch, max_new_tokens=a.max_new_tokens)
@@ -109,6 +119,26 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "bench.png")
     print(format_table(result))
+    return result
+
+
+def _main_mix(p: argparse.ArgumentParser, a: argparse.Namespace, out: Path, embedder: Embedder | None) -> dict:
+    if a.queries < 1 or a.repeats < 1 or a.query_batch < 1:
+        p.error("--queries, --repeats and --query_batch must be at least 1")
+    try:
+        parts = mix.parse_mix(a.mix)
+        queries, names = mix.workload(Path(a.mbeir_root), parts, a.queries, a.split, a.seed)
+    except ValueError as err:
+        p.error(str(err))
+    modes = list(dict.fromkeys(a.modes))
+    result = {"device": a.device, "device_name": _device_name(a.device), "mix": a.mix, "queries": len(queries),
+              "pair_queries": {n: names.count(n) for n in dict.fromkeys(names)}, "batch_size": a.query_batch,
+              "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
+              "modes": mix.bench_mix(embedder or evaluate.load_embedder(a.checkpoint), queries, modes,
+                                     a.query_batch, a.max_new_tokens, a.repeats),
+              "paper": {"throughput": paper_results.THROUGHPUT, "share_reasoned": paper_results.SHARE_REASONED}}
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    print(mix.format_mix_table(result))
     return result
 
 
