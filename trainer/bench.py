@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     p.add_argument("--device", default=evaluate.EvalConfig.device)
     p.add_argument("--query_batch", type=int, default=8)
     p.add_argument("--max_new_tokens", type=int, default=128)
-    p.add_argument("--mix", default=None, help="PAIR:SHARE,... e.g. " + mix.PAPER_MIXES["bypass96"])
+    p.add_argument("--mix", default=None, help="PAIR:SHARE,... e.g. " + mix.PAPER_MIXES["bypass96"] + ", or the name of one of "
+                   "PAPER.md §4's two workloads: " + ", ".join(f"{k} = {v}" for k, v in mix.PAPER_MIXES.items()))
     p.add_argument("--queries", type=int, default=1000, help="workload size with --mix")
     p.add_argument("--repeats", type=int, default=1, help="with --mix: timed runs per mode, the best is kept")
     p.add_argument("--seed", type=int, default=0, help="with --mix: instruction choice and workload order")

@@ -27,7 +27,8 @@ class MixPart:
 
 
 def parse_mix(text: str) -> list[MixPart]:
-    """"mscoco_task0:0.96,cirr_task7:0.04" -> parts; ValueError naming what is wrong."""
+    """"mscoco_task0:0.96,cirr_task7:0.04" (or a PAPER_MIXES name) -> parts; ValueError naming what is wrong."""
+    text = PAPER_MIXES.get(text, text)
     parts = []
     for item in (s.strip() for s in text.split(",")):
         name, sep, share = item.partition(":")
@@ -82,7 +83,7 @@ def run_mode(embedder: Embedder, queries: list[QueryInput], mode: str, batch_siz
     res = embedder.encode_queries(queries, mode=mode, max_new_tokens=max_new_tokens, batch_size=batch_size)
     seconds = time.perf_counter() - t0
     n = len(queries)
-    return {"seconds": round(seconds, 4), "qps": round(n / seconds, 3),
+    return {"seconds": round(seconds, 6), "qps": round(n / seconds, 3),
             "share_reasoned": round(sum(res.reasoned) / n, 4),
             "mean_generated_tokens": round(sum(res.generated_tokens) / n, 3)}
 
