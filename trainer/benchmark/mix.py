@@ -79,33 +79,33 @@ def workload(mbeir_root, parts: Sequence[MixPart], n: int, split: str = "test", 
 
 def run_mode(embedder: Embedder, queries: list[QueryInput], mode: str, batch_size: int,
              max_new_tokens: int) -> dict:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = embedder.encode_queries(queries, mode=mode, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = len(queries)
-    return {"seconds": round(seconds, 6), "qps": round(n / seconds, 3),
+    return {"seconds": round(seconds, 6), "qps": round(n / seconds, 3), "cpu_seconds": round(cpu, 6),
             "share_reasoned": round(sum(res.reasoned) / n, 4),
             "mean_generated_tokens": round(sum(res.generated_tokens) / n, 3)}
 
 
-def ideal(modes: dict[str, dict], n: int) -> dict:
-    """Adaptive against the ideal of its parts (module docstring) and against direct.
+def ideal(modes: dict[str, dict], n: int, clock: str = "seconds") -> dict:
+    """Adaptive against the ideal of its parts (module docstring) and against direct, on wall time ("seconds")
+    or on this process's CPU time ("cpu_seconds": steadier on a shared machine, keys prefixed "cpu_").
 
     `token_weighted_*` weighs the reasoning cost by generated tokens instead of by rows: it is the same ideal
     when forced reasoning (always) writes chains as long as chosen reasoning does, and the honest one when it
     does not (a model forced to reason on a simple query may stop after one token)."""
-    t_direct, t_always = modes["direct"]["seconds"] / n, modes["always"]["seconds"] / n
+    t_direct, t_always, t_ada = (modes[m][clock] / n for m in ("direct", "always", "adaptive"))
     ada = modes["adaptive"]
     r = ada["share_reasoned"]
-    ideal_qps = 1.0 / (t_direct + r * (t_always - t_direct))
-    out = {"ideal_qps": round(ideal_qps, 3), "ratio_to_ideal": round(ada["qps"] / ideal_qps, 3),
-           "ratio_to_direct": round(ada["qps"] / modes["direct"]["qps"], 3)}
+    ideal_t = t_direct + r * (t_always - t_direct)
+    out = {"ideal_qps": 1.0 / ideal_t, "ratio_to_ideal": ideal_t / t_ada, "ratio_to_direct": t_direct / t_ada}
     g_always = modes["always"]["mean_generated_tokens"]
     if g_always > 0:
-        w = ada["mean_generated_tokens"] / g_always
-        tw = 1.0 / (t_direct + w * (t_always - t_direct))
-        out.update(token_weighted_ideal_qps=round(tw, 3), token_weighted_ratio_to_ideal=round(ada["qps"] / tw, 3))
-    return out
+        weighted_t = t_direct + ada["mean_generated_tokens"] / g_always * (t_always - t_direct)
+        out.update(token_weighted_ideal_qps=1.0 / weighted_t, token_weighted_ratio_to_ideal=weighted_t / t_ada)
+    prefix = "" if clock == "seconds" else "cpu_"
+    return {prefix + k: round(v, 3) for k, v in out.items()}
 
 
 def bench_mix(embedder: Embedder, queries: list[QueryInput], modes: Sequence[str], batch_size: int,
@@ -123,16 +123,19 @@ def bench_mix(embedder: Embedder, queries: list[QueryInput], modes: Sequence[str
                 best[mode] = run
     if {"direct", "always", "adaptive"} <= set(best):
         best["adaptive"].update(ideal(best, len(queries)))
+        best["adaptive"].update(ideal(best, len(queries), "cpu_seconds"))
     return best
 
 
 def format_mix_table(result: dict) -> str:
     lines = [f"device: {result['device_name']}, workload {result['mix']} x {result['queries']} queries, "
              f"batch {result['batch_size']}",
-             "mode | queries/s | reasoned % | mean gen tokens | ideal qps | x ideal | x direct | x token-weighted ideal"]
+             "mode | queries/s | reasoned % | mean gen tokens | ideal qps | x ideal | x direct | x token-weighted ideal"
+             " | CPU: x ideal | x direct | x token-weighted ideal"]
     for mode, r in result["modes"].items():
         cells = [mode, f"{r['qps']:.2f}", f"{100 * r['share_reasoned']:.1f}", f"{r['mean_generated_tokens']:.2f}"]
         cells += [str(r[k]) if k in r else "-" for k in ("ideal_qps", "ratio_to_ideal", "ratio_to_direct",
-                                                           "token_weighted_ratio_to_ideal")]
+                                                           "token_weighted_ratio_to_ideal", "cpu_ratio_to_ideal",
+                                                           "cpu_ratio_to_direct", "cpu_token_weighted_ratio_to_ideal")]
         lines.append(" | ".join(cells))
     return "\n".join(lines)

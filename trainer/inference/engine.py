@@ -84,6 +84,8 @@ def split(rows: Rows | None, k: int) -> tuple[Rows | None, Rows | None]:
     """(first k rows, the rest); each with its own cache."""
     if rows is None or len(rows) <= k:
         return rows, None
+    if k <= 0:
+        return None, rows
     rest_cache = DynamicCache()
     rest_cache.layers = [DynamicLayer() for _ in rows.cache.layers]
     for src, dst in zip(_layers(rows.cache), rest_cache.layers, strict=True):

@@ -37,6 +37,7 @@ def test_mix_bench_writes_every_mode_and_the_ideal(tmp_path, capsys):
     assert modes["adaptive"]["ratio_to_ideal"] == pytest.approx(modes["adaptive"]["qps"] / ideal, abs=2e-3)
     assert modes["adaptive"]["ratio_to_direct"] == pytest.approx(modes["adaptive"]["qps"] / modes["direct"]["qps"],
                                                                  abs=2e-3)
+    assert {"cpu_ratio_to_ideal", "cpu_ratio_to_direct", "token_weighted_ratio_to_ideal"} <= set(modes["adaptive"])
     assert json.loads((out / "bench.json").read_text())["modes"] == modes
     assert "adaptive | " in capsys.readouterr().out
 
