@@ -65,7 +65,7 @@ def eval_results(inputs: CardInputs) -> list:
                 continue
             metric = e["headline"]
             out.append(EvalResult(
-                task_type="feature-extraction", task_name=f"Multimodal retrieval (M-BEIR, {pool} pool)",
+                task_type="feature-extraction", task_name="Multimodal retrieval (M-BEIR)",
                 dataset_type=MBEIR_DATASET, dataset_name=f"M-BEIR {DISPLAY_NAMES[e['dataset']]} {_task(e['task_id'])}",
                 dataset_config=name, dataset_split=inputs.results.get("split", "test"), metric_type="recall",
                 metric_name=f"{metric} ({pool} pool)", metric_value=round(100 * e[pool][metric], 2)))
