@@ -16,7 +16,6 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.mbeir.layout import MODALITIES, TASKS
 from trainer.interface import CandidateInput, QueryInput
 
 QUERY_KEYS = ("text", "image", "dataset", "task_id")
@@ -53,6 +52,8 @@ def _text(item: Mapping, where: str) -> str | None:
 def query_input(item: QueryInput | Mapping, where: str = "query") -> QueryInput:
     if isinstance(item, QueryInput):
         return item
+    from pipeline.mbeir.layout import TASKS  # only here: importing trainer.model must not import pipeline
+
     if not isinstance(item, Mapping):
         raise ValueError(f"{where}: a query is a dict or QueryInput, got {type(item).__name__}")
     _check_keys(item, QUERY_KEYS, where)
@@ -76,6 +77,8 @@ def candidate_input(item: CandidateInput | Mapping, where: str = "candidate") ->
     """A CandidateInput; a dict's modality, when absent, is what it holds (text, image or both)."""
     if isinstance(item, CandidateInput):
         return item
+    from pipeline.mbeir.layout import MODALITIES
+
     if not isinstance(item, Mapping):
         raise ValueError(f"{where}: a candidate is a dict or CandidateInput, got {type(item).__name__}")
     _check_keys(item, CANDIDATE_KEYS, where)
