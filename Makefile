@@ -10,7 +10,7 @@ BENCH_OUT ?= out/bench
 REPO ?=
 STAMP := $(VENV)/.installed-$(shell cat setup.py constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup dataset test lint train evaluate bench bench-teacher bench-pipeline chaos publish clean
+.PHONY: setup dataset test lint train evaluate bench bench-teacher bench-pipeline chaos publish publish-model clean
 
 setup: $(STAMP)
 
@@ -36,11 +36,16 @@ train: $(STAMP)
 	test -f $(OUT)/manifest.json || $(MAKE) dataset OUT=$(OUT)
 	$(PYTHON) -m trainer.train --data $(OUT) --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --model tiny --output_dir $(CKPT) $(ARGS)
 
-## The whole chain on the sample: dataset -> train -> evaluate -> bench.
+## The whole chain on the sample: dataset -> train -> evaluate -> bench per pair -> the paper's two throughput
+## workloads (PAPER.md §4: 96 % and 38 % of queries bypass reasoning) as mixes of BENCH_QUERIES queries.
+BENCH_QUERIES ?= 1000
 bench: $(STAMP)
 	test -f $(CKPT)/trace_config.json || $(MAKE) train OUT=$(OUT) CKPT=$(CKPT)
 	$(PYTHON) -m trainer.evaluate --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --split test --pool both --output_dir $(BENCH_OUT)/eval
 	$(PYTHON) -m trainer.bench --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --output_dir $(BENCH_OUT)/bench
+	for mix in bypass96 bypass38; do \
+	  $(PYTHON) -m trainer.bench --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --mix $$mix --queries $(BENCH_QUERIES) --repeats 3 --output_dir $(BENCH_OUT)/mix-$$mix || exit 1; \
+	done
 
 bench-teacher: $(STAMP)
 	$(PYTHON) scripts/bench_teacher.py --json $(BENCH_OUT)/teacher.json
@@ -67,6 +72,12 @@ chaos: $(STAMP)
 publish: $(STAMP)
 	test -n "$(REPO)" || (echo "usage: make publish REPO=user/name [OUT=folder]" && exit 2)
 	$(PYTHON) -m pipeline.publish --repo $(REPO) --output_dir $(OUT) $(ARGS)
+
+## Upload the checkpoint CKPT to the Hugging Face Hub as model REPO with a model card (token from HF_TOKEN);
+## `make bench`'s results are put on the card when present.
+publish-model: $(STAMP)
+	test -n "$(REPO)" || (echo "usage: make publish-model CKPT=folder REPO=user/name" && exit 2)
+	$(PYTHON) -m trainer.release --checkpoint $(CKPT) --repo $(REPO) $(if $(wildcard $(BENCH_OUT)/eval/results.json),--results $(BENCH_OUT)/eval/results.json,) $(if $(wildcard $(BENCH_OUT)/mix-bypass96/bench.json),--bench $(BENCH_OUT)/mix-bypass96/bench.json,) $(ARGS)
 
 clean:
 	rm -rf out build dist *.egg-info

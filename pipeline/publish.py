@@ -14,37 +14,31 @@ HF_TOKEN comes from the environment and is never printed; HF_ENDPOINT (read at c
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sys
-from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import shards
+from pipeline.hub import (
+    PublishError,
+    PublishResult,
+    check_repo_id,
+    commit_once,
+    hub_api,
+    upload_errors,
+    verify_files,
+)
 from pipeline.mbeir.cli import CliParser, run_cli
-from pipeline.mbeir.errors import ConfigError, OutputError, network_errors
 
+__all__ = ["PublishError", "PublishResult", "collect_files", "publish", "verify"]
 PROG = "python -m pipeline.publish"
+
 REPO_TYPE = "dataset"
 ALWAYS = ("README.md", "stats.json", "manifest.json")
 FOLDERS = ("data", "plots")
 REJECT_FOLDERS = ("rejects", "failed")
 # Folders this tool owns on the Hub: files there that the new version lacks are deleted in the same commit.
 MANAGED = ("data/", "plots/", "rejects/", "failed/")
-
-
-class PublishError(ConfigError):
-    """A problem the user must fix before uploading (missing token, bad repo id, incomplete output folder)."""
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    commit_oid: str
-    commit_url: str
-    pr_url: str | None
-    files: int
-    deleted: int
 
 
 def _list(output_dir: str, folder: str) -> list[str]:
@@ -72,13 +66,6 @@ def collect_files(output_dir: str, include_rejects: bool = False) -> dict[str, s
     return dict(sorted(files.items()))
 
 
-def _token() -> str:
-    token = os.environ.get("HF_TOKEN", "").strip()
-    if not token:
-        raise PublishError("HF_TOKEN is not set: export a Hugging Face write token as HF_TOKEN")
-    return token
-
-
 def _source(path: str):
     """Local files are streamed from disk; remote ones (gs://...) are read into memory."""
     if FileSystems.get_scheme(path) is None:
@@ -87,65 +74,35 @@ def _source(path: str):
         return f.read()
 
 
-def _git_sha1(path: str) -> str:
+def _read(path: str) -> bytes:
     with FileSystems.open(path) as f:
-        data = f.read()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        return f.read()
 
 
 def verify(api, repo_id: str, revision: str, output_dir: str, uploaded: dict[str, str]) -> None:
     """Every manifest file that was uploaded is on the Hub at `revision` with the manifest's sha256 and size."""
     manifest = shards.read_json(FileSystems.join(output_dir, "manifest.json"))
-    expected = {f["path"]: f for f in manifest["files"] if f["path"] in uploaded}
-    if not expected:
-        return
-    remote = {f.path: f for f in api.get_paths_info(repo_id, list(expected), revision=revision,
-                                                    repo_type=REPO_TYPE)}
-    problems = []
-    for path, want in sorted(expected.items()):
-        got = remote.get(path)
-        if got is None:
-            problems.append(f"{path}: missing on the Hub")
-        elif got.lfs is not None:
-            if (got.lfs.sha256, got.lfs.size) != (want["sha256"], want["bytes"]):
-                problems.append(f"{path}: Hub has sha256 {got.lfs.sha256} ({got.lfs.size} bytes), "
-                                f"manifest says {want['sha256']} ({want['bytes']} bytes)")
-        elif got.blob_id != _git_sha1(uploaded[path]):
-            problems.append(f"{path}: Hub content differs from the local file")
-    if problems:
-        raise OutputError("upload verification failed: " + "; ".join(problems) + "; rerun the same command")
+    expected = {f["path"]: (f["sha256"], f["bytes"]) for f in manifest["files"] if f["path"] in uploaded}
+    verify_files(api, repo_id, revision, REPO_TYPE, expected, lambda path: _read(uploaded[path]))
 
 
 def publish(output_dir: str, repo_id: str, *, revision: str = "main", create_pr: bool = False,
             private: bool = False, include_rejects: bool = False, commit_message: str | None = None,
             endpoint: str | None = None) -> PublishResult:
     """Upload output_dir to the dataset repo `repo_id` in one commit (or one PR) and verify it."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise PublishError(f"--repo {repo_id!r}: expected a dataset repo id owner/name, e.g. user/m-beir-cot")
-    token = _token()
+    check_repo_id(repo_id, "dataset", "user/m-beir-cot")
+    api = hub_api(endpoint)
     files = collect_files(output_dir, include_rejects)
-    api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=token)
     api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
-
-    additions = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=_source(src)) for p, src in files.items()]
-    existing = api.list_repo_files(repo_id, repo_type=REPO_TYPE, revision=revision)
-    deletions = [CommitOperationDelete(path_in_repo=p) for p in existing
-                 if p.startswith(MANAGED) and p not in files]
-    # Blobs first (resumable: the Hub skips blobs it already has), then one atomic commit.
-    api.preupload_lfs_files(repo_id, additions=additions, repo_type=REPO_TYPE, revision=revision,
-                            create_pr=create_pr)
     manifest = shards.read_json(files["manifest.json"])
     rows = manifest.get("rows", {}).get("data", 0)
-    info = api.create_commit(
-        repo_id, operations=[*deletions, *additions], repo_type=REPO_TYPE, revision=revision,
-        create_pr=create_pr,
+    result = commit_once(
+        api, repo_id, REPO_TYPE, {p: _source(src) for p, src in files.items()}, managed=MANAGED,
+        revision=revision, create_pr=create_pr,
         commit_message=commit_message or f"Upload M-BEIR-CoT: {rows} rows in {len(files)} files",
-        commit_description=f"Published by {manifest.get('created_by', 'mbeir-cot')} from {output_dir}.",
-    )
-    verify(api, repo_id, info.oid, output_dir, files)
-    return PublishResult(info.oid, info.commit_url, info.pr_url, len(files), len(deletions))
+        commit_description=f"Published by {manifest.get('created_by', 'mbeir-cot')} from {output_dir}.")
+    verify(api, repo_id, result.commit_oid, output_dir, files)
+    return result
 
 
 def _main(argv: list[str]) -> int:
@@ -158,36 +115,14 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--include_rejects", action="store_true", help="also upload rejects/ and failed/")
     parser.add_argument("--commit_message", default=None)
     args = parser.parse_args(argv)
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
+    with upload_errors(args.repo):
         result = publish(args.output_dir, args.repo, revision=args.revision, create_pr=args.create_pr,
                          private=args.private, include_rejects=args.include_rejects,
                          commit_message=args.commit_message)
-    except HfHubHTTPError as err:
-        status = getattr(err.response, "status_code", None)
-        if status in (401, 403):
-            raise ConfigError(f"the Hub refused HF_TOKEN for {args.repo} (HTTP {status}): use a token with "
-                              "write access to it") from err
-        raise _upload_failed(err) from err
-    except OutputError:
-        raise
-    except (OSError, RuntimeError, *network_errors()) as err:  # huggingface_hub wraps a failed upload in RuntimeError
-        raise _upload_failed(err) from err
     where = f"pull request {result.pr_url}" if result.pr_url else f"commit {result.commit_url}"
     print(f"published {result.files} files ({result.deleted} stale deleted) to {args.repo} as {where}; "
           "manifest checksums verified")
     return 0
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
-def _upload_failed(err: BaseException) -> OutputError:
-    why = _first_line(err) + (f" ({_first_line(err.__cause__)})" if err.__cause__ else "")
-    return OutputError(f"upload failed: {why}. Rerun the same command to resume: blobs already on the Hub "
-                       "are not sent again")
 
 
 def main(argv: list[str] | None = None) -> int:

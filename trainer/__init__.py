@@ -1,0 +1,28 @@
+"""TRACE reasoning embedders: training, evaluation, benchmarks and release.
+
+    from trainer import TraceEmbedder
+    model = TraceEmbedder.from_pretrained("user/trace-2b")   # a Hub model id or a local checkpoint folder
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["CandidateInput", "EncodeResult", "QueryInput", "TraceEmbedder"]
+
+if TYPE_CHECKING:
+    from trainer.interface import CandidateInput, EncodeResult, QueryInput
+    from trainer.model import TraceEmbedder
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy: `import trainer.evaluate` must not pay for importing torch models until one is asked for."""
+    if name == "TraceEmbedder":
+        from trainer.model import TraceEmbedder
+
+        return TraceEmbedder
+    if name in ("CandidateInput", "EncodeResult", "QueryInput"):
+        from trainer import interface
+
+        return getattr(interface, name)
+    raise AttributeError(f"module 'trainer' has no attribute {name!r}")

@@ -2,13 +2,17 @@
 adaptive), share of queries that reasoned, mean generated tokens, queries/s of online query encoding, recall.
 
     python -m trainer.bench --mbeir_root ROOT --checkpoint CKPT [--pairs mscoco_task0 cirr_task7] [--limit N]
+    python -m trainer.bench --mbeir_root ROOT --checkpoint CKPT --mix mscoco_task0:0.96,cirr_task7:0.04 --queries N
 
-Writes bench.json and bench.png (headline recall vs queries/s) under --output_dir and prints the table.
-Recall here is over the benchmarked queries only (with --limit, a subset: not the M-BEIR number).
+Per pair: writes bench.json and bench.png (headline recall vs queries/s) under --output_dir and prints the
+table. Recall here is over the benchmarked queries only (with --limit, a subset: not the M-BEIR number).
+With --mix: one workload of N queries drawn from the pairs in those shares (trainer/benchmark/mix.py); bench.json
+holds per mode qps, share_reasoned, mean_generated_tokens and, for adaptive, the ideal throughput and ratios.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -17,7 +21,9 @@ from pathlib import Path
 import torch
 
 from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int, run_cli
+from pipeline.mbeir.errors import ConfigError
 from trainer import evaluate, paper_results, retrieval
+from trainer.benchmark import mix
 from trainer.evalset import eval_pairs, read_instructions, read_pair_qrels
 from trainer.interface import MODES, Embedder
 
@@ -98,8 +104,15 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     p.add_argument("--device", default=evaluate.EvalConfig.device)
     p.add_argument("--query_batch", type=positive_int, default=8)
     p.add_argument("--max_new_tokens", type=non_negative_int, default=128)
+    p.add_argument("--mix", default=None, help="PAIR:SHARE,... e.g. " + mix.PAPER_MIXES["bypass96"] + ", or the name "
+                   "of one of PAPER.md §4's two workloads: " + ", ".join(f"{k} = {v}" for k, v in mix.PAPER_MIXES.items()))
+    p.add_argument("--queries", type=positive_int, default=1000, help="workload size with --mix")
+    p.add_argument("--repeats", type=positive_int, default=1, help="with --mix: timed runs per mode, the best is kept")
+    p.add_argument("--seed", type=int, default=0, help="with --mix: instruction choice and workload order")
     a = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     out = Path(a.output_dir)
+    if a.mix is not None:
+        return _main_mix(a, out, embedder)
     cfg = evaluate.EvalConfig(mbeir_root=Path(a.mbeir_root), output_dir=out, split=a.split, pairs=a.pairs,
                               limit=a.limit, cache_dir=Path(a.cache_dir) if a.cache_dir else None,
                               device=a.device, query_batch=a.query_batch, max_new_tokens=a.max_new_tokens)
@@ -111,6 +124,33 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "bench.png")
     print(format_table(result))
+    return result
+
+
+def _main_mix(a: argparse.Namespace, out: Path, embedder: Embedder | None) -> dict:
+    try:
+        parts = mix.parse_mix(a.mix)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    cfg = evaluate.EvalConfig(mbeir_root=Path(a.mbeir_root), output_dir=out, split=a.split,
+                              pairs=[part.pair for part in parts], device=a.device, query_batch=a.query_batch,
+                              max_new_tokens=a.max_new_tokens)
+    evaluate.check_config(cfg)
+    if embedder is None:
+        evaluate.check_checkpoint(a.checkpoint)
+    try:
+        queries, names = mix.workload(Path(a.mbeir_root), parts, a.queries, a.split, a.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    modes = list(dict.fromkeys(a.modes))
+    result = {"device": a.device, "device_name": _device_name(a.device), "mix": a.mix, "queries": len(queries),
+              "pair_queries": {n: names.count(n) for n in dict.fromkeys(names)}, "batch_size": a.query_batch,
+              "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
+              "modes": mix.bench_mix(embedder or evaluate.load_embedder(a.checkpoint), queries, modes,
+                                     a.query_batch, a.max_new_tokens, a.repeats),
+              "paper": {"throughput": paper_results.THROUGHPUT, "share_reasoned": paper_results.SHARE_REASONED}}
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    print(mix.format_mix_table(result))
     return result
 
 

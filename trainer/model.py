@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.mbeir.errors import ConfigError
-from trainer.interface import MODES, CandidateInput, EncodeResult, QueryInput
+from trainer.inference.api import candidate_inputs, checkpoint_folder, query_inputs
+from trainer.inference.engine import QueryEngine, encode_candidates
+from trainer.interface import CandidateInput, EncodeResult, QueryInput
 from trainer.processor import Item, TraceProcessor
 from trainer.student import EMB_TOKEN, candidate_system_prompt, query_system_prompt
 
@@ -156,6 +159,13 @@ class TraceEmbedder(nn.Module):
         emb.eval()
         return emb
 
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: torch.device | str | None = None,
+                        revision: str | None = None, token: str | None = None) -> TraceEmbedder:
+        """A checkpoint ready to encode, from a local folder written by `save` or a Hub model repo id
+        ("user/trace-2b", downloaded and cached by huggingface_hub; token defaults to HF_TOKEN)."""
+        return cls.load(checkpoint_folder(name_or_path, revision=revision, token=token), device=device)
+
     def save(self, out_dir: str | Path, base_model: str | None = None) -> None:
         """Write the adapter (LoRA + merger + <|emb|> rows) or, with lora_r == 0, the whole model (base_model
         becomes "."), plus tokenizer, image processor and trace_config.json."""
@@ -230,68 +240,14 @@ class TraceEmbedder(nn.Module):
         return [Item(candidate_system_prompt(c.modality), c.text, c.image, EMB_TOKEN if with_target else None)
                 for c in cands]
 
-    @torch.no_grad()
-    def encode_candidates(self, candidates: list[CandidateInput], batch_size: int = 32) -> torch.Tensor:
-        """Candidates never reason: the embedding is the hidden state that feeds <|emb|> (the last prompt token)."""
-        out = []
-        for s in range(0, len(candidates), batch_size):
-            batch = self.processor(self.candidate_items(candidates[s:s + batch_size]), padding_side="left")
-            h = self.hidden(batch).last_hidden_state[:, -1]
-            out.append(F.normalize(h.float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, self.base.config.text_config.hidden_size)
+    def encode_candidates(self, candidates: Sequence[CandidateInput | dict], batch_size: int = 32) -> torch.Tensor:
+        """(n, d) L2-normalised candidate embeddings, in input order (trainer/inference/engine.py). Candidates are
+        CandidateInput or dicts {"text", "image" (PIL image, path or None), "modality"}."""
+        return encode_candidates(self, candidate_inputs(candidates), batch_size)
 
-    @torch.no_grad()
-    def encode_queries(self, queries: list[QueryInput], mode: str = "adaptive", max_new_tokens: int = 128,
+    def encode_queries(self, queries: Sequence[QueryInput | dict], mode: str = "adaptive", max_new_tokens: int = 128,
                        batch_size: int = 8) -> EncodeResult:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        res = EncodeResult(embeddings=None)
-        embs = []
-        for s in range(0, len(queries), batch_size):
-            e, reasoned, n_tok, texts = self._generate(queries[s:s + batch_size], mode, max_new_tokens)
-            embs.append(e)
-            res.reasoned += reasoned
-            res.generated_tokens += n_tok
-            res.texts += texts
-        res.embeddings = torch.cat(embs) if embs else torch.empty(0, self.base.config.text_config.hidden_size)
-        return res
-
-    def _generate(self, queries: list[QueryInput], mode: str, max_new_tokens: int):
-        """Greedy decoding with a KV cache until <|emb|>; the embedding is the hidden state that feeds <|emb|>.
-        If <|emb|> never comes within max_new_tokens it is appended, i.e. the last generated token's state."""
-        batch = self.processor(self.query_items(queries), padding_side="left")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        pos = self.positions(batch)
-        out = self.base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              position_ids=pos, pixel_values=batch.get("pixel_values"),
-                              image_grid_thw=batch.get("image_grid_thw"), use_cache=True)
-        n = len(queries)
-        h = out.last_hidden_state[:, -1]
-        cache, mask, last_pos = out.cache, batch["attention_mask"], pos[:, :, -1:]
-        emb = torch.zeros(n, h.shape[-1], device=h.device, dtype=torch.float32)
-        done = torch.zeros(n, dtype=torch.bool, device=h.device)
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        for step in range(max_new_tokens + 1):
-            logits = self.lm_head(h).float()
-            if step == 0 and mode == "direct":
-                logits[:, self.emb_id] = float("inf")
-            elif step == 0 and mode == "always":
-                logits[:, self.emb_id] = float("-inf")
-            nxt = logits.argmax(-1)
-            if step == max_new_tokens:
-                nxt = torch.full_like(nxt, self.emb_id)
-            newly = ~done & (nxt == self.emb_id)
-            emb[newly] = h[newly].float()
-            done |= newly
-            if bool(done.all()):
-                break
-            for i in (~done).nonzero().flatten().tolist():
-                tokens[i].append(int(nxt[i]))
-            last_pos = last_pos + 1
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = self.base.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos,
-                                  cache=cache, use_cache=True)
-            h, cache = out.last_hidden_state[:, -1], out.cache
-        texts = self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=False)
-        return (F.normalize(emb, dim=-1).cpu(), [len(t) > 0 for t in tokens], [len(t) for t in tokens], texts)
-
+        """Route, then batch (trainer/inference/engine.py). Queries are QueryInput or dicts {"text", "image"
+        (PIL image, path or None), "dataset", "task_id"}."""
+        engine = QueryEngine(self, mode, max_new_tokens, batch_size)
+        return engine.run(query_inputs(queries))

@@ -1,0 +1,139 @@
+"""The route-then-batch engine: results do not depend on batching, only reasoning rows decode, finished rows
+leave the decode batch and their slots are refilled."""
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.trainer.test_model import _manual_greedy
+from trainer.interface import CandidateInput, QueryInput
+from trainer.model import TraceEmbedder
+
+MAX_NEW = 6
+
+
+def _queries() -> list[QueryInput]:
+    red, blue = Image.new("RGB", (80, 60), (200, 30, 30)), Image.new("RGB", (50, 90), (20, 40, 220))
+    texts = ["Find a picture of a red circle.", "Make the square blue instead of red and add a small star.",
+             "Which city is this building in?", "Show the same dress with long sleeves.", "A dog.",
+             "Find the caption of this photo of a green triangle on a white background.",
+             "What river is this?", "Replace the circle with a yellow hexagon.", "Two cats on a bed."]
+    images = [None, red, blue.rotate(90), red, None, blue, red.rotate(45), blue, None]
+    tasks = [("mscoco", 0), ("cirr", 7), ("infoseek", 6), ("fashioniq", 7), ("mscoco", 0), ("mscoco", 3),
+             ("oven", 6), ("cirr", 7), ("visualnews", 0)]
+    return [QueryInput(t, im, d, k) for t, im, (d, k) in zip(texts, images, tasks, strict=True)]
+
+
+# Per query: 0 = route direct (<|emb|> first), k = reason and emit <|emb|> after k tokens (MAX_NEW: never).
+PLAN = [0, 2, 0, 4, 0, MAX_NEW, 0, 3, 1]
+
+
+def _states(emb: TraceEmbedder, q: QueryInput) -> torch.Tensor:
+    """Last-position hidden states of every forward while decoding q with <|emb|> out of reach (MAX_NEW + 1)."""
+    states = []
+
+    def ban(module, args, logits):
+        logits[..., emb.emb_id] = float("-inf")
+
+    hooks = [emb.base.model.register_forward_hook(lambda m, a, out: states.append(out.last_hidden_state[0, -1])),
+             emb.lm_head.register_forward_hook(ban)]
+    try:
+        emb.encode_queries([q], mode="adaptive", max_new_tokens=MAX_NEW, batch_size=1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.stack(states)
+
+
+@pytest.fixture(scope="module")
+def mixed(tiny_base) -> TraceEmbedder:
+    """The tiny model made to follow PLAN: mixed routes and chains of different lengths. Its head is untied
+    from the input embeddings and its <|emb|> row solved by least squares, so the <|emb|> logit beats (or
+    trails) the best other logit by a margin of 2 at exactly the planned steps. The row changes no hidden
+    state: <|emb|> is never fed back."""
+    torch.manual_seed(0)
+    emb = TraceEmbedder.from_base(str(tiny_base), device="cpu", lora_r=0).eval()
+    head = emb.lm_head
+    head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    rows, targets = [], []
+    with torch.no_grad():
+        for q, stop in zip(_queries(), PLAN, strict=True):
+            h = _states(emb, q)
+            logits = head(h)
+            logits[:, emb.emb_id] = float("-inf")
+            best = logits.max(-1).values
+            for t in range(min(stop, MAX_NEW - 1) + 1):
+                rows.append(h[t])
+                targets.append(best[t] + (2.0 if t == stop else -2.0))
+        w = torch.linalg.lstsq(torch.stack(rows), torch.stack(targets)[:, None]).solution[:, 0]
+        head.weight.data[emb.emb_id] = w
+    res = emb.encode_queries(_queries(), mode="adaptive", max_new_tokens=MAX_NEW, batch_size=1)
+    assert res.generated_tokens == PLAN
+    return emb
+
+
+class ForwardLog:
+    """Batch sizes of the language model's forwards: (rows, prefill?) per call."""
+
+    def __init__(self, emb: TraceEmbedder):
+        self.calls: list[tuple[int, bool]] = []
+        self._handle = emb.base.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        self.calls.append((kwargs["input_ids"].shape[0], kwargs.get("cache") is None))
+
+    def close(self):
+        self._handle.remove()
+
+    def decode_sizes(self) -> list[int]:
+        return [n for n, prefill in self.calls if not prefill]
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "direct", "always"])
+def test_batched_results_equal_one_at_a_time(mixed, mode):
+    qs = _queries()
+    together = mixed.encode_queries(qs, mode=mode, max_new_tokens=MAX_NEW, batch_size=3)
+    alone = [mixed.encode_queries([q], mode=mode, max_new_tokens=MAX_NEW, batch_size=1) for q in qs]
+    assert together.texts == [a.texts[0] for a in alone]
+    assert together.generated_tokens == [a.generated_tokens[0] for a in alone]
+    assert together.reasoned == [a.reasoned[0] for a in alone]
+    cos = (together.embeddings * torch.cat([a.embeddings for a in alone])).sum(-1)
+    assert float(cos.min()) >= 0.9999
+    if mode == "adaptive":
+        assert 0 < sum(together.reasoned) < len(qs)  # mixed routes inside each batch of three
+    for i in (1, 4):  # and one at a time is plain greedy decoding (full forwards, no cache)
+        ids, manual = _manual_greedy(mixed, qs[i], mode, MAX_NEW)
+        assert together.generated_tokens[i] == len(ids)
+        assert float(together.embeddings[i] @ manual.detach()) >= 0.9999
+
+
+def test_only_reasoning_rows_decode_and_finished_rows_leave(mixed):
+    qs = _queries() * 2
+    log = ForwardLog(mixed)
+    try:
+        res = mixed.encode_queries(qs, mode="adaptive", max_new_tokens=MAX_NEW, batch_size=3)
+        direct_calls = len(log.calls)
+        mixed.encode_queries(qs, mode="direct", batch_size=3)
+    finally:
+        log.close()
+    decode = [n for n, prefill in log.calls[:direct_calls] if not prefill]
+    assert sum(n for n, prefill in log.calls[:direct_calls] if prefill) == len(qs)  # one prefill per query
+    assert sum(decode) == sum(res.generated_tokens)  # a row is in a decode step only while it generates
+    assert max(decode) <= 3
+    lengths = sorted(res.generated_tokens, reverse=True)
+    assert len(decode) <= math.ceil(sum(lengths) / 3) + lengths[0]  # full batches, but for the tail
+    assert log.calls[direct_calls:] == [(3, True)] * 6  # direct: pure prefill
+
+
+def test_candidates_batch_by_length_and_return_in_input_order(mixed):
+    cands = [CandidateInput("a red circle on a white background with a small blue star", None, "text"),
+             CandidateInput(None, Image.new("RGB", (64, 64), (9, 200, 9)), "image"),
+             CandidateInput("dog", None, "text"),
+             CandidateInput("a blue square", Image.new("RGB", (70, 50), (0, 0, 255)), "image,text"),
+             CandidateInput("two", None, "text")]
+    batched = mixed.encode_candidates(cands, batch_size=2)
+    alone = torch.cat([mixed.encode_candidates([c]) for c in cands])
+    assert float((batched * alone).sum(-1).min()) >= 0.9999
+    assert mixed.encode_candidates([]).shape == (0, batched.shape[1])

@@ -1,0 +1,5 @@
+import sys
+
+from trainer.release.upload import main
+
+sys.exit(main())
