@@ -138,8 +138,8 @@ def test_interrupted_lora_upload_resumes_in_one_commit(tiny_base, tmp_path, hub,
 def test_errors_are_one_line_and_name_the_fix(full_ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     assert upload.main(["--checkpoint", str(full_ckpt), "--repo", "tester/x"]) == 2
-    assert capsys.readouterr().err.strip() == ("python -m trainer.release: error: HF_TOKEN is not set: export a Hugging Face "
-                                               "write token as HF_TOKEN")
+    assert capsys.readouterr().err.strip() == ("python -m trainer.release: error: HF_TOKEN is not set: export a "
+                                               "Hugging Face write token as HF_TOKEN")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert upload.main(["--checkpoint", str(tmp_path), "--repo", "tester/x"]) == 2
     assert "has no trace_config.json" in capsys.readouterr().err
@@ -149,5 +149,7 @@ def test_errors_are_one_line_and_name_the_fix(full_ckpt, tmp_path, monkeypatch, 
     (lora / "trace_config.json").write_text(json.dumps({**cfg, "lora_r": 8, "base_model": str(tmp_path)}))
     with pytest.raises(upload.PublishError, match="pass --base_model"):
         upload.build_release(lora, "tester/x")
-    with pytest.raises(SystemExit):
-        upload.main(["--checkpoint", str(full_ckpt), "--repo", "not a repo"])
+    assert upload.main(["--checkpoint", str(full_ckpt), "--repo", "not a repo"]) == 2
+    assert "--repo 'not a repo': expected a model repo id owner/name" in capsys.readouterr().err
+    assert upload.main(["--checkpoint", str(full_ckpt), "--repo", "tester/x", "--privat"]) == 2
+    assert "unknown flag --privat (did you mean --private?)" in capsys.readouterr().err
