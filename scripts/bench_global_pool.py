@@ -4,7 +4,7 @@
                                        [--device cpu|cuda] [--checkpoint CKPT --embed 2048]
 
 Reports time and peak RSS for writing the pool (in batches, as the evaluator does), memory-mapping it and an
-exact chunked top-k search (trainer.retrieval.search), plus candidates/s searched. With --checkpoint, also
+exact chunked top-k search (trainer.benchmark.retrieval.search), plus candidates/s searched. With --checkpoint, also
 times embedding --embed synthetic text candidates with the model (candidates/s embedded).
 """
 
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from pipeline.mbeir.cli import CliParser, positive_int, run_cli
-from trainer.evaluate import check_device
-from trainer.interface import CandidateInput
-from trainer.retrieval import DEFAULT_CHUNK, EmbeddingWriter, open_embeddings, search
+from trainer.benchmark.evaluate import check_device
+from trainer.benchmark.retrieval import DEFAULT_CHUNK, EmbeddingWriter, open_embeddings, search
+from trainer.modeling.interface import CandidateInput
 
 
 def peak_rss_mib() -> float:
@@ -39,7 +39,7 @@ def write_pool(path: Path, n: int, dim: int, batch: int, seed: int) -> None:
 
 
 def embed_rate(checkpoint: str, n: int, device: str) -> float:
-    from trainer.evaluate import load_embedder
+    from trainer.benchmark.evaluate import load_embedder
 
     model = load_embedder(checkpoint)
     cands = [CandidateInput(text=f"synthetic candidate number {i}", image=None, modality="text") for i in range(n)]
@@ -64,7 +64,7 @@ def _main(argv: list[str]) -> dict:
     a = p.parse_args(argv)
     check_device(a.device)
     if a.checkpoint:
-        from trainer.evaluate import check_checkpoint
+        from trainer.benchmark.evaluate import check_checkpoint
 
         check_checkpoint(a.checkpoint)
     report: dict = {"candidates": a.candidates, "dim": a.dim, "queries": a.queries, "k": a.k, "chunk": a.chunk,

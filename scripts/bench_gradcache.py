@@ -1,4 +1,4 @@
-"""Memory and speed of the training step with the gradient cache (trainer/gradcache.py), tiny model on CPU.
+"""Memory and speed of the training step with the gradient cache (trainer/training/gradcache.py), tiny model on CPU.
 
     python scripts/bench_gradcache.py                       # global batch 64 vs 512 at micro-batch 8
     python scripts/bench_gradcache.py --global_batches 64 256 --micro_batch 4 --steps 3
@@ -33,8 +33,8 @@ def rss_mb() -> float:
 def synthetic_rows(n: int, seed: int = 0) -> list:
     from PIL import Image
 
-    from trainer.data import Example
-    from trainer.interface import CandidateInput, QueryInput
+    from trainer.modeling.interface import CandidateInput, QueryInput
+    from trainer.training.data import Example
 
     rng = random.Random(seed)
 
@@ -54,10 +54,10 @@ def measure(tiny_base: str, global_batch: int, micro_batch: int, negatives: str,
     """One configuration, in this process; the baseline is one step of baseline_micro rows."""
     import torch
 
-    from trainer.config import TINY_DEFAULTS, TrainConfig
-    from trainer.gradcache import train_step
-    from trainer.model import TraceEmbedder
-    from trainer.train import TrainStep
+    from trainer.modeling.model import TraceEmbedder
+    from trainer.training.config import TINY_DEFAULTS, TrainConfig
+    from trainer.training.gradcache import train_step
+    from trainer.training.loop import TrainStep
 
     torch.manual_seed(0)
     cfg = replace(TrainConfig(), **{**TINY_DEFAULTS, "micro_batch": micro_batch, "negatives": negatives})
@@ -102,7 +102,7 @@ def _main(argv: list[str]) -> None:
         print(json.dumps(measure(base, int(g), micro, negatives, args.steps, args.micro_batch)))
         return
 
-    from trainer.tiny import save_tiny_base
+    from trainer.modeling.tiny import save_tiny_base
 
     with tempfile.TemporaryDirectory() as tmp:
         save_tiny_base(tmp)

@@ -1,6 +1,6 @@
 """Training-throughput check: a Qwen2-VL-2B-shaped model with random weights (built from a config, nothing
 downloaded), bf16, LoRA r=128 on the language model, the real TRACE step (query CE at target positions +
-InfoNCE against candidates) through trainer/gradcache.py. For each micro-batch it runs a global batch of 1024
+InfoNCE against candidates) through trainer/training/gradcache.py. For each micro-batch it runs a global batch of 1024
 with `--negatives global` (the gradient cache: InfoNCE over all 1024) and, at the same micro-batch, with
 `--negatives micro` (plain accumulation) for the overhead ratio. Prints samples/s, tokens/s, peak GPU memory
 and model-FLOPs utilisation per configuration.
@@ -26,12 +26,12 @@ import torch
 
 from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int, run_cli
 from pipeline.mbeir.errors import ConfigError
-from trainer.config import TrainConfig
-from trainer.gradcache import Chunk, step_over_parts
-from trainer.model import ModelConfig, TraceEmbedder
-from trainer.processor import IGNORE, TraceProcessor
-from trainer.tiny import build_config, build_image_processor, build_tokenizer
-from trainer.train import TrainStep
+from trainer.modeling.model import ModelConfig, TraceEmbedder
+from trainer.modeling.processor import IGNORE, TraceProcessor
+from trainer.modeling.tiny import build_config, build_image_processor, build_tokenizer
+from trainer.training.config import TrainConfig
+from trainer.training.gradcache import Chunk, step_over_parts
+from trainer.training.loop import TrainStep
 
 _KEYS = itertools.count()
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, vendor datasheets

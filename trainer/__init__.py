@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["CandidateInput", "EncodeResult", "QueryInput", "TraceEmbedder"]
 
 if TYPE_CHECKING:
-    from trainer.interface import CandidateInput, EncodeResult, QueryInput
-    from trainer.model import TraceEmbedder
+    from trainer.modeling.interface import CandidateInput, EncodeResult, QueryInput
+    from trainer.modeling.model import TraceEmbedder
 
 
 def __getattr__(name: str) -> Any:
-    """Lazy: `import trainer.evaluate` must not pay for importing torch models until one is asked for."""
+    """Lazy: `import trainer.benchmark.evaluate` must not pay for importing torch models until one is asked for."""
     if name == "TraceEmbedder":
-        from trainer.model import TraceEmbedder
+        from trainer.modeling.model import TraceEmbedder
 
         return TraceEmbedder
     if name in ("CandidateInput", "EncodeResult", "QueryInput"):
-        from trainer import interface
+        from trainer.modeling import interface
 
         return getattr(interface, name)
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from trainer.interface import CandidateInput, QueryInput
-from trainer.student import format_query_text
+from trainer.modeling.interface import CandidateInput, QueryInput
+from trainer.modeling.student import format_query_text
 
 
 def _image(root: str, rel: str | None):

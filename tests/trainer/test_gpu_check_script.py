@@ -19,7 +19,7 @@ def test_gpu_check_builds_the_2b_shapes():
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from trainer.tiny import build_tokenizer
+    from trainer.modeling.tiny import build_tokenizer
 
     spec = importlib.util.spec_from_file_location("gpu_check_train", "scripts/gpu_check_train.py")
     script = importlib.util.module_from_spec(spec)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from pipeline.mbeir import images, reasons
 from pipeline.mbeir.records import CandidateRecord
-from trainer.data import ImageLoader, RowDecoder
-from trainer.evalset import EvalPair, ReadStats, candidate_input, iter_candidates, read_queries
+from trainer.benchmark.evalset import EvalPair, ReadStats, candidate_input, iter_candidates, read_queries
+from trainer.training.data import ImageLoader, RowDecoder
 
 
 def _root(tmp_path) -> str:

@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trainer.evalset import ReadStats, eval_pairs, query_inputs, read_instructions, read_queries
-from trainer.interface import Embedder, QueryInput
+from trainer.benchmark.evalset import ReadStats, eval_pairs, query_inputs, read_instructions, read_queries
+from trainer.modeling.interface import Embedder, QueryInput
 
 # PAPER.md §4: MSCOCO bypasses reasoning 96 % of the time, CIRR reasons 62 % of the time. With a model that
 # routes these pairs as the paper's does, these mixes reproduce the two bypass rates of its throughput table.

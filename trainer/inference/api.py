@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from trainer.interface import CandidateInput, QueryInput
+from trainer.modeling.interface import CandidateInput, QueryInput
 
 QUERY_KEYS = ("text", "image", "dataset", "task_id")
 CANDIDATE_KEYS = ("text", "image", "modality")
@@ -52,7 +52,9 @@ def _text(item: Mapping, where: str) -> str | None:
 def query_input(item: QueryInput | Mapping, where: str = "query") -> QueryInput:
     if isinstance(item, QueryInput):
         return item
-    from pipeline.mbeir.layout import TASKS  # only here: importing trainer.model must not import pipeline
+    from pipeline.mbeir.layout import (
+        TASKS,  # only here: importing trainer.modeling.model must not import pipeline
+    )
 
     if not isinstance(item, Mapping):
         raise ValueError(f"{where}: a query is a dict or QueryInput, got {type(item).__name__}")
@@ -104,7 +106,7 @@ def candidate_inputs(items: Iterable[CandidateInput | Mapping]) -> list[Candidat
 
 def checkpoint_folder(name_or_path: str | Path, revision: str | None = None, token: str | None = None) -> Path:
     """A local checkpoint folder as it is, or a Hub model repo downloaded (cached) by huggingface_hub."""
-    from trainer.model import TRACE_CONFIG
+    from trainer.modeling.model import TRACE_CONFIG
 
     path = Path(name_or_path).expanduser()
     if not path.exists():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from trainer.interface import MODES, CandidateInput, EncodeResult, QueryInput
+from trainer.modeling.interface import MODES, CandidateInput, EncodeResult, QueryInput
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The model card (README.md): Hub YAML header (library_name, base_model, datasets, tags, license, model-index
-from trainer.evaluate's results.json), how the model was trained, its M-BEIR results beside the paper's rows,
+from trainer.benchmark.evaluate's results.json), how the model was trained, its M-BEIR results beside the paper's rows,
 routing shares, throughput (from a `trainer.bench --mix` bench.json) and the usage snippet."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.mbeir.layout import DISPLAY_NAMES, TASKS
-from trainer import paper_results
+from trainer.benchmark import paper_results
 
 PAPER = "TRACE: Task-Adaptive Reasoning and Representation Learning for Universal Multimodal Retrieval"
 PAPER_URL = "https://arxiv.org/abs/2603.02929"
 MBEIR_DATASET = "TIGER-Lab/M-BEIR"
 TAGS = ["TRACE", "multimodal-retrieval", "embeddings", "reasoning", "M-BEIR", "qwen2-vl"]
-# Training settings shown on the card, in this order (trainer/config.py TrainConfig field names).
+# Training settings shown on the card, in this order (trainer/training/config.py TrainConfig field names).
 TRAIN_FIELDS = ("model", "lora_r", "lora_alpha", "lr", "epochs", "global_batch", "micro_batch", "temperature",
                 "ce_weight", "nce_weight", "route_weight", "max_text_tokens", "max_target_tokens", "train_vision",
                 "seed")
@@ -109,7 +109,7 @@ def _training(inputs: CardInputs) -> str:
               else "the whole language model fine-tuned (no LoRA)"
               + ("; vision encoder trained" if cfg.get("train_vision") else "; vision encoder frozen"))
     base = f"[`{inputs.base_model}`](https://huggingface.co/{inputs.base_model})" if inputs.base_model else (
-        "a random-weight tiny Qwen2-VL (`trainer/tiny.py`): a pipeline check, not a useful retriever"
+        "a random-weight tiny Qwen2-VL (`trainer/modeling/tiny.py`): a pipeline check, not a useful retriever"
         if t.get("model") == "tiny" else f"`{t.get('model', 'unknown')}` (not on the Hub)")
     if inputs.dataset_repo:
         data = (f"[`{inputs.dataset_repo}`](https://huggingface.co/datasets/{inputs.dataset_repo}) "

@@ -27,7 +27,7 @@ from pipeline.hub import (
     verify_files,
 )
 from pipeline.mbeir.cli import CliParser, run_cli
-from trainer.model import ADAPTER_DIR, TRACE_CONFIG
+from trainer.modeling.model import ADAPTER_DIR, TRACE_CONFIG
 from trainer.release.card import CardInputs, render_card
 
 REPO_TYPE = "model"

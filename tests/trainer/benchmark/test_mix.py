@@ -5,9 +5,8 @@ import json
 import pytest
 
 from pipeline.mbeir.cli import run_cli
-from tests.trainer.test_evaluate import BagOfWordsEmbedder, build_root
-from trainer import bench
-from trainer.benchmark import mix
+from tests.trainer.benchmark.test_evaluate import BagOfWordsEmbedder, build_root
+from trainer.benchmark import bench, mix
 
 
 def test_mix_parsing_counts_and_paper_names():

@@ -4,12 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.interface import CandidateInput, QueryInput
+from trainer.modeling.interface import CandidateInput, QueryInput
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_base, tmp_path_factory):
-    from trainer.model import TraceEmbedder
+    from trainer.modeling.model import TraceEmbedder
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("api") / "ckpt"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.trainer.test_model import _manual_greedy
-from trainer.interface import CandidateInput, QueryInput
-from trainer.model import TraceEmbedder
+from tests.trainer.modeling.test_model import _manual_greedy
+from trainer.modeling.interface import CandidateInput, QueryInput
+from trainer.modeling.model import TraceEmbedder
 
 MAX_NEW = 6
 

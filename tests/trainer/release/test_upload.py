@@ -14,9 +14,9 @@ import torch
 from huggingface_hub import ModelCard
 
 from tests.hub_server import HubServer
-from tests.trainer.test_evaluate import BagOfWordsEmbedder, build_root
-from trainer import evaluate
-from trainer.model import TraceEmbedder
+from tests.trainer.benchmark.test_evaluate import BagOfWordsEmbedder, build_root
+from trainer.benchmark import evaluate
+from trainer.modeling.model import TraceEmbedder
 from trainer.release import upload
 
 TOKEN = "hf_TestSecret_model_1a2b3c4d"

@@ -1,5 +1,5 @@
 """TraceEmbedder: a Qwen2-VL-family MLLM that routes by greedy decoding and embeds at the pre-token
-(PAPER.md §1, §3). Implements trainer.interface.Embedder."""
+(PAPER.md §1, §3). Implements trainer.modeling.interface.Embedder."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from torch import nn
 from pipeline.mbeir.errors import ConfigError
 from trainer.inference.api import candidate_inputs, checkpoint_folder, query_inputs
 from trainer.inference.engine import QueryEngine, encode_candidates
-from trainer.interface import CandidateInput, EncodeResult, QueryInput
-from trainer.processor import Item, TraceProcessor
-from trainer.student import EMB_TOKEN, candidate_system_prompt, query_system_prompt
+from trainer.modeling.interface import CandidateInput, EncodeResult, QueryInput
+from trainer.modeling.processor import Item, TraceProcessor
+from trainer.modeling.student import EMB_TOKEN, candidate_system_prompt, query_system_prompt
 
 TRACE_CONFIG = "trace_config.json"
 ADAPTER_DIR = "adapter"
@@ -231,7 +231,7 @@ class TraceEmbedder(nn.Module):
         e = h[torch.arange(h.shape[0], device=h.device), idx]
         return F.normalize(e.float(), dim=-1), h
 
-    # ---- inference (trainer.interface.Embedder) -----------------------------------------------------------
+    # ---- inference (trainer.modeling.interface.Embedder) -----------------------------------------------------------
     def query_items(self, queries: list[QueryInput], with_target: list[str] | None = None) -> list[Item]:
         return [Item(query_system_prompt(q.dataset, q.task_id), q.text, q.image,
                      with_target[i] if with_target else None) for i, q in enumerate(queries)]

@@ -1,4 +1,4 @@
-"""What evaluation needs from an embedder: the contract between trainer.model and trainer.evaluate."""
+"""What evaluation needs from an embedder: the contract between trainer.modeling.model and trainer.evaluate."""
 
 from __future__ import annotations
 

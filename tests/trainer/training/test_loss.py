@@ -6,8 +6,8 @@ import textwrap
 import torch
 import torch.nn.functional as F
 
-from trainer.loss import info_nce, route_ce, target_ce, trace_loss
-from trainer.processor import IGNORE
+from trainer.modeling.processor import IGNORE
+from trainer.training.loss import info_nce, route_ce, target_ce, trace_loss
 
 
 def test_target_ce_equals_full_vocabulary_ce_restricted_to_targets():
@@ -59,7 +59,7 @@ def test_negatives_are_gathered_across_ranks_with_gradients(tmp_path):
     """Two gloo ranks with unequal batch sizes: loss and gradients equal the single-process computation."""
     script = textwrap.dedent("""
         import os, sys, torch, torch.distributed as dist, torch.nn.functional as F
-        from trainer.loss import info_nce
+        from trainer.training.loss import info_nce
         r = int(sys.argv[2])
         dist.init_process_group("gloo", init_method="file://" + sys.argv[1] + "/rendezvous", rank=r, world_size=2)
         torch.manual_seed(0)
@@ -103,7 +103,7 @@ def test_negatives_are_gathered_across_ranks_with_gradients(tmp_path):
 
 
 def test_duplicate_positives_are_not_counted_as_negatives():
-    from trainer.loss import same_candidate_mask
+    from trainer.training.loss import same_candidate_mask
 
     torch.manual_seed(0)
     q = F.normalize(torch.randn(4, 8), dim=-1)

@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.config import NEGATIVES, TrainConfig
-from trainer.data import Example
-from trainer.loss import contrastive_ce, gather_with_grad, info_nce, same_candidate_mask
-from trainer.processor import IGNORE
+from trainer.modeling.processor import IGNORE
+from trainer.training.config import NEGATIVES, TrainConfig
+from trainer.training.data import Example
+from trainer.training.loss import contrastive_ce, gather_with_grad, info_nce, same_candidate_mask
 
 
 @dataclass

@@ -20,8 +20,8 @@ from pipeline.mbeir.instructions import Instructions, query_text
 from pipeline.mbeir.lines import iter_lines
 from pipeline.mbeir.parse import parse_candidate_line, parse_query_line
 from pipeline.mbeir.records import CandidateRecord, QueryRecord, Reject
-from trainer.interface import CandidateInput, QueryInput
-from trainer.scoring import Qrels, headline_k, read_qrels
+from trainer.benchmark.scoring import Qrels, headline_k, read_qrels
+from trainer.modeling.interface import CandidateInput, QueryInput
 
 DEFAULT_IMAGE_MAX_SIDE = 512  # bounds memory per batch; M-BEIR images have short side 256 (MBEIR.md)
 

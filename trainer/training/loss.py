@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from trainer.processor import IGNORE
+from trainer.modeling.processor import IGNORE
 
 
 @dataclass
@@ -85,7 +85,7 @@ def info_nce(q: torch.Tensor, c: torch.Tensor, temperature: float,
              false_negatives: torch.Tensor | None = None) -> torch.Tensor:
     """This rank's query i against every candidate of every rank; its positive is this rank's candidate i.
     false_negatives (B, B), optional: this rank's duplicates of the positive, left out of the denominator
-    (duplicates on other ranks are not detected; the gradient cache, trainer/gradcache.py, masks them all)."""
+    (duplicates on other ranks are not detected; the gradient cache, trainer/training/gradcache.py, masks them all)."""
     c_all, offset = gather_with_grad(c)
     return contrastive_ce(q, c_all, temperature, offset, false_negatives)
 

@@ -9,10 +9,10 @@ import pytest
 
 from pipeline.mbeir.cli import run_cli
 from pipeline.mbeir.errors import ConfigError
-from trainer import evaluate
-from trainer.scoring import read_qrels, read_run, score_run
+from trainer.benchmark import evaluate
+from trainer.benchmark.scoring import read_qrels, read_run, score_run
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # CIRR = dataset 8 (task 7), FashionIQ = dataset 7 (task 7).
 CIRR_QRELS = """8:1 0 8:100 1 7

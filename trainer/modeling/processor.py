@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from trainer.student import EMB_TOKEN
+from trainer.modeling.student import EMB_TOKEN
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 IGNORE = -100

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pipeline.mbeir.cli import run_cli
-from trainer.config import TrainConfig
-from trainer.model import TraceEmbedder
-from trainer.train import PROG, check_inputs, latest_checkpoint, main, parse_args
+from trainer.modeling.model import TraceEmbedder
+from trainer.training.config import TrainConfig
+from trainer.training.loop import PROG, check_inputs, latest_checkpoint, main, parse_args
 
 
 def test_cli_applies_tiny_defaults_and_paper_defaults():
@@ -23,7 +23,7 @@ def test_cli_applies_tiny_defaults_and_paper_defaults():
 
 def test_trainer_imports_neither_beam_nor_openai():
     # Of the pipeline, training may use only its Beam-free M-BEIR package (format, images, errors, CLI helper).
-    code = ("import sys, trainer.train, trainer.model, trainer.data; "
+    code = ("import sys, trainer.training.loop, trainer.modeling.model, trainer.training.data; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('apache_beam', 'openai') "
             "or (m.startswith('pipeline.') and not m.startswith('pipeline.mbeir'))]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -48,7 +48,7 @@ def test_resume_gives_identical_next_step_losses_and_a_loadable_checkpoint(sampl
         assert resumed[s] == full[s], (s, resumed[s], full[s])
     emb = TraceEmbedder.load(tmp_path / "a", device="cpu")
     ckpt = TraceEmbedder.load(tmp_path / "a" / "checkpoint-4", device="cpu")
-    from trainer.interface import CandidateInput
+    from trainer.modeling.interface import CandidateInput
 
     cands = [CandidateInput("a red circle on a white background", None, "text")]
     torch.testing.assert_close(emb.encode_candidates(cands), ckpt.encode_candidates(cands))
@@ -148,7 +148,7 @@ def test_corrupt_shard_is_skipped_counted_in_the_log_and_the_summary(sample_cot,
     import pyarrow.parquet as pq
 
     from tests.trainer.conftest import write_cot_shards
-    from trainer.data import list_shards
+    from trainer.training.data import list_shards
 
     write_cot_shards(pq.read_table(list_shards(sample_cot)).to_pylist(), tmp_path / "data", n_shards=3)
     cut = tmp_path / "data/data/train-00001-of-00003.parquet"
@@ -166,7 +166,7 @@ def test_corrupt_shard_is_skipped_counted_in_the_log_and_the_summary(sample_cot,
 
 def test_cli_subprocess_wiring(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trainer.train", "--data", str(tmp_path / "none")],
-                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[3])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"{PROG}: error: --data {tmp_path / 'none'} does not exist: give an M-BEIR-CoT " \
                                   "folder (DATA/data/*.parquet), a glob or a Parquet file"
@@ -176,7 +176,7 @@ def test_a_model_that_cannot_be_loaded_is_one_line(sample_cot, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     proc = subprocess.run([sys.executable, "-m", "trainer.train", "--data", sample_cot, "--model",
                            "nobody/no-such-model", "--output_dir", str(tmp_path / "out")], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[2])
+                          text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[3])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"{PROG}: error: cannot load the model at nobody/no-such-model: "), proc.stderr

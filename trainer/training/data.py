@@ -22,8 +22,8 @@ from PIL import Image
 
 from pipeline.mbeir import images
 from pipeline.mbeir.errors import ConfigError
-from trainer.interface import CandidateInput, QueryInput
-from trainer.student import format_query_text
+from trainer.modeling.interface import CandidateInput, QueryInput
+from trainer.modeling.student import format_query_text
 
 # What the trainer cannot do without; the other ROW_COLUMNS have defaults when a shard lacks them.
 REQUIRED_COLUMNS = ("dataset", "task_id", "target", "instruction", "query_txt", "query_img_path", "pos_txt",
@@ -264,7 +264,7 @@ def rank_share(rows: list, rank: int, world_size: int) -> list:
 class TrainData:
     """Parquet shards + sampler + decoder. Each item is this rank's share of one optimizer step's global batch
     (batch_size rows over all ranks, one task family): the rows of a step depend only on the seed and
-    batch_size, never on the world size or the micro-batch (trainer/gradcache.py splits the share)."""
+    batch_size, never on the world size or the micro-batch (trainer/training/gradcache.py splits the share)."""
 
     def __init__(self, data: str, batch_size: int, seed: int = 0, mbeir_root: str | None = None,
                  rank: int = 0, world_size: int = 1):

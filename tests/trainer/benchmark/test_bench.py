@@ -5,8 +5,8 @@ import json
 import torch
 
 from pipeline.mbeir.cli import run_cli
-from tests.trainer.test_evaluate import BagOfWordsEmbedder, build_root
-from trainer import bench
+from tests.trainer.benchmark.test_evaluate import BagOfWordsEmbedder, build_root
+from trainer.benchmark import bench
 
 
 def test_bench_table_json_and_plot(tmp_path, capsys):

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from pipeline.mbeir.cli import run_cli
-from trainer import evaluate
-from trainer.interface import EncodeResult
+from trainer.benchmark import evaluate
+from trainer.modeling.interface import EncodeResult
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 230, 20)}
 REASONING_DATASETS = {"cirr", "fashioniq", "oven", "infoseek"}
@@ -211,16 +211,16 @@ def test_unknown_pair_is_a_clear_error(mini_root, tmp_path):
 
 
 def test_import_does_not_pull_beam_or_openai():
-    code = "import sys, trainer.evaluate, trainer.bench; print(sorted({'apache_beam', 'openai'} & set(sys.modules)))"
+    code = "import sys, trainer.benchmark.evaluate, trainer.benchmark.bench; print(sorted({'apache_beam', 'openai'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+                         cwd=Path(__file__).resolve().parents[3])
     assert out.stdout.strip() == "[]"
 
 
 def test_reading_mbeir_files_does_not_pull_beam():
-    code = "import sys, trainer.evalset as e; e.read_queries; import pipeline.mbeir.parse; print('apache_beam' in sys.modules)"
+    code = "import sys, trainer.benchmark.evalset as e; e.read_queries; import pipeline.mbeir.parse; print('apache_beam' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+                         cwd=Path(__file__).resolve().parents[3])
     assert out.stdout.strip() == "False"
 
 
@@ -319,7 +319,7 @@ def test_checkpoint_that_is_not_one(mini_root, tmp_path, capsys):
 def test_cli_subprocess_wiring(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--mbeir_root", str(tmp_path / "none"),
                            "--checkpoint", "x", "--output_dir", str(tmp_path / "o")], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
+                          text=True, cwd=Path(__file__).resolve().parents[3], timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith(f"python -m trainer.evaluate: error: --mbeir_root {tmp_path / 'none'}")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.retrieval import EmbeddingCache, EmbeddingWriter, open_embeddings, search
+from trainer.benchmark.retrieval import EmbeddingCache, EmbeddingWriter, open_embeddings, search
 
 
 def _normed(n, d, seed):

@@ -1,4 +1,4 @@
-"""The gradient cache's step equals one plain forward/backward over the whole global batch (trainer/gradcache.py)."""
+"""The gradient cache's step equals one plain forward/backward over the whole global batch (trainer/training/gradcache.py)."""
 
 import os
 import subprocess
@@ -9,12 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from trainer.config import TINY_DEFAULTS, TrainConfig
-from trainer.data import TrainData
-from trainer.gradcache import make_chunk, train_step
-from trainer.loss import contrastive_ce, info_nce, same_candidate_mask
-from trainer.model import TraceEmbedder
-from trainer.train import TrainStep
+from trainer.modeling.model import TraceEmbedder
+from trainer.training.config import TINY_DEFAULTS, TrainConfig
+from trainer.training.data import TrainData
+from trainer.training.gradcache import make_chunk, train_step
+from trainer.training.loop import TrainStep
+from trainer.training.loss import contrastive_ce, info_nce, same_candidate_mask
 
 GLOBAL = 16
 MAX_REL = 1e-4  # the issue's bound, float32 on CPU
@@ -131,10 +131,10 @@ RANK_SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     from dataclasses import replace
     from torch.nn.parallel import DistributedDataParallel
-    from tests.trainer.test_gradcache import CFG, GLOBAL, embedder, global_batch
-    from trainer.data import rank_share
-    from trainer.gradcache import train_step
-    from trainer.train import TrainStep
+    from tests.trainer.training.test_gradcache import CFG, GLOBAL, embedder, global_batch
+    from trainer.training.data import rank_share
+    from trainer.training.gradcache import train_step
+    from trainer.training.loop import TrainStep
     out, tiny_base, data_dir, root, r = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="file://" + out + "/rendezvous", rank=r, world_size=2)

@@ -12,7 +12,7 @@ NEGATIVES = ("global", "micro")  # global: the gradient cache (PAPER.md §3 batc
 @dataclass
 class TrainConfig:
     data: str = ""  # M-BEIR-CoT folder (DATA/data/*.parquet), a glob, or any fsspec path
-    model: str = "tiny"  # Qwen2-VL / Qwen2.5-VL name or path, or "tiny" (offline random model, trainer/tiny.py)
+    model: str = "tiny"  # Qwen2-VL / Qwen2.5-VL name or path, or "tiny" (offline random model, trainer/modeling/tiny.py)
     output_dir: str = "out/trace"
     mbeir_root: str | None = None  # images referenced by relative path in the rows
     # optimisation
@@ -22,7 +22,7 @@ class TrainConfig:
     global_batch: int = 1024  # PAPER.md §3: global batch 1024, all ranks together; with --negatives global
     # it is also the InfoNCE batch (every query against all global_batch candidates, negatives across GPUs)
     micro_batch: int = 8  # rows per GPU per forward: memory only (the gradient cache keeps the loss exact)
-    negatives: str = "global"  # global: InfoNCE over the global batch (gradient cache, trainer/gradcache.py);
+    negatives: str = "global"  # global: InfoNCE over the global batch (gradient cache, trainer/training/gradcache.py);
     # micro: per-forward InfoNCE over micro_batch x world size candidates, plain accumulation (the ablation)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0

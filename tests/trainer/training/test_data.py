@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.mbeir.errors import ConfigError
 from tests.trainer.conftest import write_cot_shards
-from trainer.data import TaskBatchSampler, TrainData, list_shards
+from trainer.training.data import TaskBatchSampler, TrainData, list_shards
 
 
 def test_batches_hold_one_task_family_and_cover_every_row_once(sample_cot, sample_root):

@@ -1,0 +1,1 @@
+"""The TRACE model: Qwen2-VL backbone, <|emb|> token, processor, student prompts, tiny builds."""
