@@ -101,6 +101,9 @@ class HubError(Exception):
         self.status, self.code = status, code
 
 
+HUB_TOKEN = "hf_TestSecret_9f8e7d6c5b4a"  # a token no output, log or blob may ever contain
+
+
 class HubServer:
     """Context manager running the test Hub on 127.0.0.1 with a free port."""
 

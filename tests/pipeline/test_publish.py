@@ -8,16 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 
 from pipeline import publish, shards
 from pipeline.card import write_card
-from tests.hub_server import HubServer
+from tests.hub_server import HUB_TOKEN
 from tests.pipeline.card.test_card import RUN_INFO, make_stats
 from tests.pipeline.test_shards import sample_rows, write_dataset
 
-TOKEN = "hf_TestSecret_9f8e7d6c5b4a"
+TOKEN = HUB_TOKEN
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -29,15 +28,6 @@ def make_output(out: Path, n_rows: int = 12, n_shards: int = 3, card: bool = Tru
     if card:
         write_card(str(out), make_stats(rows), {**RUN_INFO, "repo_id": "tester/cot"}, rows)
     return rows
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    with HubServer(token=TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
-        yield server
 
 
 def test_missing_token_is_a_clear_error(tmp_path, monkeypatch, capsys):

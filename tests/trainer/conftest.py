@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 
@@ -109,3 +113,20 @@ def pipeline_cot(sample_root, tmp_path_factory) -> str:
         run(["--mbeir_root", sample_root, "--output_dir", out, "--teacher_base_url", teacher.base_url,
              "--teacher_model", "reference-teacher"])
     return out
+
+
+def run_two_gloo_ranks(script, args: list[str], timeout: float) -> None:
+    """Run `python script *args RANK` for ranks 0 and 1 at once and assert both exit 0; a timeout or a failed start
+    never leaves a rank waiting at the rendezvous."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    procs = []
+    try:
+        for r in range(2):
+            procs.append(subprocess.Popen([sys.executable, str(script), *args, str(r)], env=env))
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == [0, 0]

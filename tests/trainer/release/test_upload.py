@@ -8,18 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from tests.hub_server import HubServer
+from tests.hub_server import HUB_TOKEN
 from tests.trainer.benchmark.test_evaluate import BagOfWordsEmbedder, build_root
 from trainer.benchmark import evaluate
 from trainer.modeling.model import TraceEmbedder
 from trainer.release import upload
 
-TOKEN = "hf_TestSecret_model_1a2b3c4d"
+TOKEN = HUB_TOKEN
 ROOT = Path(__file__).resolve().parents[3]
 QUERIES = [{"text": "Find a picture of a red circle.", "dataset": "mscoco", "task_id": 0},
            {"text": "Make the square blue.", "image": "IMAGE", "dataset": "cirr", "task_id": 7}]
@@ -57,15 +56,6 @@ def full_ckpt(tiny_base, tmp_path_factory) -> Path:
     evaluate.main(["--mbeir_root", str(root), "--checkpoint", "unused", "--output_dir", str(ckpt / "eval"),
                    "--pairs", "mscoco_task0", "cirr_task7"], embedder=BagOfWordsEmbedder())
     return ckpt
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    with HubServer(token=TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
-        yield server
 
 
 def _encode(ckpt: str, env: dict | None = None) -> dict:

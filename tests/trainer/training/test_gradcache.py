@@ -1,14 +1,12 @@
 """The gradient cache's step equals one plain forward/backward over the whole global batch (trainer/training/gradcache.py)."""
 
-import os
-import subprocess
-import sys
 import textwrap
 from dataclasses import replace
 
 import pytest
 import torch
 
+from tests.trainer.conftest import run_two_gloo_ranks
 from trainer.modeling.model import TraceEmbedder
 from trainer.training.config import TINY_DEFAULTS, TrainConfig
 from trainer.training.data import TrainData
@@ -151,19 +149,8 @@ RANK_SCRIPT = textwrap.dedent("""
 def test_two_gloo_ranks_equal_one_big_batch_step(reference, tiny_base, sample_cot, sample_root, tmp_path):
     _, ref_parts, ref_grads = reference
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     args = [str(tmp_path), str(tiny_base), sample_cot, sample_root]
-    procs = []
-    try:
-        for r in range(2):
-            procs.append(subprocess.Popen([sys.executable, str(tmp_path / "rank.py"), *args, str(r)], env=env))
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:  # a timeout or failed start must not leave a rank waiting forever at the rendezvous
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert codes == [0, 0]
+    run_two_gloo_ranks(tmp_path / "rank.py", args, timeout=300)
     for r in range(2):
         got = torch.load(tmp_path / f"rank{r}.pt")
         assert (d := max_rel_diff(got["grads"], ref_grads)) <= MAX_REL, d  # DDP's averaged gradients, on each rank

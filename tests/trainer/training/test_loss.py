@@ -1,11 +1,9 @@
-import os
-import subprocess
-import sys
 import textwrap
 
 import torch
 import torch.nn.functional as F
 
+from tests.trainer.conftest import run_two_gloo_ranks
 from trainer.modeling.processor import IGNORE
 from trainer.training.loss import info_nce, route_ce, target_ce, trace_loss
 
@@ -74,18 +72,7 @@ def test_negatives_are_gathered_across_ranks_with_gradients(tmp_path):
         dist.destroy_process_group()
     """)
     (tmp_path / "run.py").write_text(script)
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    procs = []
-    try:
-        for r in range(2):
-            procs.append(subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path), str(r)], env=env))
-        codes = [p.wait(timeout=120) for p in procs]
-    finally:  # a timeout or failed start must not leave a rank waiting forever at the rendezvous
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert codes == [0, 0]
+    run_two_gloo_ranks(tmp_path / "run.py", [str(tmp_path)], timeout=120)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     torch.manual_seed(0)
     q_all = torch.randn(5, 6).requires_grad_(True)
