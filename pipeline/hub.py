@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pipeline.mbeir.errors import ConfigError, OutputError, network_errors
 
@@ -83,6 +83,12 @@ def hub_api(endpoint: str | None = None):
     from huggingface_hub import HfApi
 
     return HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=hub_token())
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table for a Hub card (the dataset card and the model card)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def git_blob_sha1(data: bytes) -> str:

@@ -22,6 +22,7 @@ from huggingface_hub import DatasetCardData
 
 from pipeline import shards
 from pipeline.card import plots
+from pipeline.hub import markdown_table
 from pipeline.mbeir import reasons as input_reasons
 from pipeline.mbeir.layout import DISPLAY_NAMES
 from validators.reasons import REASONS as RULE_REASONS
@@ -54,12 +55,6 @@ def _size_category(n: int) -> str:
 
 def _total(value: Any) -> int:
     return sum(value.values()) if isinstance(value, Mapping) else int(value or 0)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _pct(n: int, total: int) -> str:
@@ -110,14 +105,14 @@ def _build_section(run_info: Mapping[str, Any]) -> str:
         ["command line", f"`{run_info.get('command', 'unknown')}`"],
         ["images embedded", "yes" if run_info.get("embed_images") else "no (paths relative to the M-BEIR root)"],
     ]
-    out = ["## How it was built", "", _table(["setting", "value"], rows), ""]
-    out += ["### Prompts", "", _table(["prompt id", "sha256"], [[p["id"], f"`{p['sha']}`"] for p in prompts])
+    out = ["## How it was built", "", markdown_table(["setting", "value"], rows), ""]
+    out += ["### Prompts", "", markdown_table(["prompt id", "sha256"], [[p["id"], f"`{p['sha']}`"] for p in prompts])
             if prompts else "unknown", ""]
     out += ["### Generation parameters", "",
-            _table(["parameter", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in sorted(params.items())])
+            markdown_table(["parameter", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in sorted(params.items())])
             if params else "unknown", ""]
     out += ["### Filters and thresholds", "",
-            _table(["filter", "threshold / setting"], [[k, f"`{json.dumps(v)}`"] for k, v in sorted(filters.items())])
+            markdown_table(["filter", "threshold / setting"], [[k, f"`{json.dumps(v)}`"] for k, v in sorted(filters.items())])
             if filters else "unknown", ""]
     return "\n".join(out)
 
@@ -128,7 +123,7 @@ def _counts_section(stats: Mapping[str, Any]) -> str:
     out = ["## Counts", "", f"Every input query has exactly one fate: {total_in} read = "
            f"{_total(accepted)} accepted + {_total(stats.get('rejected', {}))} rejected + "
            f"{_total(stats.get('failed', {}))} failed.", ""]
-    out += [_table(["route", "routed", "accepted"],
+    out += [markdown_table(["route", "routed", "accepted"],
                    [[r, routed.get(r, 0), accepted.get(r, 0) if isinstance(accepted, Mapping) else "-"]
                     for r in ("direct", "reasoning")]), ""]
     per = stats.get("per_dataset", {})
@@ -143,16 +138,16 @@ def _counts_section(stats: Mapping[str, Any]) -> str:
         if has_routes:
             row += [v["routed"].get(r, 0) if "routed" in v else "-" for r in ("direct", "reasoning")]
         rows.append(row)
-    out += ["### Per dataset", "", _table(header, rows) if rows else "no per-dataset counts", ""]
+    out += ["### Per dataset", "", markdown_table(header, rows) if rows else "no per-dataset counts", ""]
     for title, key in (("Rejection reasons", "rejected"), ("Failures", "failed")):
         codes = stats.get(key, {})
         n = _total(codes)
         ranked = sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))
         if key == "rejected":
-            table = _table(["code", "rows", f"share of {key}", "meaning"],
+            table = markdown_table(["code", "rows", f"share of {key}", "meaning"],
                            [[f"`{c}`", k, _pct(k, n), _cell(REASON_MEANINGS.get(c, ""))] for c, k in ranked])
         else:
-            table = _table(["code", "rows", f"share of {key}"], [[f"`{c}`", k, _pct(k, n)] for c, k in ranked])
+            table = markdown_table(["code", "rows", f"share of {key}"], [[f"`{c}`", k, _pct(k, n)] for c, k in ranked])
         out += [f"### {title}", "", table if codes else "none", ""]
     return "\n".join(out)
 
@@ -164,7 +159,7 @@ def _usage_section(stats: Mapping[str, Any]) -> str:
     rows.append(["cost (USD)", f"{float(t.get('cost_usd', 0.0)):.4f}"])
     return "\n".join(["## Teacher usage and cost", "",
                       "Journal hits are responses replayed from the response journal (not paid again).", "",
-                      _table(["quantity", "value"], rows), ""])
+                      markdown_table(["quantity", "value"], rows), ""])
 
 
 def _examples_section(examples: list[Mapping[str, Any]]) -> str:
@@ -176,7 +171,7 @@ def _examples_section(examples: list[Mapping[str, Any]]) -> str:
         row = seen[task]
         out += [f"### Task {task}: {row.get('query_modality')} → {row.get('cand_modality')} "
                 f"({DISPLAY_NAMES.get(row.get('dataset'), row.get('dataset'))})", "",
-                _table(["field", "value"], [[f, _cell(row.get(f))] for f in EXAMPLE_FIELDS]), ""]
+                markdown_table(["field", "value"], [[f, _cell(row.get(f))] for f in EXAMPLE_FIELDS]), ""]
     return "\n".join(out) if seen else "## Example rows\n\nnone\n"
 
 

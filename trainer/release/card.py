@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.hub import markdown_table
 from pipeline.mbeir.layout import DISPLAY_NAMES, TASKS
 from trainer.benchmark import paper_results
 
@@ -36,11 +37,6 @@ class CardInputs:
     @property
     def adapter(self) -> bool:
         return int(self.trace_config.get("lora_r", 0)) > 0
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def _task(task_id: int) -> str:
@@ -122,7 +118,7 @@ def _training(inputs: CardInputs) -> str:
            "- loss: CE on the target tokens (reasoning and `<|emb|>`, so routing is learnt) + InfoNCE over "
            "in-batch negatives (PAPER.md §3)", ""]
     if rows:
-        out += ["`train_config.json` (all settings are in the file):", "", _table(["setting", "value"], rows), ""]
+        out += ["`train_config.json` (all settings are in the file):", "", markdown_table(["setting", "value"], rows), ""]
     return "\n".join(out)
 
 
@@ -147,7 +143,7 @@ def _results(inputs: CardInputs) -> str:
     return "\n".join(["## Results", "", f"M-BEIR {inputs.results.get('split', 'test')} split, UniIR scoring, "
                       "percent. The paper's rows are its local-pool numbers (PAPER.md §4); its averages over all "
                       "16 pairs are " + ", ".join(f"{m} {v}" for m, v in paper_results.LOCAL_AVERAGE.items())
-                      + ".", "", _table(header, rows), ""])
+                      + ".", "", markdown_table(header, rows), ""])
 
 
 def _routing(inputs: CardInputs) -> str:
@@ -162,7 +158,7 @@ def _routing(inputs: CardInputs) -> str:
                      f"{routing.get('mean_generated_tokens', 0):.1f}", f"{100 * paper:.0f}" if paper is not None
                      else "-"])
     return "\n".join(["## Routing", "", "Share of test queries that chose to reason (adaptive mode).", "",
-                      _table(["pair", "reasoned %", "mean generated tokens", "paper reasoned %"], rows), ""])
+                      markdown_table(["pair", "reasoned %", "mean generated tokens", "paper reasoned %"], rows), ""])
 
 
 def _throughput(inputs: CardInputs) -> str:
@@ -179,7 +175,7 @@ def _throughput(inputs: CardInputs) -> str:
                       f"{bench['queries']}` on {bench.get('device_name', 'unknown')}, batch {bench['batch_size']}. "
                       + note + f"The paper (one H20, MSCOCO): direct {paper['direct']['mscoco'][0]} QPS, "
                       f"adaptive {paper['adaptive']['mscoco'][0]} QPS.", "",
-                      _table(["mode", "queries/s", "reasoned %", "mean generated tokens"], rows), ""])
+                      markdown_table(["mode", "queries/s", "reasoned %", "mean generated tokens"], rows), ""])
 
 
 def render_card(inputs: CardInputs, files: Sequence[str] = ()) -> str:
