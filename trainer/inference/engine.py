@@ -108,7 +108,7 @@ class QueryEngine:
         self.emb, self.mode, self.max_new, self.batch_size = embedder, mode, max_new_tokens, batch_size
         self.emb_id = embedder.emb_id
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping: about a tenth off every small decode step
     def run(self, queries: Sequence[QueryInput]) -> EncodeResult:
         n = len(queries)
         dim = self.emb.base.config.text_config.hidden_size
@@ -171,8 +171,12 @@ class QueryEngine:
         emb = self.emb
         rows.pos = rows.pos + 1
         rows.mask = torch.cat([rows.mask, torch.ones_like(rows.mask[:, :1])], dim=1)
-        out = emb.base.model(input_ids=rows.next_ids[:, None], attention_mask=rows.mask, position_ids=rows.pos,
-                             cache=rows.cache, use_cache=True)
+        text_model = emb.base.model.language_model  # a decode step has no image: skip the vision wrapper
+        mask = rows.mask
+        if text_model.config._attn_implementation == "sdpa":  # one query position: the mask is the padding
+            mask = {"full_attention": rows.mask.bool()[:, None, None, :]}
+        out = text_model(input_ids=rows.next_ids[:, None], attention_mask=mask, position_ids=rows.pos,
+                         cache=rows.cache, use_cache=True)
         h = out.last_hidden_state[:, -1]
         nxt = emb.lm_head(h).float().argmax(-1)
         nxt_list = nxt.tolist()
@@ -207,7 +211,7 @@ def length_order(embedder, candidates: Sequence[CandidateInput]) -> list[int]:
     return sorted(range(len(candidates)), key=lambda i: lengths[i])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_candidates(embedder, candidates: Sequence[CandidateInput], batch_size: int = 32) -> torch.Tensor:
     """Candidates never reason: the embedding is the hidden state that feeds <|emb|> (the last prompt token).
     Batches are formed in length order; the result is in input order."""

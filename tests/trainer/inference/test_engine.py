@@ -37,7 +37,8 @@ def _states(emb: TraceEmbedder, q: QueryInput) -> torch.Tensor:
     def ban(module, args, logits):
         logits[..., emb.emb_id] = float("-inf")
 
-    hooks = [emb.base.model.register_forward_hook(lambda m, a, out: states.append(out.last_hidden_state[0, -1])),
+    text_model = emb.base.model.language_model  # prefill and decode steps both end here
+    hooks = [text_model.register_forward_hook(lambda m, a, out: states.append(out.last_hidden_state[0, -1])),
              emb.lm_head.register_forward_hook(ban)]
     try:
         emb.encode_queries([q], mode="adaptive", max_new_tokens=MAX_NEW, batch_size=1)
@@ -79,10 +80,11 @@ class ForwardLog:
 
     def __init__(self, emb: TraceEmbedder):
         self.calls: list[tuple[int, bool]] = []
-        self._handle = emb.base.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handle = emb.base.model.language_model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
-        self.calls.append((kwargs["input_ids"].shape[0], kwargs.get("cache") is None))
+        tokens = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        self.calls.append((tokens.shape[0], kwargs.get("cache") is None))
 
     def close(self):
         self._handle.remove()
