@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(PYTHON) -m trainer.evaluate --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --split test --pool both --output_dir $(BENCH_OUT)/eval
 	$(PYTHON) -m trainer.bench --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --output_dir $(BENCH_OUT)/bench
 	for mix in bypass96 bypass38; do \
-	  $(PYTHON) -m trainer.bench --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --mix $$mix --queries $(BENCH_QUERIES) --repeats 3 --output_dir $(BENCH_OUT)/mix-$$mix || exit 1; \
+	  $(PYTHON) -m trainer.bench --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --mix $$mix --queries $(BENCH_QUERIES) --repeats 5 --output_dir $(BENCH_OUT)/mix-$$mix || exit 1; \
 	done
 
 bench-teacher: $(STAMP)

@@ -170,6 +170,9 @@ def _throughput(inputs: CardInputs) -> str:
     ada = bench["modes"].get("adaptive", {})
     note = (f"Adaptive runs at {ada['ratio_to_direct']:.2f}x direct and {ada['ratio_to_ideal']:.2f}x the ideal "
             "1 / (t_direct + r (t_always - t_direct)). " if "ratio_to_ideal" in ada else "")
+    if "ratio_to_parts_ideal" in ada:
+        note += (f"Against the cost of its parts (direct for every query, plus what reasoning costs on the queries "
+                 f"it reasoned on) it runs at {ada['ratio_to_parts_ideal']:.2f}x. ")
     paper = paper_results.THROUGHPUT
     return "\n".join(["## Throughput", "", f"`python -m trainer.bench --mix {bench['mix']} --queries "
                       f"{bench['queries']}` on {bench.get('device_name', 'unknown')}, batch {bench['batch_size']}. "

@@ -37,9 +37,21 @@ def test_mix_bench_writes_every_mode_and_the_ideal(tmp_path, capsys):
     assert modes["adaptive"]["ratio_to_ideal"] == pytest.approx(modes["adaptive"]["qps"] / ideal, abs=2e-3)
     assert modes["adaptive"]["ratio_to_direct"] == pytest.approx(modes["adaptive"]["qps"] / modes["direct"]["qps"],
                                                                  abs=2e-3)
-    assert {"cpu_ratio_to_ideal", "cpu_ratio_to_direct", "token_weighted_ratio_to_ideal"} <= set(modes["adaptive"])
+    parts = modes["adaptive"]["parts"]  # direct and always over the 5 queries adaptive reasoned
+    assert parts["queries"] == 5 and parts["always"]["seconds"] > 0 and parts["direct"]["seconds"] > 0
+    parts_t = t_direct + (parts["always"]["seconds"] - parts["direct"]["seconds"]) / 20
+    assert modes["adaptive"]["parts_ideal_qps"] == pytest.approx(1 / parts_t, rel=1e-3)
+    assert modes["adaptive"]["ratio_to_parts_ideal"] == pytest.approx(parts_t / (modes["adaptive"]["seconds"] / 20),
+                                                                      abs=2e-3)
+    assert {"cpu_ratio_to_ideal", "cpu_ratio_to_direct", "cpu_ratio_to_parts_ideal"} <= set(modes["adaptive"])
     assert json.loads((out / "bench.json").read_text())["modes"] == modes
     assert "adaptive | " in capsys.readouterr().out
+
+
+def test_parts_ideal_is_direct_when_nothing_reasons():
+    modes = {"direct": {"seconds": 1.0}, "always": {"seconds": 3.0}, "adaptive": {"seconds": 1.25, "share_reasoned": 0.0}}
+    out = mix.ideal(modes, 10, parts={"queries": 0})
+    assert out["parts_ideal_qps"] == out["ideal_qps"] == 10.0 and out["ratio_to_parts_ideal"] == 0.8
 
 
 def test_bad_mix_is_one_line_exit_2(tmp_path, capsys):
