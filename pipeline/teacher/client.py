@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import random
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -59,6 +61,7 @@ class TeacherConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
     progress_interval_s: float = 5.0
+    own_process: bool = False  # the stages' shared client runs in a child process (pipeline/teacher/process.py)
 
     def resolve_api_key(self) -> str:
         """The key from `api_key_env`, else from the Secret Manager secret `api_key_secret` (Dataflow workers do
@@ -242,10 +245,25 @@ class TeacherClient:
             http = openai.DefaultAsyncHttpxClient(limits=limits)
         self._api = openai.AsyncOpenAI(api_key=api_key, base_url=cfg.base_url, max_retries=0,
                                        timeout=cfg.timeout_s, http_client=http)
+        # openai draws a uuid4 for every POST's Idempotency-Key (an os.urandom call, a tenth of its CPU per request
+        # here); a per-client counter is as unique for the server and costs nothing.
+        keys = itertools.count()
+        prefix = f"mbeir-cot-{uuid.uuid4().hex}"
+        self._api._idempotency_key = lambda: f"{prefix}-{next(keys)}"  # noqa: SLF001
         self._sem = asyncio.Semaphore(cfg.max_in_flight)
         self._limiter = RateLimiter(cfg.rpm, cfg.tpm)
 
     # ---- public, any thread -------------------------------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The client's event loop (its own thread), for callers that schedule `answer` on it themselves."""
+        return self._loop
+
+    async def answer(self, req: TeacherRequest) -> TeacherResult:
+        """On `loop` only: one request to its result (what submit() schedules, without the cross-thread hand-off
+        and in-flight bookkeeping; the caller waits for its own calls before close())."""
+        return await self._run(req)
+
     def submit(self, req: TeacherRequest) -> concurrent.futures.Future:
         """Schedule one request; a request whose key is already in flight shares that call's future.
 
