@@ -114,6 +114,20 @@ def _decode(data: bytes) -> Image.Image:
     return img
 
 
+def _check_decode(data: bytes) -> tuple[str, str, tuple[int, int]]:
+    """(format, mode, size) of an image that decodes, as _decode checks it; a JPEG is decoded at 1/8 scale:
+    every byte of its compressed data is still read and checked (a truncated stream fails the same way) for
+    half the CPU, and its mode and size are those of its header."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+        facts = (img.format or "", img.mode, tuple(img.size))
+        if img.format == "JPEG":
+            img.draft(None, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+        img.load()
+    return facts
+
+
 def inspect_image(root: str, rel_path: str, mode: str = "decode") -> tuple[str | None, ImageFacts | None]:
     """(reason code or None, what the check learnt). Reasons: unsafe_image_path, missing_image,
     unreadable_image, decompression_bomb. Mode "none" checks only that the path stays inside the root; facts
@@ -131,14 +145,14 @@ def inspect_image(root: str, rel_path: str, mode: str = "decode") -> tuple[str |
         if mode == "exists":
             return (None if fs.exists(path) else reasons.MISSING_IMAGE), None
         data = _read(root, path)
-        img = _decode(data)
+        image_format, image_mode, size = _check_decode(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return reasons.DECOMPRESSION_BOMB, None
     except FileNotFoundError:
         return reasons.MISSING_IMAGE, None
     except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error ...)
         return (reasons.UNREADABLE_IMAGE if fs.exists(path) else reasons.MISSING_IMAGE), None
-    return None, ImageFacts(image_digest(data), img.format or "", img.mode, tuple(img.size))
+    return None, ImageFacts(image_digest(data), image_format, image_mode, size)
 
 
 def check_image(root: str, rel_path: str, mode: str = "decode") -> str | None:
