@@ -15,6 +15,7 @@ the in-process client would have died with it.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import itertools
 import logging
@@ -155,6 +156,8 @@ class _Server:
         self.outbox: list[tuple[int, Any]] = []
         self.close_id: int | None = None
         self.closing = threading.Event()
+        # Images are encoded only once a call slot is free: queued requests stay a few KB each.
+        self.slots = asyncio.Semaphore(client.config.max_in_flight)
 
     def on_readable(self) -> None:
         try:
@@ -166,13 +169,8 @@ class _Server:
 
     def _handle(self, op: str, rid: int, payload: Any) -> None:
         if op == SUBMIT:
-            request, loader = payload
-            sent = encode_images(request, loader) if loader is not None else request
-            if isinstance(sent, TeacherResult):
-                self._reply(rid, sent)
-            else:
-                task = self.client.loop.create_task(self.client.answer(sent))
-                task.add_done_callback(lambda t, rid=rid: self._reply(rid, t.result()))
+            task = self.client.loop.create_task(self._answer(*payload))
+            task.add_done_callback(lambda t, rid=rid: self._reply(rid, t.result()))
         elif op == FLUSH:
             self.client.flush()
             self._reply(rid, None)
@@ -180,6 +178,13 @@ class _Server:
             self.client.loop.remove_reader(self.recv.fileno())
             self.close_id = rid
             self.closing.set()
+
+    async def _answer(self, request: TeacherRequest, loader) -> TeacherResult:
+        async with self.slots:
+            sent = encode_images(request, loader) if loader is not None else request
+            if isinstance(sent, TeacherResult):
+                return sent
+            return await self.client.answer(sent)
 
     def _reply(self, rid: int, value: Any) -> None:
         self.outbox.append((rid, value))
