@@ -257,8 +257,11 @@ class TeacherClient:
         if cfg.transport == "direct":
             import aiohttp
 
+            # trust_env looks up proxies (and reads ~/.netrc) on a thread for every request: only when one is set
+            proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                                      "ALL_PROXY", "all_proxy"))
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=cfg.max_in_flight + 8), trust_env=True,
+                connector=aiohttp.TCPConnector(limit=cfg.max_in_flight + 8), trust_env=proxied,
                 timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
                 headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
             self._url = cfg.base_url.rstrip("/") + "/chat/completions"
