@@ -100,6 +100,17 @@ def read_image_bytes(root: str, rel_path: str) -> bytes:
     return _read(root, image_path(root, rel_path))
 
 
+class ImageLoader:
+    """Picklable rel_path -> bytes under an M-BEIR root (any Beam FileSystems path). Defined here, Beam-free, so
+    the teacher process unpickles it without importing Beam."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def __call__(self, rel_path: str) -> bytes:
+        return read_image_bytes(self.root, rel_path)
+
+
 def image_digest(data: bytes) -> str:
     """sha256 hex of the image bytes (part of the teacher request key)."""
     return hashlib.sha256(data).hexdigest()

@@ -27,6 +27,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.mbeir import images, reasons
+from pipeline.mbeir.images import ImageLoader
 from pipeline.mbeir.records import Example, Failure, Reject
 from pipeline.shards import write_bytes
 from pipeline.stats import Event
@@ -289,16 +290,6 @@ class CallTeacher(beam.PTransform):
             results = results | "DetachFromCalls" >> beam.Reshuffle()
         events = (split[EVENTS], called[EVENTS]) | "TeacherEvents" >> beam.Flatten()
         return results, events
-
-
-class ImageLoader:
-    """Picklable rel_path -> bytes under an M-BEIR root (any Beam FileSystems path)."""
-
-    def __init__(self, root: str):
-        self.root = root
-
-    def __call__(self, rel_path: str) -> bytes:
-        return images.read_image_bytes(self.root, rel_path)
 
 
 def _build_reason(error: Exception) -> str:

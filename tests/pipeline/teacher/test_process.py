@@ -8,7 +8,7 @@ import sys
 import time
 
 from pipeline.mbeir import reasons
-from pipeline.stages.teacher import ImageLoader
+from pipeline.mbeir.images import ImageLoader
 from pipeline.teacher.client import TeacherConfig
 from pipeline.teacher.journal import load_journal
 from pipeline.teacher.process import CHILD_GONE, ProcessClient
@@ -99,3 +99,17 @@ def test_the_child_exits_with_its_parent(tmp_path):
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     raise AssertionError("the teacher process outlived its parent")
+
+
+def test_what_the_child_unpickles_does_not_import_beam(tmp_path):
+    """The teacher process stays small: its module, a config, a request and an image loader are Beam-free."""
+    import pickle
+
+    request = build_cot_request(make_example(query_img=None, target_img=None), model="m", params={})
+    payload = tmp_path / "payload.pkl"
+    payload.write_bytes(pickle.dumps((TeacherConfig("http://127.0.0.1:9/v1", "m"), request, ImageLoader("/x"))))
+    script = ("import pickle, sys\nimport pipeline.teacher.process\n"
+              f"pickle.loads(open({str(payload)!r}, 'rb').read())\nprint('apache_beam' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.stdout.strip() == "False"
