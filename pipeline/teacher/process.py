@@ -120,8 +120,8 @@ class ProcessClient:
             pid, status, usage = os.wait4(self._proc.pid, os.WNOHANG)
             if pid:
                 self._proc.returncode = os.waitstatus_to_exitcode(status)
-                log.info("teacher process: %.1f s CPU, peak RSS %d MiB", usage.ru_utime + usage.ru_stime,
-                         usage.ru_maxrss // 1024)
+                # (not its ru_maxrss: that counts the parent's pages shared at the fork before the exec)
+                log.info("teacher process: %.1f s CPU", usage.ru_utime + usage.ru_stime)
                 return
             if time.monotonic() > deadline:
                 self._proc.kill()
