@@ -24,6 +24,7 @@ LOCAL_PARTITION_QUERIES = 50_000
 # --local_workers auto: one worker process per core once a run has this many query lines (a worker process
 # costs about 1.5 s to start and its own interpreter, Beam and libraries: smaller runs stay in one process).
 AUTO_WORKERS_MIN_QUERIES = 5_000
+TEACHER_PROCESS = ("auto", "on", "off")
 
 
 def _csv(value: str) -> list[str]:
@@ -80,7 +81,12 @@ class MbeirCotOptions(PipelineOptions):
                        help="local runners only: worker processes running the graph (Beam's multi_processing "
                             "mode); 'auto' = one per idle core (cores minus the load average) for runs of at least "
                             f"{AUTO_WORKERS_MIN_QUERIES} query lines, else 1 (in-process); an explicit "
-                            "--direct_num_workers/--direct_running_mode wins")
+                            "--direct_num_workers/--direct_running_mode wins; with teacher calls and a teacher "
+                            "process, auto leaves one idle core to it")
+        g.add_argument("--teacher_process", default="auto", choices=TEACHER_PROCESS,
+                       help="local runners only: run the teacher client (HTTP, image encoding, journal) in a process "
+                            "of its own beside each graph process; 'auto' = on for runs that call the teacher with at "
+                            f"least {AUTO_WORKERS_MIN_QUERIES} query lines on a machine with 2 or more idle cores")
         g.add_argument("--embed_images", action="store_true",
                        help="store image bytes in the rows as Hugging Face Image structs")
 

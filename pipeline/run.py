@@ -120,7 +120,7 @@ def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
     for flag in ("max_line_bytes", "max_prompt_tokens"):
         if getattr(opts, flag) < 1:
             raise ConfigError(f"--{flag} must be at least 1, got {getattr(opts, flag)}")
-    local_workers(opts.local_workers, None)  # a bad --local_workers stops here
+    local_workers(opts.local_workers, None, cores=1)  # a bad --local_workers stops here
     _check_instructions(root)
     _check_image_dir(root)
     policy = TeacherPolicy(opts.teacher_mode, opts.max_requests, opts.max_cost_usd,
@@ -280,9 +280,22 @@ def idle_cores() -> int:
     return max(1, min(cores, math.floor(cores - load + 0.5)))
 
 
-def local_workers(setting: str, query_lines: int | None, cores: int | None = None) -> int:
-    """Worker processes of a local run: --local_workers N, or for 'auto' one per idle core (idle_cores, or
-    `cores`) once the run has at least AUTO_WORKERS_MIN_QUERIES query lines (None: unknown, counted as large).
+def _large(query_lines: int | None) -> bool:
+    """Worth a second process: at least AUTO_WORKERS_MIN_QUERIES query lines (None: unknown, counted as large)."""
+    return query_lines is None or query_lines >= AUTO_WORKERS_MIN_QUERIES
+
+
+def teacher_process(setting: str, calls: bool, query_lines: int | None, cores: int | None = None) -> bool:
+    """--teacher_process: whether a local run's teacher client gets a process of its own. 'auto': for a large
+    run that calls the teacher, once 2 cores are idle (idle_cores, or `cores`)."""
+    if setting != "auto":
+        return setting == "on"
+    return calls and _large(query_lines) and (cores or idle_cores()) >= 2
+
+
+def local_workers(setting: str, query_lines: int | None, cores: int | None = None, teacher_core: bool = False) -> int:
+    """Graph worker processes of a local run: --local_workers N, or for 'auto' one per idle core (idle_cores, or
+    `cores`; one fewer with `teacher_core`: a teacher process has it) for large runs (_large), else 1.
     On a machine busy with other work a second process only adds its own cost (measured: README)."""
     if setting != "auto":
         try:
@@ -292,18 +305,26 @@ def local_workers(setting: str, query_lines: int | None, cores: int | None = Non
         if workers < 1:
             raise ConfigError(f"--local_workers must be 'auto' or a whole number of at least 1, got {setting!r}")
         return workers
-    if query_lines is not None and query_lines < AUTO_WORKERS_MIN_QUERIES:
+    if not _large(query_lines):
         return 1
-    return cores or idle_cores()
+    return max(1, (cores or idle_cores()) - teacher_core)
 
 
-def _use_workers(opts, argv: list[str], query_lines: int | None) -> int:
+def _use_teacher_process(opts, plan: RunPlan, query_lines: int | None) -> RunPlan:
+    """The plan with the teacher client in its own process when --teacher_process says so (local runs only)."""
+    calls = plan.teacher is not None and not plan.dry_run and plan.policy.mode == "online"
+    if not (calls and _is_local(opts) and teacher_process(opts.teacher_process, calls, query_lines)):
+        return plan
+    return dataclasses.replace(plan, teacher=dataclasses.replace(plan.teacher, own_process=True))
+
+
+def _use_workers(opts, argv: list[str], query_lines: int | None, teacher_core: bool = False) -> int:
     """Sets Beam's direct options for --local_workers (unless they were given explicitly); the workers used."""
     direct = opts.view_as(DirectOptions)
     if not _is_local(opts) or any(a.split("=")[0] in ("--direct_num_workers", "--direct_running_mode")
                                   for a in argv):
         return direct.direct_num_workers if direct.direct_running_mode != "in_memory" else 1
-    workers = local_workers(opts.local_workers, query_lines)
+    workers = local_workers(opts.local_workers, query_lines, teacher_core=teacher_core)
     direct.direct_num_workers = workers
     direct.direct_running_mode = "multi_processing" if workers > 1 else "in_memory"
     worker = opts.view_as(WorkerOptions)
@@ -330,9 +351,13 @@ def execute(opts, plan: RunPlan, argv: list[str]) -> dict:
     _clear_outputs(plan.output_dir)
     try:
         parts = _partitions(opts, plan)
-        workers = _use_workers(opts, argv, sum(len(v) for p in parts for v in p.values()) if parts else None)
-        if workers > 1:
-            print(f"local run on {workers} worker processes (--local_workers)", flush=True)
+        lines = sum(len(v) for p in parts for v in p.values()) if parts else None
+        plan = _use_teacher_process(opts, plan, lines)
+        own = plan.teacher is not None and plan.teacher.own_process
+        workers = _use_workers(opts, argv, lines, teacher_core=own)
+        if workers > 1 or own:
+            print(f"local run on {workers} graph worker process{'es' if workers > 1 else ''} (--local_workers)"
+                  f"{', each with a teacher process (--teacher_process)' if own else ''}", flush=True)
         if parts is None or len(parts) == 1:
             _run_graph(opts, plan)
         else:

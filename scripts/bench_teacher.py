@@ -102,8 +102,8 @@ def _main(argv: list[str]) -> None:
     p.add_argument("--latency_ms", type=float, default=100.0)
     p.add_argument("--max_in_flight", type=positive_int, default=64)
     p.add_argument("--ceiling_in_flight", type=positive_int, default=256)
-    p.add_argument("--transport", default="aiohttp")
-    p.add_argument("--transports", default="aiohttp,httpx", help="compared at 1 process and at the ceiling")
+    p.add_argument("--transport", default="direct")
+    p.add_argument("--transports", default="direct,aiohttp,httpx", help="compared at 1 process and at the ceiling")
     p.add_argument("--json", default="out/bench_teacher.json")
     a = p.parse_args(argv)
     if a.latency_ms <= 0:

@@ -86,9 +86,29 @@ def image_path(root: str, rel_path: str, join: Callable[[str, str], str] | None 
     return (join or _fs().join)(root, rel_path)
 
 
-def read_image_bytes(root: str, rel_path: str) -> bytes:
-    with _fs().open(image_path(root, rel_path), compression_type="uncompressed") as f:
+def _read(root: str, path: str) -> bytes:
+    """The bytes at `path` (image_path's answer). A local root is read directly: Beam's file system layer costs
+    more than reading an M-BEIR image."""
+    if is_local_root(root):
+        with open(path, "rb") as f:
+            return f.read()
+    with _fs().open(path, compression_type="uncompressed") as f:
         return f.read()
+
+
+def read_image_bytes(root: str, rel_path: str) -> bytes:
+    return _read(root, image_path(root, rel_path))
+
+
+class ImageLoader:
+    """Picklable rel_path -> bytes under an M-BEIR root (any Beam FileSystems path). Defined here, Beam-free, so
+    the teacher process unpickles it without importing Beam."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def __call__(self, rel_path: str) -> bytes:
+        return read_image_bytes(self.root, rel_path)
 
 
 def image_digest(data: bytes) -> str:
@@ -103,6 +123,20 @@ def _decode(data: bytes) -> Image.Image:
         img = Image.open(io.BytesIO(data))
         img.load()
     return img
+
+
+def _check_decode(data: bytes) -> tuple[str, str, tuple[int, int]]:
+    """(format, mode, size) of an image that decodes, as _decode checks it; a JPEG is decoded at 1/8 scale:
+    every byte of its compressed data is still read and checked (a truncated stream fails the same way) for
+    half the CPU, and its mode and size are those of its header."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+        facts = (img.format or "", img.mode, tuple(img.size))
+        if img.format == "JPEG":
+            img.draft(None, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+        img.load()
+    return facts
 
 
 def inspect_image(root: str, rel_path: str, mode: str = "decode") -> tuple[str | None, ImageFacts | None]:
@@ -121,16 +155,15 @@ def inspect_image(root: str, rel_path: str, mode: str = "decode") -> tuple[str |
     try:
         if mode == "exists":
             return (None if fs.exists(path) else reasons.MISSING_IMAGE), None
-        with fs.open(path, compression_type="uncompressed") as f:
-            data = f.read()
-        img = _decode(data)
+        data = _read(root, path)
+        image_format, image_mode, size = _check_decode(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return reasons.DECOMPRESSION_BOMB, None
     except FileNotFoundError:
         return reasons.MISSING_IMAGE, None
     except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error ...)
         return (reasons.UNREADABLE_IMAGE if fs.exists(path) else reasons.MISSING_IMAGE), None
-    return None, ImageFacts(image_digest(data), img.format or "", img.mode, tuple(img.size))
+    return None, ImageFacts(image_digest(data), image_format, image_mode, size)
 
 
 def check_image(root: str, rel_path: str, mode: str = "decode") -> str | None:

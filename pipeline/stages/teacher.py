@@ -27,6 +27,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.mbeir import images, reasons
+from pipeline.mbeir.images import ImageLoader
 from pipeline.mbeir.records import Example, Failure, Reject
 from pipeline.shards import write_bytes
 from pipeline.stats import Event
@@ -34,7 +35,8 @@ from pipeline.teacher.batch import pending_line
 from pipeline.teacher.budget import Budget
 from pipeline.teacher.client import TeacherClient, TeacherConfig, TeacherResult, result_from_record
 from pipeline.teacher.journal import journal_glob, parse_journal_line
-from pipeline.teacher.prompting import PromptTooLong, TeacherRequest, materialize_images
+from pipeline.teacher.process import ProcessClient, encode_images
+from pipeline.teacher.prompting import PromptTooLong, TeacherRequest
 
 EVENTS, REJECTS, FAILED = "events", "rejects", "failed"
 # Results that are neither answers nor failures: the item waits for a later run (stats "pending").
@@ -42,18 +44,19 @@ PENDING_BUDGET, PENDING_BATCH = "pending_budget", "pending_batch"
 PENDING = {PENDING_BUDGET: "budget", PENDING_BATCH: "batch"}
 
 # One client per (worker process, config): DoFn instances of every teacher stage share its limits and journal.
-_CLIENTS: dict[str, TeacherClient] = {}
+_CLIENTS: dict[str, TeacherClient | ProcessClient] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-def shared_client(config: TeacherConfig) -> TeacherClient:
+def shared_client(config: TeacherConfig) -> TeacherClient | ProcessClient:
+    """This process's client for `config`: in this process, or in a child of its own (config.own_process)."""
     key = repr(config)
     with _CLIENTS_LOCK:
         if not _CLIENTS:
             atexit.register(close_clients)
         client = _CLIENTS.get(key)
         if client is None or client.closed:
-            client = _CLIENTS[key] = TeacherClient(config)
+            client = _CLIENTS[key] = ProcessClient(config) if config.own_process else TeacherClient(config)
         return client
 
 
@@ -142,10 +145,11 @@ def _unanswered(request: TeacherRequest, error: str, detail: str) -> TeacherResu
 
 
 class _Call(beam.DoFn):
-    """Submits as elements arrive and yields answers as they complete, so the pipe stays full across a bundle."""
+    """Submits as elements arrive and yields answers as they complete, so the pipe stays full across a bundle.
+    With an `image_loader` (a client in its own process only) the client encodes the deferred images."""
 
-    def __init__(self, config: TeacherConfig, policy: TeacherPolicy):
-        self.config, self.policy = config, policy
+    def __init__(self, config: TeacherConfig, policy: TeacherPolicy, image_loader: ImageLoader | None = None):
+        self.config, self.policy, self.image_loader = config, policy, image_loader
         self.backlog = max(4 * config.max_in_flight, 64)
 
     def setup(self):
@@ -166,7 +170,8 @@ class _Call(beam.DoFn):
                 for payload in payloads:
                     yield payload, result
                 return
-        future = self.client.submit(request)
+        future = (self.client.submit(request, self.image_loader) if self.image_loader is not None
+                  else self.client.submit(request))
         self.pending[future] = (payloads, reserved)
         future.add_done_callback(self.finished.put)
         for tag, value in self._completed(block=len(self.pending) >= self.backlog):
@@ -194,8 +199,9 @@ class _Call(beam.DoFn):
             result = future.result()
             if reserved is not None:
                 self.budget.settle(reserved, result.prompt_tokens, result.completion_tokens, result.attempts)
-            for event in usage_events(result):
-                yield EVENTS, event
+            if result.attempts:  # else never sent (an image that could not be encoded): it cost nothing
+                for event in usage_events(result):
+                    yield EVENTS, event
             for payload in payloads:
                 yield None, (payload, result)
 
@@ -235,13 +241,12 @@ def _with_images(element, loader: ImageLoader):
     """(request with its images encoded, payloads) (main), or (payload, failed result) per payload (tag
     UNSENT) when an image cannot be encoded."""
     request, payloads = element
-    try:
-        yield materialize_images(request, loader), payloads
-    except (ValueError, OSError) as e:  # the file changed since the request was built
-        code = reasons.UNSAFE_IMAGE_PATH if isinstance(e, images.UnsafeImagePath) else reasons.UNREADABLE_IMAGE
-        result = _unanswered(request, code, f"encoding an image for the call: {e}")
+    sent = encode_images(request, loader)
+    if isinstance(sent, TeacherResult):
         for payload in payloads:
-            yield beam.pvalue.TaggedOutput(UNSENT, (payload, result))
+            yield beam.pvalue.TaggedOutput(UNSENT, (payload, sent))
+    else:
+        yield sent, payloads
 
 
 class CallTeacher(beam.PTransform):
@@ -269,27 +274,22 @@ class CallTeacher(beam.PTransform):
                  | "JoinJournal" >> beam.CoGroupByKey()
                  | "SplitHits" >> beam.ParDo(_SplitHits()).with_outputs("todo", EVENTS, main="hits"))
         todo, unsent = split.todo, []
-        if self.image_loader is not None:
+        online = self.policy.mode != "batch"
+        # A client in its own process encodes the images there; otherwise they are encoded here, before the call.
+        call_loader = self.image_loader if online and self.config.own_process else None
+        if self.image_loader is not None and call_loader is None:
             encoded = todo | "EncodeImages" >> beam.FlatMap(_with_images, self.image_loader).with_outputs(
                 UNSENT, main="ready")
             todo, unsent = encoded.ready, [encoded[UNSENT]]
-        caller = _Defer(self.policy.pending_dir) if self.policy.mode == "batch" else _Call(self.config, self.policy)
+        caller = _Call(self.config, self.policy, call_loader) if online else _Defer(self.policy.pending_dir)
         called = todo | "Call" >> beam.ParDo(caller).with_outputs(EVENTS, main="answers")
-        # The reshuffle keeps the rule filter and the next requests off the thread that submits calls.
-        results = ((split.hits, called.answers, *unsent) | "AllAnswers" >> beam.Flatten()
-                   | "DetachFromCalls" >> beam.Reshuffle())
+        results = (split.hits, called.answers, *unsent) | "AllAnswers" >> beam.Flatten()
+        if not self.config.own_process:
+            # Keeps the rule filter and the next requests off the thread that submits calls; a client in its own
+            # process needs no such room, so there the rules run while the calls are in flight.
+            results = results | "DetachFromCalls" >> beam.Reshuffle()
         events = (split[EVENTS], called[EVENTS]) | "TeacherEvents" >> beam.Flatten()
         return results, events
-
-
-class ImageLoader:
-    """Picklable rel_path -> bytes under an M-BEIR root (any Beam FileSystems path)."""
-
-    def __init__(self, root: str):
-        self.root = root
-
-    def __call__(self, rel_path: str) -> bytes:
-        return images.read_image_bytes(self.root, rel_path)
 
 
 def _build_reason(error: Exception) -> str:

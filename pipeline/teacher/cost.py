@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 
-from apache_beam.io.filesystems import FileSystems
-
 log = logging.getLogger(__name__)
 
 # List prices (USD per 1M prompt / completion tokens, standard tier) as published by OpenAI in 2025-08.
@@ -31,6 +29,14 @@ class PriceTable:
         self.prices = dict(DEFAULT_PRICES if prices is None else prices)
         self._warned: set[str] = set()
 
+    def __repr__(self) -> str:  # by value: the stages' shared client and budget are keyed by the config's repr
+        return f"PriceTable({sorted(self.prices.items())!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PriceTable) and other.prices == self.prices
+
+    __hash__ = None
+
     @classmethod
     def from_flag(cls, flag: str, *, with_defaults: bool = True) -> PriceTable:
         """Parse "model=in:out,model2=in:out" (USD per 1M tokens)."""
@@ -47,6 +53,8 @@ class PriceTable:
     @classmethod
     def from_json(cls, path: str, *, with_defaults: bool = True) -> PriceTable:
         """Read {"model": [in, out], ...} or {"model": {"prompt": in, "completion": out}} from any Beam path."""
+        from apache_beam.io.filesystems import FileSystems  # here: the teacher process does not import Beam
+
         with FileSystems.open(path) as f:
             raw = json.loads(f.read().decode("utf-8"))
         prices = dict(DEFAULT_PRICES) if with_defaults else {}

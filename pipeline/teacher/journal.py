@@ -16,16 +16,21 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
-
 log = logging.getLogger(__name__)
+
+
+def _fs():
+    """Beam's FileSystems, imported when a journal is not local (the teacher process stays free of Beam)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
 
 JOURNAL_VERSION = 1
 REQUIRED_FIELDS = ("key", "content", "model")
 
 
 def journal_glob(journal_dir: str) -> str:
-    return FileSystems.join(journal_dir, "journal-*.jsonl")
+    return _fs().join(journal_dir, "journal-*.jsonl")
 
 
 def parse_journal_line(line: bytes | str) -> dict[str, Any] | None:
@@ -42,11 +47,11 @@ def parse_journal_line(line: bytes | str) -> dict[str, Any] | None:
 def iter_journal(journal_dir: str) -> Iterator[dict[str, Any]]:
     """Every intact record of every segment, in segment-name order."""
     try:
-        matches = FileSystems.match([journal_glob(journal_dir)])[0].metadata_list
+        matches = _fs().match([journal_glob(journal_dir)])[0].metadata_list
     except Exception:  # noqa: BLE001 - a missing directory is an empty journal
         return
     for meta in sorted(matches, key=lambda m: m.path):
-        with FileSystems.open(meta.path) as f:
+        with _fs().open(meta.path) as f:
             data = f.read()
         for raw in data.split(b"\n"):
             if raw.strip():
@@ -67,17 +72,17 @@ def _is_local(path: str) -> bool:
 
 
 def _write_durably(path: str, data: bytes) -> None:
-    f = FileSystems.create(path)
+    if _is_local(path):
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return
+    f = _fs().create(path)
     try:
         f.write(data)
     finally:
         f.close()
-    if _is_local(path):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class JournalWriter:
@@ -110,7 +115,9 @@ class JournalWriter:
                 buf, self._buf = self._buf, []
             if not buf:
                 return
-            path = FileSystems.join(self.journal_dir, f"journal-{self.run_id}-{self.segments:06d}.jsonl")
+            name = f"journal-{self.run_id}-{self.segments:06d}.jsonl"
+            path = os.path.join(self.journal_dir, name) if _is_local(self.journal_dir) else _fs().join(
+                self.journal_dir, name)
             try:
                 _write_durably(path, b"".join(buf))
             except BaseException:

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.mbeir.errors import ConfigError
 from pipeline.options import AUTO_WORKERS_MIN_QUERIES
-from pipeline.run import local_workers
+from pipeline.run import local_workers, teacher_process
 from tests.pipeline.conftest import output_files, run_pipeline
 from tests.pipeline.test_partition import _table, _with_duplicates
 
@@ -55,3 +55,33 @@ def test_worker_processes_write_what_one_process_writes(sample_root, tmp_path, t
     one_files, two_files = output_files(one), output_files(two)
     assert {k: v for k, v in two_files.items() if k.startswith("data/")} == {
         k: v for k, v in one_files.items() if k.startswith("data/")}
+
+
+def test_auto_gives_a_large_run_with_teacher_calls_a_teacher_process_once_two_cores_are_idle():
+    assert teacher_process("auto", True, AUTO_WORKERS_MIN_QUERIES, cores=2)
+    assert not teacher_process("auto", True, AUTO_WORKERS_MIN_QUERIES, cores=1)  # a busy machine: one process
+    assert not teacher_process("auto", True, AUTO_WORKERS_MIN_QUERIES - 1, cores=8)  # small runs stay in one
+    assert not teacher_process("auto", False, None, cores=8)  # no calls (dry run, direct datasets only)
+    assert teacher_process("on", False, 1, cores=1) and not teacher_process("off", True, None, cores=8)
+    # the teacher process has one idle core: the graph gets the others
+    assert local_workers("auto", None, cores=2, teacher_core=True) == 1
+    assert local_workers("auto", None, cores=8, teacher_core=True) == 7
+
+
+def test_a_teacher_process_writes_what_the_in_process_client_writes(sample_root, tmp_path, teacher):
+    root = str(tmp_path / "dup")
+    _with_duplicates(sample_root, root)
+    outs = {}
+    for mode in ("off", "on"):
+        out = str(tmp_path / mode)
+        stats = run_pipeline(root, out, "--datasets", "mscoco,cirr", "--partition_queries", "0",
+                             "--local_workers", "1", "--teacher_process", mode, teacher=teacher, limit=None)
+        outs[mode] = (out, stats)
+    (off, off_stats), (on, on_stats) = outs["off"], outs["on"]
+    assert on_stats["teacher"]["requests"] == off_stats["teacher"]["requests"] > 0
+    for key in ("input", "routed", "accepted", "rejected", "failed", "per_dataset", "pool"):
+        assert on_stats[key] == off_stats[key], key
+    for folder in ("data", "rejects", "failed"):
+        assert _table(on, folder) == _table(off, folder), folder
+    assert {k: v for k, v in output_files(on).items() if k.startswith("data/")} == {
+        k: v for k, v in output_files(off).items() if k.startswith("data/")}

@@ -23,7 +23,7 @@ def _cot(i=0, **params):
     return build_cot_request(ex, model="gpt-4o-mini", params={"max_tokens": 300, **params})
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["direct", "aiohttp", "httpx"])
 def test_well_formed_answers_are_parsed_and_counted(transport):
     ex = make_example(dataset="oven", task_id=6, query_txt="What is this building?", query_img=None,
                       target_img=None, target_txt="Eiffel Tower. A lattice tower in Paris.", cand_modality="text")
