@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.mbeir.layout import DATASET_IDS, SPLITS, TASKS
 from pipeline.mbeir.lines import DEFAULT_MAX_LINE_BYTES
+from pipeline.teacher.client import TRANSPORTS
 from pipeline.teacher.prompting import DEFAULT_MAX_PROMPT_TOKENS
 
 ROUTINGS = ("dataset", "judge", "heuristic")
@@ -104,6 +105,10 @@ class MbeirCotOptions(PipelineOptions):
         g.add_argument("--api_key_secret", default=None,
                        help="Google Secret Manager secret holding the key (projects/P/secrets/NAME), read by each "
                             "worker when the variable is unset: Dataflow workers do not see the launcher's environment")
+        g.add_argument("--teacher_transport", default="aiohttp", choices=TRANSPORTS,
+                       help="aiohttp / httpx: the openai client on that HTTP transport; direct: one aiohttp session "
+                            "posting the chat completion itself (about 0.45 ms less CPU per call; plain "
+                            "OpenAI-compatible servers only: bearer key, no Azure api-version or extra headers)")
         g.add_argument("--max_in_flight", type=int, default=64, help="requests in flight per worker process")
         g.add_argument("--rpm", type=float, default=None, help="requests per minute per worker process")
         g.add_argument("--tpm", type=float, default=None, help="tokens per minute per worker process")

@@ -74,7 +74,8 @@ def _teacher(opts, journal_dir: str, dry_run: bool) -> TeacherConfig | None:
         api_key_secret=opts.api_key_secret,
         max_in_flight=opts.max_in_flight, rpm=opts.rpm, tpm=opts.tpm, timeout_s=opts.teacher_timeout_s,
         max_retries=opts.max_retries, max_reasks=opts.max_reasks, journal_dir=journal_dir,
-        flush_interval_s=opts.flush_interval_s, prices=_price_table(opts.price_table))
+        flush_interval_s=opts.flush_interval_s, prices=_price_table(opts.price_table),
+        transport=opts.teacher_transport)
     if not dry_run:
         try:
             config.resolve_api_key()

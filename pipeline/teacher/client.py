@@ -37,7 +37,7 @@ from validators.cot_format import format_problems, split_cot
 log = logging.getLogger(__name__)
 
 DUMMY_LOCAL_KEY = "sk-loopback-no-key"
-TRANSPORTS = ("direct", "aiohttp", "httpx")
+TRANSPORTS = ("aiohttp", "httpx", "direct")
 _OUTPUT_SCHEMAS = {"judge": "judge_output", "verifier": "verifier_output"}
 
 
@@ -58,9 +58,10 @@ class TeacherConfig:
     flush_interval_s: float = 2.0
     prices: PriceTable = field(default_factory=PriceTable)
     price_discount: float = 1.0  # e.g. cost.BATCH_DISCOUNT
-    # "direct": one aiohttp session, the openai client only for its error types (fastest: its request layer
-    # costs about 1 ms of CPU per call); "aiohttp" | "httpx": the openai client on that transport
-    transport: str = "direct"
+    # "aiohttp" | "httpx": the openai client on that transport. "direct": one aiohttp session posts the chat
+    # completion itself and raises the openai client's error types (about 0.45 ms less CPU per call, for plain
+    # OpenAI-compatible servers: bearer key, no Azure api-version, organization or extra headers)
+    transport: str = "aiohttp"
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
     progress_interval_s: float = 5.0

@@ -233,3 +233,15 @@ def test_image_that_cannot_be_encoded_fails_at_call_time_and_is_counted(sample_r
     failed = pq.read_table(glob.glob(os.path.join(tmp_path, "out", "failed", "*.parquet"))[0]).to_pylist()
     assert failed and {f["error"] for f in failed} == {"unreadable_image"}
     assert stats["failed"] == {"unreadable_image": len(failed)} and check_identity(stats, dry_run=False) is None
+
+
+@pytest.mark.parametrize("flags, transport", [([], "aiohttp"), (["--teacher_transport", "direct"], "direct")])
+def test_calls_go_through_the_openai_client_unless_told_otherwise(sample_root, tmp_path, monkeypatch, flags,
+                                                                     transport):
+    from pipeline.options import MbeirCotOptions
+    from pipeline.run import resolve_plan
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    opts = MbeirCotOptions(["--mbeir_root", sample_root, "--output_dir", str(tmp_path / "out"),
+                            "--teacher_base_url", "http://127.0.0.1:9/v1", "--teacher_model", "m", *flags])
+    assert resolve_plan(opts).teacher.transport == transport
