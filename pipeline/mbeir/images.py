@@ -116,27 +116,18 @@ def image_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _decode(data: bytes) -> Image.Image:
-    """Open and fully decode; DecompressionBombWarning is raised as an error."""
+def _decode(data: bytes, reduce_jpeg: bool = False) -> tuple[Image.Image, tuple[str, str, tuple[int, int]]]:
+    """(the fully decoded image, its header's (format, mode, size)); DecompressionBombWarning is raised as an
+    error. `reduce_jpeg`: a JPEG is decoded at 1/8 scale, for half the CPU: every byte of its compressed data is
+    still read and checked (a truncated stream fails the same way)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(data))
-        img.load()
-    return img
-
-
-def _check_decode(data: bytes) -> tuple[str, str, tuple[int, int]]:
-    """(format, mode, size) of an image that decodes, as _decode checks it; a JPEG is decoded at 1/8 scale:
-    every byte of its compressed data is still read and checked (a truncated stream fails the same way) for
-    half the CPU, and its mode and size are those of its header."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
-        facts = (img.format or "", img.mode, tuple(img.size))
-        if img.format == "JPEG":
+        header = (img.format or "", img.mode, tuple(img.size))
+        if reduce_jpeg and img.format == "JPEG":
             img.draft(None, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
         img.load()
-    return facts
+    return img, header
 
 
 def inspect_image(root: str, rel_path: str, mode: str = "decode") -> tuple[str | None, ImageFacts | None]:
@@ -156,7 +147,7 @@ def inspect_image(root: str, rel_path: str, mode: str = "decode") -> tuple[str |
         if mode == "exists":
             return (None if fs.exists(path) else reasons.MISSING_IMAGE), None
         data = _read(root, path)
-        image_format, image_mode, size = _check_decode(data)
+        _, (image_format, image_mode, size) = _decode(data, reduce_jpeg=True)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return reasons.DECOMPRESSION_BOMB, None
     except FileNotFoundError:
@@ -174,7 +165,7 @@ def check_image(root: str, rel_path: str, mode: str = "decode") -> str | None:
 
 def load_image(root: str, rel_path: str, max_side: int | None = None) -> Image.Image:
     """The image as RGB, shrunk (aspect kept) so its longer side is at most max_side."""
-    img = _decode(read_image_bytes(root, rel_path)).convert("RGB")
+    img = _decode(read_image_bytes(root, rel_path))[0].convert("RGB")
     if max_side and max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return img

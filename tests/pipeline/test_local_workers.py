@@ -37,24 +37,28 @@ def test_a_bad_worker_count_is_a_configuration_error(bad):
         local_workers(bad, 100)
 
 
-def test_worker_processes_write_what_one_process_writes(sample_root, tmp_path, teacher):
+def _same_outputs_whatever(flag: str, values: tuple[str, str], sample_root, tmp_path, teacher, *extra: str) -> None:
+    """Runs the duplicates tree once per value of `flag`: the same stats, tables and data files each time."""
     root = str(tmp_path / "dup")
     _with_duplicates(sample_root, root)
-    outs = {}
-    for workers in ("1", "2"):
-        out = str(tmp_path / f"w{workers}")
-        stats = run_pipeline(root, out, "--datasets", "mscoco,cirr", "--partition_queries", "0",
-                             "--local_workers", workers, teacher=teacher, limit=None)
-        outs[workers] = (out, stats)
-    (one, one_stats), (two, two_stats) = outs["1"], outs["2"]
-    assert two_stats["teacher"]["requests"] == one_stats["teacher"]["requests"] > 0
+    outs = []
+    for value in values:
+        out = str(tmp_path / f"{flag.strip('-')}-{value}")
+        stats = run_pipeline(root, out, "--datasets", "mscoco,cirr", "--partition_queries", "0", *extra,
+                             flag, value, teacher=teacher, limit=None)
+        outs.append((out, stats))
+    (first, first_stats), (second, second_stats) = outs
+    assert second_stats["teacher"]["requests"] == first_stats["teacher"]["requests"] > 0
     for key in ("input", "routed", "accepted", "rejected", "failed", "per_dataset", "pool"):
-        assert two_stats[key] == one_stats[key], key
+        assert second_stats[key] == first_stats[key], key
     for folder in ("data", "rejects", "failed"):
-        assert _table(two, folder) == _table(one, folder), folder
-    one_files, two_files = output_files(one), output_files(two)
-    assert {k: v for k, v in two_files.items() if k.startswith("data/")} == {
-        k: v for k, v in one_files.items() if k.startswith("data/")}
+        assert _table(second, folder) == _table(first, folder), folder
+    assert {k: v for k, v in output_files(second).items() if k.startswith("data/")} == {
+        k: v for k, v in output_files(first).items() if k.startswith("data/")}
+
+
+def test_worker_processes_write_what_one_process_writes(sample_root, tmp_path, teacher):
+    _same_outputs_whatever("--local_workers", ("1", "2"), sample_root, tmp_path, teacher)
 
 
 def test_auto_gives_a_large_run_with_teacher_calls_a_teacher_process_once_two_cores_are_idle():
@@ -69,19 +73,5 @@ def test_auto_gives_a_large_run_with_teacher_calls_a_teacher_process_once_two_co
 
 
 def test_a_teacher_process_writes_what_the_in_process_client_writes(sample_root, tmp_path, teacher):
-    root = str(tmp_path / "dup")
-    _with_duplicates(sample_root, root)
-    outs = {}
-    for mode in ("off", "on"):
-        out = str(tmp_path / mode)
-        stats = run_pipeline(root, out, "--datasets", "mscoco,cirr", "--partition_queries", "0",
-                             "--local_workers", "1", "--teacher_process", mode, teacher=teacher, limit=None)
-        outs[mode] = (out, stats)
-    (off, off_stats), (on, on_stats) = outs["off"], outs["on"]
-    assert on_stats["teacher"]["requests"] == off_stats["teacher"]["requests"] > 0
-    for key in ("input", "routed", "accepted", "rejected", "failed", "per_dataset", "pool"):
-        assert on_stats[key] == off_stats[key], key
-    for folder in ("data", "rejects", "failed"):
-        assert _table(on, folder) == _table(off, folder), folder
-    assert {k: v for k, v in output_files(on).items() if k.startswith("data/")} == {
-        k: v for k, v in output_files(off).items() if k.startswith("data/")}
+    _same_outputs_whatever("--teacher_process", ("off", "on"), sample_root, tmp_path, teacher,
+                           "--local_workers", "1")

@@ -122,15 +122,16 @@ def bench_mix(embedder: Embedder, queries: list[QueryInput], modes: Sequence[str
               max_new_tokens: int, repeats: int = 1) -> dict:
     """Per mode: the best of `repeats` timed runs (rounds interleave the modes, each round in a rotated order,
     so machine drift and what a run leaves behind hit all alike), after one untimed warm-up batch per mode.
-    With all three modes, each round also times direct and always over the queries adaptive reasoned (the parts ideal), reported under adaptive's "parts"."""
+    With all three modes, each round also times direct and always over the queries adaptive reasoned (the parts
+    ideal), reported under adaptive's "parts"."""
     for mode in modes:
         embedder.encode_queries(queries[:batch_size], mode=mode, max_new_tokens=max_new_tokens,
                                 batch_size=batch_size)
     all_modes = {"direct", "always", "adaptive"} <= set(modes)
     best: dict[str, dict] = {}
     parts: dict[str, dict] = {}
+    reasoned: list[QueryInput] = []  # routing is deterministic: the same queries every round
     for round_ in range(repeats):
-        reasoned: list[QueryInput] = []
         shift = round_ % len(modes)
         for mode in [*modes[shift:], *modes[:shift]]:
             run, flags = run_mode(embedder, queries, mode, batch_size, max_new_tokens)
@@ -141,8 +142,7 @@ def bench_mix(embedder: Embedder, queries: list[QueryInput], modes: Sequence[str
             for mode in ("direct", "always"):
                 _keep_faster(parts, mode, run_mode(embedder, reasoned, mode, batch_size, max_new_tokens)[0])
     if all_modes:
-        n_reasoned = round(best["adaptive"]["share_reasoned"] * len(queries))
-        summary = {"queries": n_reasoned, **{m: {k: parts[m][k] for k in ("seconds", "cpu_seconds")}
+        summary = {"queries": len(reasoned), **{m: {k: parts[m][k] for k in ("seconds", "cpu_seconds")}
                                              for m in parts}}
         best["adaptive"].update(ideal(best, len(queries), parts=summary))
         best["adaptive"].update(ideal(best, len(queries), "cpu_seconds", parts=summary))

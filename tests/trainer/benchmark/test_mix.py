@@ -49,7 +49,8 @@ def test_mix_bench_writes_every_mode_and_the_ideal(tmp_path, capsys):
 
 
 def test_parts_ideal_is_direct_when_nothing_reasons():
-    modes = {"direct": {"seconds": 1.0}, "always": {"seconds": 3.0}, "adaptive": {"seconds": 1.25, "share_reasoned": 0.0}}
+    modes = {"direct": {"seconds": 1.0}, "always": {"seconds": 3.0},
+             "adaptive": {"seconds": 1.25, "share_reasoned": 0.0}}
     out = mix.ideal(modes, 10, parts={"queries": 0})
     assert out["parts_ideal_qps"] == out["ideal_qps"] == 10.0 and out["ratio_to_parts_ideal"] == 0.8
 
