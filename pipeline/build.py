@@ -1,6 +1,6 @@
 """The whole M-BEIR-CoT graph on one screen. Stages live in pipeline/stages/; this only wires them.
 
-read ─ dedupe qids ─ check query images ─ join positives + instruction ─ route ─┬─ direct ──────────────┐
+read ─ dedupe qids ─ join positives + instruction ─ check query images ─ route ─┬─ direct ──────────────┐
                                                    reasoning ─ teacher CoT ─ rules ─ verifier ─ dedupe ─┴─ rows ─ shards
 Every stage's rejects, failures and events are collected; the driver (pipeline.run) turns the events into
 stats.json and writes the manifest and the dataset card after the pipeline has finished.
@@ -108,10 +108,10 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
         events.append(e)
     queries, r = queries | "DropDuplicateQids" >> DropDuplicateQids()
     rejects.append(r)
-    queries, r = queries | "CheckQueryImages" >> CheckQueryImages(root, opts.check_images)
-    rejects.append(r)
     examples, r, duplicate_dids = (queries, pool) | "Join" >> JoinPositives(root, opts.check_images,
                                                                              opts.instruction_seed)
+    rejects.append(r)
+    examples, r = examples | "CheckQueryImages" >> CheckQueryImages(root, opts.check_images)
     rejects.append(r)
     if plan.report_pool:
         pool_rejects = (pool_read_rejects, duplicate_dids) | "PoolRejects" >> beam.Flatten()

@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.mbeir.layout import DATASET_IDS, SPLITS, TASKS
 from pipeline.mbeir.lines import DEFAULT_MAX_LINE_BYTES
-from pipeline.teacher.client import TRANSPORTS
+from pipeline.teacher.client import AUTO_TRANSPORT, TRANSPORTS
 from pipeline.teacher.prompting import DEFAULT_MAX_PROMPT_TOKENS
 
 ROUTINGS = ("dataset", "judge", "heuristic")
@@ -26,6 +26,7 @@ LOCAL_PARTITION_QUERIES = 50_000
 # costs about 1.5 s to start and its own interpreter, Beam and libraries: smaller runs stay in one process).
 AUTO_WORKERS_MIN_QUERIES = 5_000
 TEACHER_PROCESS = ("auto", "on", "off")
+JOURNAL_LOOKUPS = ("auto", "join", "index")
 
 
 def _csv(value: str) -> list[str]:
@@ -105,10 +106,12 @@ class MbeirCotOptions(PipelineOptions):
         g.add_argument("--api_key_secret", default=None,
                        help="Google Secret Manager secret holding the key (projects/P/secrets/NAME), read by each "
                             "worker when the variable is unset: Dataflow workers do not see the launcher's environment")
-        g.add_argument("--teacher_transport", default="aiohttp", choices=TRANSPORTS,
+        g.add_argument("--teacher_transport", default=AUTO_TRANSPORT, choices=(AUTO_TRANSPORT, *TRANSPORTS),
                        help="aiohttp / httpx: the openai client on that HTTP transport; direct: one aiohttp session "
-                            "posting the chat completion itself (about 0.45 ms less CPU per call; plain "
-                            "OpenAI-compatible servers only: bearer key, no Azure api-version or extra headers)")
+                            "posting the chat completion with the openai client's headers and error types (about "
+                            "0.45 ms less CPU per call; OpenAI-compatible servers, no Azure); auto = direct for a "
+                            "teacher on this machine (loopback: vLLM, SGLang, the reference teacher), aiohttp for "
+                            "any other")
         g.add_argument("--max_in_flight", type=int, default=64, help="requests in flight per worker process")
         g.add_argument("--rpm", type=float, default=None, help="requests per minute per worker process")
         g.add_argument("--tpm", type=float, default=None, help="tokens per minute per worker process")
@@ -130,6 +133,11 @@ class MbeirCotOptions(PipelineOptions):
         g.add_argument("--image_url_base", default=None, help="with --image_mode url: URL prefix of the image root")
         g.add_argument("--journal_dir", default=None, help="response journal (default OUTPUT_DIR/journal)")
         g.add_argument("--flush_interval_s", type=float, default=2.0)
+        g.add_argument("--journal_lookup", default="auto", choices=JOURNAL_LOOKUPS,
+                       help="how a rerun finds its journaled answers: join (a shuffle of the journal with the "
+                            "requests; no worker holds the whole journal), index (each process indexes the journal "
+                            "and looks keys up as requests arrive, so the CoT, rule and verifier stages overlap); "
+                            "auto = index on local runners, join elsewhere; batch mode always joins")
         g.add_argument("--teacher_mode", default="online", choices=("online", "batch"),
                        help="batch: submit to the OpenAI Batch API (half price); rerun the same command to collect")
         g.add_argument("--max_cost_usd", type=float, default=None,

@@ -36,7 +36,7 @@ from pipeline.stages.teacher import TeacherPolicy, close_clients
 from pipeline.stats import check_identity, summary, to_stats
 from pipeline.teacher.batch import BatchJobs
 from pipeline.teacher.budget import Budget
-from pipeline.teacher.client import TeacherConfig
+from pipeline.teacher.client import TeacherConfig, choose_transport
 from pipeline.teacher.cost import BATCH_DISCOUNT, PriceTable
 from pipeline.teacher.preflight import preflight
 from validators.defaults import VERIFIER_MIN_CONFIDENCE, RuleConfig
@@ -75,7 +75,7 @@ def _teacher(opts, journal_dir: str, dry_run: bool) -> TeacherConfig | None:
         max_in_flight=opts.max_in_flight, rpm=opts.rpm, tpm=opts.tpm, timeout_s=opts.teacher_timeout_s,
         max_retries=opts.max_retries, max_reasks=opts.max_reasks, journal_dir=journal_dir,
         flush_interval_s=opts.flush_interval_s, prices=_price_table(opts.price_table),
-        transport=opts.teacher_transport)
+        transport=choose_transport(opts.teacher_transport, opts.teacher_base_url))
     if not dry_run:
         try:
             config.resolve_api_key()
@@ -124,7 +124,8 @@ def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
     local_workers(opts.local_workers, None, cores=1)  # a bad --local_workers stops here
     _check_instructions(root)
     _check_image_dir(root)
-    policy = TeacherPolicy(opts.teacher_mode, opts.max_requests, opts.max_cost_usd,
+    lookup = opts.journal_lookup if opts.journal_lookup != "auto" else "index" if _is_local(opts) else "join"
+    policy = TeacherPolicy(opts.teacher_mode, lookup, opts.max_requests, opts.max_cost_usd,
                            FileSystems.join(opts.output_dir, PENDING_DIR))
     if teacher is not None and policy.mode == "batch":
         teacher = dataclasses.replace(teacher, price_discount=BATCH_DISCOUNT)

@@ -157,10 +157,14 @@ def plainly_english(sentence: str) -> bool:
 def check_language(ctx: CotContext, cfg: RuleConfig) -> list[str]:
     """Non-English output: the whole text, or any single long-enough sentence (mixed-language output).
 
-    One py3langid call per output (the whole text); a sentence is identified on its own only when it gives a
-    reason to (plainly_english is False), so an ordinary English answer costs one call, not one per sentence."""
+    py3langid is asked only where the text gives a reason to: about the whole text unless it is plainly English
+    as a whole (plainly_english: ASCII, no foreign function word, a fifth English function words, which no
+    threshold of the rule would reject), and about a sentence only when that sentence is not plainly English.
+    An ordinary English answer costs no call; a Spanish, German or mixed one is judged by py3langid as before."""
     text = f"{ctx.reasoning}\n{ctx.answer}".strip()
-    if len(text.encode()) >= cfg.language_min_bytes and english_probability(text) < cfg.english_min_prob:
+    if len(text.encode()) >= cfg.language_min_bytes and not plainly_english(text) and (
+        english_probability(text) < cfg.english_min_prob
+    ):
         return ["non_english"]
     for sentence in _SENTENCE.findall(text):
         sentence = sentence.strip()

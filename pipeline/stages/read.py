@@ -17,7 +17,7 @@ import apache_beam as beam
 from pipeline.mbeir import images, reasons
 from pipeline.mbeir.lines import DEFAULT_MAX_LINE_BYTES
 from pipeline.mbeir.read import dataset_of_file, iter_candidate_file, iter_query_file, select_queries
-from pipeline.mbeir.records import QueryRecord, Reject
+from pipeline.mbeir.records import Example, Reject
 from pipeline.stats import Event
 
 REJECTS, EVENTS = "rejects", "events"
@@ -123,7 +123,8 @@ class _CheckQueryImage(beam.DoFn):
     def __init__(self, root: str, mode: str):
         self.root, self.mode = root, mode
 
-    def process(self, q: QueryRecord):
+    def process(self, example: Example):
+        q = example.query
         if q.query_img_path:  # mode "none" still refuses a path out of the root
             reason, facts = images.inspect_image(self.root, q.query_img_path, mode=self.mode)
             if reason:
@@ -131,20 +132,23 @@ class _CheckQueryImage(beam.DoFn):
                     reason, f"query image {q.query_img_path}", q.source_file, q.line_number, q.qid, q.dataset))
                 return
             if facts is not None:  # handed on: the request builder and the call need not decode it again
-                q = dataclasses.replace(q, query_img=facts)
-        yield q
+                example = dataclasses.replace(example, query=dataclasses.replace(q, query_img=facts))
+        yield example
 
 
 class CheckQueryImages(beam.PTransform):
-    """QueryRecord -> QueryRecord whose image (if any) passes the check, Reject otherwise. Whatever the mode,
+    """Example -> Example whose query image (if any) passes the check, Reject otherwise. Whatever the mode,
     an image path leading out of the M-BEIR root (symlinks included) is rejected as unsafe_image_path. With
-    mode "decode" the record carries what the check learnt (QueryRecord.query_img)."""
+    mode "decode" the query carries what the check learnt (QueryRecord.query_img).
+
+    It runs after the join, in the stage that routes the example and asks the teacher: on a local runner its
+    decoding overlaps the first calls instead of delaying them."""
 
     def __init__(self, root: str, mode: str):
         super().__init__()
         self.root, self.mode = root, mode
 
-    def expand(self, queries):
-        out = queries | "CheckImage" >> beam.ParDo(_CheckQueryImage(self.root, self.mode)).with_outputs(
-            REJECTS, main="records")
-        return out.records, out[REJECTS]
+    def expand(self, examples):
+        out = examples | "CheckImage" >> beam.ParDo(_CheckQueryImage(self.root, self.mode)).with_outputs(
+            REJECTS, main="examples")
+        return out.examples, out[REJECTS]

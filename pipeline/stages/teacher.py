@@ -2,9 +2,12 @@
 
 AskTeacher: Example -> Example with the answer in extra[stage] (main), Reject, Failure, Event (tagged).
 CallTeacher: (TeacherRequest, payload) -> (payload, TeacherResult) (main), Event (tag "events").
-The response journal is read as a PCollection and joined to the requests by key (CoGroupByKey), so a rerun
-pays only for keys the journal lacks and no worker ever holds the whole journal. Requests with the same key
-are called once and the answer fans out. Calls go through one TeacherClient per worker process, which
+A rerun pays only for keys the journal lacks, found one of two ways (TeacherPolicy.journal_lookup):
+"join" reads the journal as a PCollection and joins it to the requests by key (CoGroupByKey), so no worker
+ever holds the whole journal (distributed runners); "index" looks each key up in a JournalIndex of the
+process as the request arrives, so a local run's stages fuse and the CoT, rules and verifier calls overlap
+instead of waiting for each other at the join. Either way requests with the same key are called once and the
+answer fans out. Calls go through one TeacherClient per worker process, which
 owns concurrency, rate limits, retries, re-asks and journal writes (pipeline/teacher/client.py).
 """
 
@@ -15,6 +18,7 @@ import dataclasses
 import queue
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -34,7 +38,7 @@ from pipeline.stats import Event
 from pipeline.teacher.batch import pending_line
 from pipeline.teacher.budget import Budget
 from pipeline.teacher.client import TeacherClient, TeacherConfig, TeacherResult, result_from_record
-from pipeline.teacher.journal import journal_glob, parse_journal_line
+from pipeline.teacher.journal import JournalIndex, journal_glob, parse_journal_line
 from pipeline.teacher.process import ProcessClient, encode_images
 from pipeline.teacher.prompting import PromptTooLong, TeacherRequest
 
@@ -58,6 +62,17 @@ def shared_client(config: TeacherConfig) -> TeacherClient | ProcessClient:
         if client is None or client.closed:
             client = _CLIENTS[key] = ProcessClient(config) if config.own_process else TeacherClient(config)
         return client
+
+
+_INDEXES: dict[str, JournalIndex] = {}
+
+
+def shared_index(journal_dir: str) -> JournalIndex:
+    """This process's index of `journal_dir`, brought up to date with the segments written since last asked."""
+    with _CLIENTS_LOCK:
+        index = _INDEXES.setdefault(journal_dir, JournalIndex(journal_dir))
+    index.refresh()
+    return index
 
 
 def close_clients() -> None:
@@ -114,6 +129,7 @@ class TeacherPolicy:
     """How a stage asks: online calls, or deferred to the OpenAI Batch API; and the spend budget."""
 
     mode: str = "online"  # "online" | "batch"
+    journal_lookup: str = "join"  # "join" | "index" (online mode only): see the module docstring
     max_requests: int | None = None
     max_cost_usd: float | None = None
     pending_dir: str = ""  # batch mode: where the requests to submit are written
@@ -146,46 +162,85 @@ def _unanswered(request: TeacherRequest, error: str, detail: str) -> TeacherResu
 
 class _Call(beam.DoFn):
     """Submits as elements arrive and yields answers as they complete, so the pipe stays full across a bundle.
-    With an `image_loader` (a client in its own process only) the client encodes the deferred images."""
 
-    def __init__(self, config: TeacherConfig, policy: TeacherPolicy, image_loader: ImageLoader | None = None):
+    Elements are (request, payloads), one per key, after the journal join; with `journal_dir` (journal_lookup
+    "index") they are (request, payload) pairs, looked up here in the process's JournalIndex, and a key already
+    asked in this bundle shares that answer. Deferred images are encoded just before the call: by the client
+    when it runs in its own process (`image_loader` goes with the request), else here (`encode_loader`); a
+    request whose image cannot be encoded is answered with the failure and never sent."""
+
+    def __init__(self, config: TeacherConfig, policy: TeacherPolicy, image_loader: ImageLoader | None = None,
+                 journal_dir: str | None = None, encode_loader: ImageLoader | None = None):
         self.config, self.policy, self.image_loader = config, policy, image_loader
+        self.journal_dir, self.encode_loader = journal_dir, encode_loader
         self.backlog = max(4 * config.max_in_flight, 64)
 
     def setup(self):
         self.client = shared_client(self.config)
         self.budget = shared_budget(self.config, self.policy) if self.policy.budgeted else None
+        self.journal = shared_index(self.journal_dir) if self.journal_dir else None
 
     def start_bundle(self):
         self.pending: dict = {}
         self.finished: queue.SimpleQueue = queue.SimpleQueue()  # futures in completion order
+        self.asked: dict[str, list | TeacherResult] = {}  # index lookups: key -> payloads waiting, or its answer
+        self.usage: Counter = Counter()  # what the calls and hits of the bundle cost, one event per kind at the end
 
     def process(self, element):
         request, payloads = element
+        if self.journal is not None:
+            payloads = [payloads]
+            seen = self.asked.get(request.key)
+            if isinstance(seen, list):  # in flight: the answer fans out to this payload too
+                seen.extend(payloads)
+                return
+            if seen is None:
+                record = self.journal.get(request.key)
+                if record is not None:
+                    seen = result_from_record(record)
+                    self.usage[Event("teacher_journal_hits", code=seen.model or "")] += 1
+            if seen is not None:
+                yield from self._answer(request.key, payloads, seen)
+                return
+            self.asked[request.key] = payloads
         reserved = None
         if self.budget is not None:
             reserved = (request.est_prompt_tokens, COMPLETION_ESTIMATES.get(request.kind, 0))
             if not self.budget.try_reserve(*reserved):
                 result = _unanswered(request, PENDING_BUDGET, "the spend budget is reached; rerun with a higher one")
-                for payload in payloads:
-                    yield payload, result
+                yield from self._answer(request.key, payloads, result)
                 return
+        if self.encode_loader is not None:
+            sent = encode_images(request, self.encode_loader)
+            if isinstance(sent, TeacherResult):  # never sent: costs nothing, gives the reserved budget back
+                if reserved is not None:
+                    self.budget.release(reserved)
+                yield from self._answer(request.key, payloads, sent)
+                return
+            request = sent
         future = (self.client.submit(request, self.image_loader) if self.image_loader is not None
                   else self.client.submit(request))
-        self.pending[future] = (payloads, reserved)
+        self.pending[future] = (request.key, payloads, reserved)
         future.add_done_callback(self.finished.put)
-        for tag, value in self._completed(block=len(self.pending) >= self.backlog):
-            yield value if tag is None else beam.pvalue.TaggedOutput(tag, value)
+        yield from self._completed(block=len(self.pending) >= self.backlog)
+
+    def _answer(self, key: str, payloads: list, result: TeacherResult):
+        if self.journal is not None:
+            self.asked[key] = result
+        for payload in payloads:
+            yield payload, result
 
     def finish_bundle(self):
         while self.pending:
-            for tag, value in self._completed(block=True):
-                windowed = WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
-                yield windowed if tag is None else beam.pvalue.TaggedOutput(tag, windowed)
+            for pair in self._completed(block=True):
+                yield WindowedValue(pair, MIN_TIMESTAMP, [GlobalWindow()])
+        for event, n in sorted(self.usage.items()):
+            yield beam.pvalue.TaggedOutput(EVENTS, WindowedValue(event._replace(n=n), MIN_TIMESTAMP,
+                                                                 [GlobalWindow()]))
         self.client.flush()
 
     def _completed(self, block: bool):
-        """(tag, value) for every finished call: None tags the main output."""
+        """(payload, result) for every payload of every finished call."""
         if not self.pending:
             return
         done = [self.finished.get()] if block else []
@@ -195,15 +250,14 @@ class _Call(beam.DoFn):
             except queue.Empty:
                 break
         for future in done:
-            payloads, reserved = self.pending.pop(future)
+            key, payloads, reserved = self.pending.pop(future)
             result = future.result()
             if reserved is not None:
                 self.budget.settle(reserved, result.prompt_tokens, result.completion_tokens, result.attempts)
             if result.attempts:  # else never sent (an image that could not be encoded): it cost nothing
                 for event in usage_events(result):
-                    yield EVENTS, event
-            for payload in payloads:
-                yield None, (payload, result)
+                    self.usage[event._replace(n=1)] += event.n
+            yield from self._answer(key, payloads, result)
 
     def teardown(self):
         client = getattr(self, "client", None)
@@ -212,18 +266,23 @@ class _Call(beam.DoFn):
 
 
 class _Defer(beam.DoFn):
-    """Batch mode: write each request as an OpenAI batch input line; the driver submits the files."""
+    """Batch mode: write each request as an OpenAI batch input line (images encoded); the driver submits the
+    files."""
 
-    def __init__(self, pending_dir: str):
-        self.pending_dir = pending_dir
+    def __init__(self, pending_dir: str, encode_loader: ImageLoader | None = None):
+        self.pending_dir, self.encode_loader = pending_dir, encode_loader
 
     def start_bundle(self):
         self.lines: list[str] = []
 
     def process(self, element):
         request, payloads = element
-        self.lines.append(pending_line(request))
-        result = _unanswered(request, PENDING_BATCH, "waiting for the OpenAI Batch API")
+        sent = encode_images(request, self.encode_loader) if self.encode_loader is not None else request
+        if isinstance(sent, TeacherResult):
+            result = sent
+        else:
+            self.lines.append(pending_line(sent))
+            result = _unanswered(request, PENDING_BATCH, "waiting for the OpenAI Batch API")
         for payload in payloads:
             yield payload, result
 
@@ -234,24 +293,9 @@ class _Defer(beam.DoFn):
             self.lines = []
 
 
-UNSENT = "unsent"  # CallTeacher's EncodeImages output: requests whose image could not be encoded
-
-
-def _with_images(element, loader: ImageLoader):
-    """(request with its images encoded, payloads) (main), or (payload, failed result) per payload (tag
-    UNSENT) when an image cannot be encoded."""
-    request, payloads = element
-    sent = encode_images(request, loader)
-    if isinstance(sent, TeacherResult):
-        for payload in payloads:
-            yield beam.pvalue.TaggedOutput(UNSENT, (payload, sent))
-    else:
-        yield sent, payloads
-
-
 class CallTeacher(beam.PTransform):
     """(TeacherRequest, payload) -> (payload, TeacherResult): journal hits at once, the rest through the client
-    (or into batch files). Deferred images are encoded here, only for requests that are really sent."""
+    (or into batch files). Deferred images are encoded only for requests that are really sent."""
 
     def __init__(self, config: TeacherConfig, journal_dir: str, policy: TeacherPolicy = TeacherPolicy(),
                  image_loader: ImageLoader | None = None):
@@ -260,6 +304,14 @@ class CallTeacher(beam.PTransform):
         self.image_loader = image_loader
 
     def expand(self, pairs):
+        online = self.policy.mode != "batch"
+        # A client in its own process encodes the images there; otherwise they are encoded before the call.
+        in_child = online and self.config.own_process
+        call_loader, encode_loader = (self.image_loader, None) if in_child else (None, self.image_loader)
+        if online and self.policy.journal_lookup == "index":
+            called = pairs | "Call" >> beam.ParDo(_Call(self.config, self.policy, call_loader, self.journal_dir,
+                                                        encode_loader)).with_outputs(EVENTS, main="answers")
+            return self._detached(called.answers), called[EVENTS]
         keyed = pairs | "KeyByRequest" >> beam.Map(lambda rp: (rp[0].key, rp))
         asked = keyed | "AskedKeys" >> beam.Map(lambda kv: (kv[0], True))
         # Only the journal records this run asks for enter the shuffle: the journal grows with every run and
@@ -273,23 +325,18 @@ class CallTeacher(beam.PTransform):
         split = ({"requests": keyed, "journal": journal}
                  | "JoinJournal" >> beam.CoGroupByKey()
                  | "SplitHits" >> beam.ParDo(_SplitHits()).with_outputs("todo", EVENTS, main="hits"))
-        todo, unsent = split.todo, []
-        online = self.policy.mode != "batch"
-        # A client in its own process encodes the images there; otherwise they are encoded here, before the call.
-        call_loader = self.image_loader if online and self.config.own_process else None
-        if self.image_loader is not None and call_loader is None:
-            encoded = todo | "EncodeImages" >> beam.FlatMap(_with_images, self.image_loader).with_outputs(
-                UNSENT, main="ready")
-            todo, unsent = encoded.ready, [encoded[UNSENT]]
-        caller = _Call(self.config, self.policy, call_loader) if online else _Defer(self.policy.pending_dir)
-        called = todo | "Call" >> beam.ParDo(caller).with_outputs(EVENTS, main="answers")
-        results = (split.hits, called.answers, *unsent) | "AllAnswers" >> beam.Flatten()
-        if not self.config.own_process:
-            # Keeps the rule filter and the next requests off the thread that submits calls; a client in its own
-            # process needs no such room, so there the rules run while the calls are in flight.
-            results = results | "DetachFromCalls" >> beam.Reshuffle()
+        caller = (_Call(self.config, self.policy, call_loader, encode_loader=encode_loader) if online
+                  else _Defer(self.policy.pending_dir, encode_loader))
+        called = split.todo | "Call" >> beam.ParDo(caller).with_outputs(EVENTS, main="answers")
+        results = (split.hits, called.answers) | "AllAnswers" >> beam.Flatten()
         events = (split[EVENTS], called[EVENTS]) | "TeacherEvents" >> beam.Flatten()
-        return results, events
+        return self._detached(results), events
+
+    def _detached(self, results):
+        if self.config.own_process:
+            return results  # the calls are another process's: the rules run here while they are in flight
+        # Keeps the rule filter and the next requests off the thread that submits calls.
+        return results | "DetachFromCalls" >> beam.Reshuffle()
 
 
 def _build_reason(error: Exception) -> str:

@@ -20,6 +20,7 @@ import concurrent.futures
 import itertools
 import logging
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -60,10 +61,14 @@ class ProcessClient:
         self._proc.stdin.close()
         self._proc.stdout.close()
         self._lock = threading.Lock()  # guards _waiting and _closed
-        self._send_lock = threading.Lock()  # never held while waiting for the child: see _read
         self._waiting: dict[int, tuple[concurrent.futures.Future, TeacherRequest | None]] = {}
         self._ids = itertools.count()
         self._closed = False
+        # Messages go out on a thread of their own, in batches: a caller never waits for a full pipe (the graph
+        # thread goes on with the rules while the child catches up) and the child reads many per wake-up.
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send, name="teacher-process-sender", daemon=True)
+        self._sender.start()
         self._reader = threading.Thread(target=self._read, name="teacher-process-reader", daemon=True)
         self._reader.start()
         level = logging.getLogger("pipeline").getEffectiveLevel()
@@ -77,12 +82,24 @@ class ProcessClient:
         rid = next(self._ids)
         with self._lock:
             self._waiting[rid] = (future, request)
-        try:
-            with self._send_lock:
-                self._send_conn.send((op, rid, payload))
-        except OSError:  # the child is gone; the reader fails everything that waits
-            pass
+        self._outbox.put((op, rid, payload))
         return future
+
+    def _send(self) -> None:
+        """Sender thread: everything queued so far as one message, until the CLOSE message is sent."""
+        while True:
+            batch = [self._outbox.get()]
+            while True:
+                try:
+                    batch.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._send_conn.send(batch)
+            except OSError:  # the child is gone; the reader fails everything that waits
+                return
+            if any(op == CLOSE for op, _, _ in batch):
+                return
 
     def submit(self, request: TeacherRequest, image_loader=None) -> concurrent.futures.Future:
         """Ask for one request; `image_loader` encodes its deferred images in the child, just before the call."""
@@ -109,6 +126,7 @@ class ProcessClient:
             pending = [f for f, request in self._waiting.values() if request is not None]
         concurrent.futures.wait(pending)
         self._ask(CLOSE).result()
+        self._sender.join()
         self._send_conn.close()
         self._reap()
         self._reader.join()
@@ -162,7 +180,8 @@ class _Server:
     def on_readable(self) -> None:
         try:
             while self.recv.poll():
-                self._handle(*self.recv.recv())
+                for message in self.recv.recv():
+                    self._handle(*message)
         except (EOFError, OSError):  # the pipeline process is gone: keep what was answered, stop now
             self.client.flush()
             os._exit(0)
@@ -200,7 +219,7 @@ def serve(recv: Connection, send: Connection) -> None:
     """Child: start the client the first message configures, answer on its loop until the parent closes it
     (or goes away)."""
     try:
-        op, rid, (config, level) = recv.recv()
+        [(op, rid, (config, level))] = recv.recv()
     except (EOFError, OSError):
         return
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)

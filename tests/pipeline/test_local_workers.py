@@ -75,3 +75,9 @@ def test_auto_gives_a_large_run_with_teacher_calls_a_teacher_process_once_two_co
 def test_a_teacher_process_writes_what_the_in_process_client_writes(sample_root, tmp_path, teacher):
     _same_outputs_whatever("--teacher_process", ("off", "on"), sample_root, tmp_path, teacher,
                            "--local_workers", "1")
+
+
+def test_journal_lookup_by_index_writes_what_the_journal_join_writes(sample_root, tmp_path, teacher):
+    # the duplicates tree asks some keys twice in one run: called once either way, the answer fans out
+    _same_outputs_whatever("--journal_lookup", ("join", "index"), sample_root, tmp_path, teacher,
+                           "--local_workers", "1")

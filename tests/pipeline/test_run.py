@@ -49,9 +49,10 @@ def test_dry_run_plans_without_calls(sample_root, tmp_path, teacher):
     assert read_json(os.path.join(out, "stats.json")) == stats
 
 
-def test_full_run_then_rerun_is_free_and_identical(sample_root, tmp_path, teacher):
+@pytest.mark.parametrize("lookup", ["index", "join"])  # how the rerun finds its answers (--journal_lookup)
+def test_full_run_then_rerun_is_free_and_identical(sample_root, tmp_path, teacher, lookup):
     out = str(tmp_path / "full")
-    stats = run_pipeline(sample_root, out, teacher=teacher)
+    stats = run_pipeline(sample_root, out, "--journal_lookup", lookup, teacher=teacher)
     assert check_identity(stats, dry_run=False) is None
     calls = teacher.stats()["calls"]
     assert calls == stats["teacher"]["requests"] > 0
@@ -67,7 +68,7 @@ def test_full_run_then_rerun_is_free_and_identical(sample_root, tmp_path, teache
         assert os.path.exists(os.path.join(out, name)), name
     first = output_files(out)
 
-    again = run_pipeline(sample_root, out, teacher=teacher)
+    again = run_pipeline(sample_root, out, "--journal_lookup", lookup, teacher=teacher)
     assert teacher.stats()["calls"] == calls  # the journal answers everything
     assert again["teacher"]["requests"] == 0 and again["teacher"]["journal_hits"] > 0
     second = output_files(out)
@@ -154,6 +155,15 @@ def _corrupt_copy(sample_root: str, root: str) -> dict[str, int]:
         obj = {**good, **changes}
         return (json.dumps({k: v for k, v in obj.items() if v is not ...}) + "\n").encode()
 
+    with open(os.path.join(root, "cand_pool/global/mbeir_union_train_cand_pool.jsonl"), encoding="utf-8") as f:
+        pool = [json.loads(x) for x in f]
+    # image queries point to a caption, as M-BEIR's image->text task does, so only their image is wrong
+    caption = next(c["did"] for c in pool if c["did"].startswith("9:") and c["modality"] == "text")
+
+    def image_query(path: str) -> dict:
+        return {"query_modality": "image", "query_txt": None, "query_img_path": path, "task_id": 3,
+                "pos_cand_list": [caption]}
+
     img = "mbeir_images/mscoco_images/broken.jpg"
     with open(os.path.join(root, img), "wb") as f:
         f.write(open(os.path.join(sample_root, "mbeir_images/mscoco_images",
@@ -166,9 +176,9 @@ def _corrupt_copy(sample_root: str, root: str) -> dict[str, int]:
         line(qid="9:9003", pos_cand_list=...),  # missing_field
         line(qid="9:9004", task_id=5),  # unknown_task
         line(qid="9:9005", query_modality="text,image"),  # unknown_modality
-        line(qid="9:9006", query_modality="image", query_txt=None, query_img_path="../../etc/passwd", task_id=3),
-        line(qid="9:9007", query_modality="image", query_txt=None, query_img_path="mbeir_images/x/none.jpg", task_id=3),
-        line(qid="9:9008", query_modality="image", query_txt=None, query_img_path=img, task_id=3),  # unreadable
+        line(qid="9:9006", **image_query("../../etc/passwd")),
+        line(qid="9:9007", **image_query("mbeir_images/x/none.jpg")),
+        line(qid="9:9008", **image_query(img)),  # unreadable
         line(qid=good["qid"]),  # duplicate_qid
         line(qid="9:9009", pos_cand_list=[]),  # empty_positives
         line(qid="9:9010", pos_cand_list=["9:999999"]),  # positive_not_found
@@ -235,13 +245,18 @@ def test_image_that_cannot_be_encoded_fails_at_call_time_and_is_counted(sample_r
     assert stats["failed"] == {"unreadable_image": len(failed)} and check_identity(stats, dry_run=False) is None
 
 
-@pytest.mark.parametrize("flags, transport", [([], "aiohttp"), (["--teacher_transport", "direct"], "direct")])
-def test_calls_go_through_the_openai_client_unless_told_otherwise(sample_root, tmp_path, monkeypatch, flags,
-                                                                     transport):
+@pytest.mark.parametrize("url, flags, transport", [
+    ("http://127.0.0.1:9/v1", [], "direct"),  # a teacher on this machine: its client's CPU is what limits
+    ("https://api.example.com/v1", [], "aiohttp"),  # an API: the openai client
+    ("http://127.0.0.1:9/v1", ["--teacher_transport", "aiohttp"], "aiohttp"),
+    ("https://api.example.com/v1", ["--teacher_transport", "direct"], "direct"),
+])
+def test_remote_teachers_are_called_through_the_openai_client_unless_told_otherwise(sample_root, tmp_path,
+                                                                                  monkeypatch, url, flags, transport):
     from pipeline.options import MbeirCotOptions
     from pipeline.run import resolve_plan
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     opts = MbeirCotOptions(["--mbeir_root", sample_root, "--output_dir", str(tmp_path / "out"),
-                            "--teacher_base_url", "http://127.0.0.1:9/v1", "--teacher_model", "m", *flags])
+                            "--teacher_base_url", url, "--teacher_model", "m", *flags])
     assert resolve_plan(opts).teacher.transport == transport

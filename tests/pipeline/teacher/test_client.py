@@ -205,3 +205,44 @@ def test_api_key_from_secret_manager_when_the_variable_is_unset(monkeypatch):
                            api_key_secret="projects/p/secrets/teacher")
     assert config.resolve_api_key() == "sk-from-secret"
     assert asked == ["projects/p/secrets/teacher/versions/latest"]
+
+
+def test_the_direct_transport_sends_the_headers_and_body_the_openai_client_sends(monkeypatch):
+    import http.server
+    import json
+    import threading
+
+    seen: list[tuple[dict, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server hook's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            answer = json.dumps({"model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1}, "choices": [{
+                "message": {"content": "<reasoning>" + "a red shape on grey. " * 4 + "</reasoning>"
+                                       "<answer>a red circle</answer>"}, "finish_reason": "stop"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-test")
+    monkeypatch.setenv("MBEIR_TEST_KEY", "sk-test")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for transport in ("aiohttp", "direct"):
+            config = TeacherConfig(f"http://127.0.0.1:{server.server_address[1]}/v1", "m", transport=transport,
+                                   api_key_env="MBEIR_TEST_KEY", **FAST)
+            with TeacherClient(config) as client:
+                assert client.submit(_cot()).result(timeout=10).ok
+    finally:
+        server.shutdown()
+    (openai_headers, openai_body), (direct_headers, direct_body) = seen
+    assert json.loads(direct_body) == json.loads(openai_body)
+    for name in ("authorization", "openai-organization", "user-agent", "content-type", "accept"):
+        assert direct_headers.get(name) == openai_headers.get(name) is not None, name

@@ -2,7 +2,13 @@ import json
 import time
 
 from pipeline.teacher.client import TeacherClient, TeacherConfig
-from pipeline.teacher.journal import JournalWriter, journal_glob, load_journal, parse_journal_line
+from pipeline.teacher.journal import (
+    JournalIndex,
+    JournalWriter,
+    journal_glob,
+    load_journal,
+    parse_journal_line,
+)
 from pipeline.teacher.prompting import build_cot_request
 from pipeline.teacher.reference_server import ReferenceServer
 
@@ -59,3 +65,45 @@ def test_segments_rotate_and_loader_skips_a_damaged_last_line(tmp_path):
 
 def test_missing_journal_dir_is_empty(tmp_path):
     assert load_journal(str(tmp_path / "nothing")) == {}
+
+
+def test_index_finds_the_latest_record_of_each_key_and_picks_up_new_segments(tmp_path):
+    journal = str(tmp_path / "j")
+    writer = JournalWriter(journal, flush_interval_s=3600)
+    for i in range(3):
+        writer.append(_rec(i))
+    writer.flush()
+    index = JournalIndex(journal)
+    index.refresh()
+    assert len(index) == 3 and index.get("k1")["content"] == _rec(1)["content"] and index.get("k9") is None
+    writer.append({**_rec(1), "content": "<reasoning>again</reasoning><answer>b</answer>"})
+    writer.append(_rec(3))
+    writer.close()
+    segments = sorted((tmp_path / "j").glob("journal-*.jsonl"))
+    with open(segments[-1], "ab") as f:  # a crash while writing the next record
+        f.write(json.dumps(_rec(4)).encode()[:20])
+    index.refresh()  # only the new segment is read
+    assert len(index) == 4 and index.get("k4") is None
+    assert index.get("k1")["content"].startswith("<reasoning>again") and index.get("k3")["key"] == "k3"
+    assert {k: index.get(k) for k in ("k0", "k1", "k2", "k3")} == load_journal(journal)
+
+
+def test_index_of_a_missing_journal_is_empty(tmp_path):
+    index = JournalIndex(str(tmp_path / "nothing"))
+    index.refresh()
+    assert len(index) == 0 and index.get("k0") is None
+
+
+def test_index_forgets_segments_that_went_away(tmp_path):
+    journal = str(tmp_path / "j")
+    writer = JournalWriter(journal, flush_interval_s=3600)
+    writer.append(_rec(0))
+    writer.close()
+    index = JournalIndex(journal)
+    index.refresh()
+    assert index.get("k0") is not None
+    for segment in (tmp_path / "j").glob("journal-*.jsonl"):
+        segment.unlink()
+    assert index.get("k0") is None  # read fails: a miss, not an error
+    index.refresh()
+    assert len(index) == 0
