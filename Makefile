@@ -60,7 +60,7 @@ CURATOR_VS ?=
 bench-pipeline: $(STAMP)
 	mkdir -p $(BENCH_OUT)
 	$(PYTHON) scripts/bench_pipeline.py --reasoning_only --sizes $(REASONING_SIZES) --latency_ms 100 \
-		--max_in_flight 256 $(if $(CURATOR_VS),--curator $(CURATOR_VS),) --json $(BENCH_OUT)/pipeline.json
+		--max_in_flight 256 --teacher_process on $(if $(CURATOR_VS),--curator $(CURATOR_VS),) --json $(BENCH_OUT)/pipeline.json
 	$(PYTHON) scripts/bench_pipeline.py --sizes $(DRY_SIZES) --dry_run --direct_sizes "" --json $(BENCH_OUT)/pipeline-dry.json
 
 ## Kill the pipeline with SIGKILL three times against a faulty teacher; compare with an undisturbed run.

@@ -118,14 +118,14 @@ def image_digest(data: bytes) -> str:
 
 def _decode(data: bytes, reduce_jpeg: bool = False) -> tuple[Image.Image, tuple[str, str, tuple[int, int]]]:
     """(the fully decoded image, its header's (format, mode, size)); DecompressionBombWarning is raised as an
-    error. `reduce_jpeg`: a JPEG is decoded at 1/8 scale, for half the CPU: every byte of its compressed data is
-    still read and checked (a truncated stream fails the same way)."""
+    error. `reduce_jpeg`: a JPEG is decoded at 1/8 scale and in grey (no colour conversion), for half the CPU:
+    every byte of its compressed data is still read and checked (a truncated stream fails the same way)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(data))
         header = (img.format or "", img.mode, tuple(img.size))
         if reduce_jpeg and img.format == "JPEG":
-            img.draft(None, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+            img.draft("L", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
         img.load()
     return img, header
 

@@ -2,6 +2,8 @@
 
 ReadQueries: relative query-file paths -> QueryRecord (main), Reject (tag "rejects"), Event (tag "events").
 ReadPool: relative pool-file paths -> CandidateRecord (main), Reject and Event likewise.
+CheckQueryImages: Example -> Example whose query image passes the check (main), Reject (tag "rejects"); the
+graph applies it after the join, so that on a local runner it shares the fused stage of the teacher calls.
 Each file is read by one worker, streaming, with line numbers (rejects name them); a Reshuffle after the read
 spreads the records over workers. Bytes are parsed by pipeline.mbeir (never ReadFromText, whose decoding would
 kill the run on one invalid UTF-8 line), so a bad line becomes a reject with its reason code.
