@@ -98,8 +98,25 @@ class ProcessClient:
                 self._send_conn.send(batch)
             except OSError:  # the child is gone; the reader fails everything that waits
                 return
+            except Exception:  # noqa: BLE001 - one message that cannot be pickled: send the rest one by one
+                for message in batch:
+                    try:
+                        self._send_conn.send([message])
+                    except OSError:
+                        return
+                    except Exception as e:  # noqa: BLE001 - it fails its caller alone
+                        log.exception("could not send a message to the teacher process")
+                        self._fail([message[1]], f"{type(e).__name__}: {e}"[:500])
             if any(op == CLOSE for op, _, _ in batch):
                 return
+
+    def _fail(self, rids: list[int], detail: str) -> None:
+        with self._lock:
+            failed = [self._waiting.pop(rid) for rid in rids if rid in self._waiting]
+        for future, request in failed:
+            future.set_result(None if request is None else TeacherResult(
+                key=request.key, ok=False, error="internal", detail=detail, model=request.model,
+                kind=request.kind))
 
     def submit(self, request: TeacherRequest, image_loader=None) -> concurrent.futures.Future:
         """Ask for one request; `image_loader` encodes its deferred images in the child, just before the call."""
@@ -156,12 +173,9 @@ class ProcessClient:
         except (EOFError, OSError):
             pass
         with self._lock:
-            waiting, self._waiting = self._waiting, {}
             self._closed = True
-        for future, request in waiting.values():
-            future.set_result(None if request is None else TeacherResult(
-                key=request.key, ok=False, error="internal", detail=CHILD_GONE, model=request.model,
-                kind=request.kind))
+            rids = list(self._waiting)
+        self._fail(rids, CHILD_GONE)
         self._recv_conn.close()
 
 

@@ -71,6 +71,18 @@ def test_a_dead_child_fails_what_waits_instead_of_hanging(tmp_path):
     assert client.closed
 
 
+def test_a_request_that_cannot_be_sent_fails_alone(tmp_path):
+    requests = [build_cot_request(make_example(query_txt=f"variant {i}", query_img=None, target_img=None),
+                                  model="gpt-4o-mini", params={}) for i in range(2)]
+    with ReferenceServer() as srv:
+        client = ProcessClient(_config(srv, tmp_path))
+        broken = client.submit(requests[0], lambda path: b"")  # a loader that cannot be pickled
+        assert client.submit(requests[1]).result(timeout=30).ok  # the next request still goes through
+        client.close()
+    result = broken.result(timeout=10)
+    assert not result.ok and result.error == "internal" and "pickle" in result.detail.lower()
+
+
 def test_the_child_exits_with_its_parent(tmp_path):
     script = (
         "import sys, time\n"
