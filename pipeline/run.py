@@ -124,7 +124,9 @@ def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
     local_workers(opts.local_workers, None, cores=1)  # a bad --local_workers stops here
     _check_instructions(root)
     _check_image_dir(root)
-    lookup = opts.journal_lookup if opts.journal_lookup != "auto" else "index" if _is_local(opts) else "join"
+    lookup = opts.journal_lookup
+    if lookup == "auto":  # a local run's stages fuse around an in-process index; a distributed one joins
+        lookup = "index" if _is_local(opts) else "join"
     policy = TeacherPolicy(opts.teacher_mode, lookup, opts.max_requests, opts.max_cost_usd,
                            FileSystems.join(opts.output_dir, PENDING_DIR))
     if teacher is not None and policy.mode == "batch":

@@ -141,14 +141,14 @@ _SENTENCE = re.compile(r"[^.!?\n。！？]+[.!?。！？]*")
 _ASCII_WORD = re.compile(r"[A-Za-z']+")
 
 
-def plainly_english(sentence: str) -> bool:
-    """True when a sentence needs no language identification of its own: ASCII only, no function word of a
-    language the rule rejects, and at least ENGLISH_MARKER_SHARE of its words English-only function words.
-    Anything else (accents, other scripts, a Spanish "con", a German "und", too few English markers) is judged
-    by py3langid as before; this only saves the call for sentences no threshold would reject."""
-    if not sentence.isascii():
+def plainly_english(text: str) -> bool:
+    """True when a text (a sentence, or a whole answer) needs no language identification of its own: ASCII only,
+    no function word of a language the rule rejects, and at least ENGLISH_MARKER_SHARE of its words English-only
+    function words. Anything else (accents, other scripts, a Spanish "con", a German "und", too few English
+    markers) is judged by py3langid as before; this only saves the call for texts no threshold would reject."""
+    if not text.isascii():
         return False
-    words = _ASCII_WORD.findall(sentence.lower())
+    words = _ASCII_WORD.findall(text.lower())
     if not words or any(w in FOREIGN_FUNCTION_WORDS for w in words):
         return False
     return sum(w in ENGLISH_MARKERS for w in words) >= ENGLISH_MARKER_SHARE * len(words)

@@ -76,7 +76,7 @@ def _read(path: str, offset: int = 0, size: int = -1) -> bytes:
 
 class JournalIndex:
     """Where the latest intact record of each key lies (segment, offset, length), for a local run's stages to
-    look up answers without the journal join's shuffle. Holds positions, not records (about 150 bytes a key);
+    look up answers without the journal join's shuffle. Holds positions, not records (about 250 bytes a key);
     `refresh` indexes the segments written since the last one (segments never change once closed)."""
 
     def __init__(self, journal_dir: str):

@@ -45,19 +45,30 @@ def test_results_are_durable_within_the_flush_interval(tmp_path):
             client.close()
 
 
-def test_segments_rotate_and_loader_skips_a_damaged_last_line(tmp_path):
-    journal = str(tmp_path / "j")
+def _one_segment(journal: str, n: int) -> JournalWriter:
+    """A writer whose first segment holds records k0 .. k(n-1)."""
     writer = JournalWriter(journal, flush_interval_s=3600)
-    for i in range(3):
+    for i in range(n):
         writer.append(_rec(i))
     writer.flush()
+    return writer
+
+
+def _crash_mid_record(journal_path) -> None:
+    """A crash while writing the next record: half a line at the end of the last segment."""
+    with open(sorted(journal_path.glob("journal-*.jsonl"))[-1], "ab") as f:
+        f.write(json.dumps(_rec(4)).encode()[:20])
+
+
+def test_segments_rotate_and_loader_skips_a_damaged_last_line(tmp_path):
+    journal = str(tmp_path / "j")
+    writer = _one_segment(journal, 3)
     writer.append(_rec(3))
     writer.close()
     segments = sorted((tmp_path / "j").glob("journal-*.jsonl"))
     assert len(segments) == 2 and writer.writes == 4
     assert journal_glob(journal).endswith("journal-*.jsonl")
-    with open(segments[-1], "ab") as f:  # a crash while writing the next record
-        f.write(json.dumps(_rec(4)).encode()[:20])
+    _crash_mid_record(tmp_path / "j")
     loaded = load_journal(journal)
     assert sorted(loaded) == ["k0", "k1", "k2", "k3"]
     assert loaded["k2"]["content"] == _rec(2)["content"]
@@ -69,19 +80,14 @@ def test_missing_journal_dir_is_empty(tmp_path):
 
 def test_index_finds_the_latest_record_of_each_key_and_picks_up_new_segments(tmp_path):
     journal = str(tmp_path / "j")
-    writer = JournalWriter(journal, flush_interval_s=3600)
-    for i in range(3):
-        writer.append(_rec(i))
-    writer.flush()
+    writer = _one_segment(journal, 3)
     index = JournalIndex(journal)
     index.refresh()
     assert len(index) == 3 and index.get("k1")["content"] == _rec(1)["content"] and index.get("k9") is None
     writer.append({**_rec(1), "content": "<reasoning>again</reasoning><answer>b</answer>"})
     writer.append(_rec(3))
     writer.close()
-    segments = sorted((tmp_path / "j").glob("journal-*.jsonl"))
-    with open(segments[-1], "ab") as f:  # a crash while writing the next record
-        f.write(json.dumps(_rec(4)).encode()[:20])
+    _crash_mid_record(tmp_path / "j")
     index.refresh()  # only the new segment is read
     assert len(index) == 4 and index.get("k4") is None
     assert index.get("k1")["content"].startswith("<reasoning>again") and index.get("k3")["key"] == "k3"
@@ -96,9 +102,7 @@ def test_index_of_a_missing_journal_is_empty(tmp_path):
 
 def test_index_forgets_segments_that_went_away(tmp_path):
     journal = str(tmp_path / "j")
-    writer = JournalWriter(journal, flush_interval_s=3600)
-    writer.append(_rec(0))
-    writer.close()
+    _one_segment(journal, 1).close()
     index = JournalIndex(journal)
     index.refresh()
     assert index.get("k0") is not None
