@@ -28,7 +28,7 @@ setup(
     version="0.1.0",
     description="Build M-BEIR-CoT with Apache Beam and train/benchmark TRACE reasoning embedders on it",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipeline", "pipeline.*", "validators", "validators.*", "trainer",
+    packages=find_packages(include=["common", "common.*", "pipeline", "pipeline.*", "validators", "validators.*", "trainer",
                                     "trainer.*", "prompts", "schemas"]),
     package_data={"prompts": ["*.txt", "*.md", "*.json"], "schemas": ["*.json"]},
     include_package_data=True,

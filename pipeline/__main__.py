@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipeline.mbeir.cli import DEBUG_FLAG, CliParser, run_cli
+from common.cli import DEBUG_FLAG, CliParser, run_cli
 
 PROG = "python -m pipeline"
 
@@ -50,7 +50,7 @@ def _main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Build the dataset; bad input or output is one line on stderr and exit status 2 or 3 (pipeline.mbeir.cli)."""
+    """Build the dataset; bad input or output is one line on stderr and exit status 2 or 3 (common.cli)."""
     return run_cli(_main, argv, prog=PROG)
 
 

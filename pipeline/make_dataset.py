@@ -14,9 +14,9 @@ import contextlib
 import os
 import sys
 
+from common.cli import run_cli
+from common.errors import ConfigError, OutputError
 from pipeline.__main__ import main as pipeline_main
-from pipeline.mbeir.cli import run_cli
-from pipeline.mbeir.errors import ConfigError, OutputError
 from pipeline.sample import generate
 
 REFERENCE_MODEL = "reference-teacher"

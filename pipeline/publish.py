@@ -18,8 +18,8 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import shards
-from pipeline.hub import (
+from common.cli import CliParser, run_cli
+from common.hub import (
     PublishError,
     PublishResult,
     check_repo_id,
@@ -28,7 +28,7 @@ from pipeline.hub import (
     upload_errors,
     verify_files,
 )
-from pipeline.mbeir.cli import CliParser, run_cli
+from pipeline import shards
 
 __all__ = ["PublishError", "PublishResult", "collect_files", "publish", "verify"]
 PROG = "python -m pipeline.publish"

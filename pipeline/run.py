@@ -17,11 +17,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
 
+from common.errors import ConfigError, OutputError
 from pipeline import shards
 from pipeline.build import CARD_SAMPLE_ROWS, WORK, RunPlan, build, sample_rank
 from pipeline.card.card import write_card
 from pipeline.mbeir import images, layout
-from pipeline.mbeir.errors import ConfigError, OutputError
 from pipeline.mbeir.read import read_instructions
 from pipeline.mbeir.source import resolve_root, selection_files
 from pipeline.options import (

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.mbeir.cli import CliParser, positive_int, run_cli
+from common.cli import CliParser, positive_int, run_cli
 from trainer.benchmark.evaluate import check_device
 from trainer.benchmark.retrieval import DEFAULT_CHUNK, EmbeddingWriter, open_embeddings, search
 from trainer.modeling.interface import CandidateInput

@@ -77,14 +77,14 @@ def measure(tiny_base: str, global_batch: int, micro_batch: int, negatives: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.mbeir.cli import run_cli
+    from common.cli import run_cli
 
     return run_cli(_main, argv, prog="python scripts/bench_gradcache.py")
 
 
 def _main(argv: list[str]) -> None:
-    from pipeline.mbeir.cli import CliParser, positive_int
-    from pipeline.mbeir.errors import ConfigError
+    from common.cli import CliParser, positive_int
+    from common.errors import ConfigError
 
     ap = CliParser(prog="python scripts/bench_gradcache.py", description=__doc__,
                    formatter_class=argparse.RawDescriptionHelpFormatter)

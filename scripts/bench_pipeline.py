@@ -382,13 +382,13 @@ def _sizes(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, ROOT)
-    from pipeline.mbeir.cli import run_cli
+    from common.cli import run_cli
 
     return run_cli(_main, argv, prog="python scripts/bench_pipeline.py")
 
 
 def _main(argv: list[str]) -> int:
-    from pipeline.mbeir.cli import CliParser, positive_int
+    from common.cli import CliParser, positive_int
 
     p = CliParser(prog="python scripts/bench_pipeline.py", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -91,8 +91,8 @@ def run(srv: tuple[str, int], processes: int, requests: int, max_in_flight: int,
 
 
 def _main(argv: list[str]) -> None:
-    from pipeline.mbeir.cli import CliParser, positive_int
-    from pipeline.mbeir.errors import ConfigError
+    from common.cli import CliParser, positive_int
+    from common.errors import ConfigError
 
     p = CliParser(prog="python scripts/bench_teacher.py", description=__doc__.splitlines()[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -148,7 +148,7 @@ def _main(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, ROOT)
-    from pipeline.mbeir.cli import run_cli
+    from common.cli import run_cli
 
     return run_cli(_main, argv, prog="python scripts/bench_teacher.py")
 

@@ -282,13 +282,13 @@ def chaos(root: str, work_dir: str, limit: int, kills: int, seed: int, latency_m
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, ROOT)
-    from pipeline.mbeir.cli import run_cli
+    from common.cli import run_cli
 
     return run_cli(_main, argv, prog="python scripts/chaos_run.py")
 
 
 def _main(argv: list[str]) -> int:
-    from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int
+    from common.cli import CliParser, non_negative_int, positive_int
 
     if argv[:1] == ["teacher"]:
         serve_teacher(argv[1:])
@@ -311,7 +311,7 @@ def _main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     root = a.mbeir_root
     if root is not None and not os.path.isdir(root):
-        from pipeline.mbeir.errors import ConfigError
+        from common.errors import ConfigError
 
         raise ConfigError(f"--mbeir_root {root} is not a folder: give an M-BEIR root, or leave it out for the sample")
     if root is None:

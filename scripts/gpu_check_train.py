@@ -24,8 +24,8 @@ from dataclasses import replace
 
 import torch
 
-from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int, run_cli
-from pipeline.mbeir.errors import ConfigError
+from common.cli import CliParser, non_negative_int, positive_int, run_cli
+from common.errors import ConfigError
 from trainer.modeling.model import ModelConfig, TraceEmbedder
 from trainer.modeling.processor import IGNORE, TraceProcessor
 from trainer.modeling.tiny import build_config, build_image_processor, build_tokenizer

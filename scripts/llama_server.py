@@ -251,14 +251,14 @@ def _pid_file(port: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
-    from pipeline.mbeir.cli import run_cli
+    from common.cli import run_cli
 
     return run_cli(_main, argv, prog="python scripts/llama_server.py")
 
 
 def _main(argv: list[str]) -> int:
-    from pipeline.mbeir.cli import CliParser, positive_int
-    from pipeline.mbeir.errors import ConfigError
+    from common.cli import CliParser, positive_int
+    from common.errors import ConfigError
 
     p = CliParser(prog="python scripts/llama_server.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -20,9 +20,9 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 from huggingface_hub import DatasetCardData
 
+from common.hub import markdown_table
 from pipeline import shards
 from pipeline.card import plots
-from pipeline.hub import markdown_table
 from pipeline.mbeir import reasons as input_reasons
 from pipeline.mbeir.layout import DISPLAY_NAMES
 from validators.reasons import REASONS as RULE_REASONS

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
+from common.errors import ConfigError, network_errors
 from pipeline.mbeir import layout
-from pipeline.mbeir.errors import ConfigError, network_errors
 
 HF_SCHEME = "hf://"
 DEFAULT_HF_REPO = "hf://TIGER-Lab/M-BEIR"

@@ -7,8 +7,8 @@ import json
 import sys
 import time
 
-from pipeline.mbeir.cli import CliParser, int_at_least, run_cli
-from pipeline.mbeir.errors import OutputError
+from common.cli import CliParser, int_at_least, run_cli
+from common.errors import OutputError
 from pipeline.sample.generate import MAX_SCALE, generate
 
 PROG = "python -m pipeline.sample"

@@ -14,7 +14,7 @@ import time
 
 import openai
 
-from pipeline.mbeir.errors import ConfigError
+from common.errors import ConfigError
 from pipeline.teacher.client import TeacherConfig
 
 log = logging.getLogger(__name__)

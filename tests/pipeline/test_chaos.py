@@ -14,7 +14,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.mbeir.errors import OutputError
+from common.errors import OutputError
 from tests.pipeline import testfs
 from tests.pipeline.conftest import output_files, run_pipeline
 

@@ -13,8 +13,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from common.errors import ConfigError
 from pipeline.mbeir import reasons
-from pipeline.mbeir.errors import ConfigError
 from pipeline.stats import check_identity
 from pipeline.teacher.reference_server import ReferenceServer
 from tests.pipeline.conftest import run_pipeline

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.mbeir.errors import ConfigError
+from common.errors import ConfigError
 from pipeline.options import AUTO_WORKERS_MIN_QUERIES
 from pipeline.run import local_workers, teacher_process
 from tests.pipeline.conftest import output_files, run_pipeline

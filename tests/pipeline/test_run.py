@@ -11,8 +11,8 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
+from common.errors import ConfigError
 from pipeline import shards
-from pipeline.mbeir.errors import ConfigError
 from pipeline.stats import check_identity
 from tests.pipeline.conftest import output_files, read_json, run_pipeline
 

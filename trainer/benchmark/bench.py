@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int, run_cli
-from pipeline.mbeir.errors import ConfigError
+from common.cli import CliParser, non_negative_int, positive_int, run_cli
+from common.errors import ConfigError
 from trainer.benchmark import evaluate, mix, paper_results, retrieval
 from trainer.benchmark.evalset import eval_pairs, read_instructions, read_pair_qrels
 from trainer.modeling.interface import MODES, Embedder

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from common.errors import ConfigError
 from pipeline.mbeir import images, layout, reasons
-from pipeline.mbeir.errors import ConfigError
 from pipeline.mbeir.instructions import Instructions, query_text
 from pipeline.mbeir.lines import iter_lines
 from pipeline.mbeir.parse import parse_candidate_line, parse_query_line

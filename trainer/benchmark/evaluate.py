@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from common.cli import CliParser, non_negative_int, positive_int, run_cli, writable_folder
+from common.errors import ConfigError
 from pipeline.mbeir import layout
-from pipeline.mbeir.cli import CliParser, non_negative_int, positive_int, run_cli, writable_folder
-from pipeline.mbeir.errors import ConfigError
 from trainer.benchmark import paper_results, retrieval, scoring
 from trainer.benchmark.evalset import (
     DEFAULT_IMAGE_MAX_SIDE,

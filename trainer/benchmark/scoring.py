@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.mbeir.errors import ConfigError
+from common.errors import ConfigError
 from pipeline.mbeir.layout import DATASET_NAMES, RECALL_AT_10_DATASETS, dataset_of_id, pair_name
 
 DEFAULT_KS = (1, 5, 10)

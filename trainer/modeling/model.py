@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.mbeir.errors import ConfigError
+from common.errors import ConfigError
 from trainer.inference.api import candidate_inputs, checkpoint_folder, query_inputs
 from trainer.inference.engine import QueryEngine, encode_candidates
 from trainer.modeling.interface import CandidateInput, EncodeResult, QueryInput

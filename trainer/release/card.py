@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.hub import markdown_table
+from common.hub import markdown_table
 from pipeline.mbeir.layout import DISPLAY_NAMES, TASKS
 from trainer.benchmark import paper_results
 

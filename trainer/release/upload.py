@@ -4,7 +4,7 @@
 
 Uploads the weights (LoRA adapter/ or full model files), trace_config.json, train_config.json, tokenizer,
 image processor, the evaluation and bench results when found, and a model card (README.md, trainer/release/card.py).
-Resumable like the dataset upload (pipeline/hub.py): blobs first, one commit at the end; a rerun sends only the
+Resumable like the dataset upload (common/hub.py): blobs first, one commit at the end; a rerun sends only the
 blobs the Hub lacks. HF_TOKEN comes from the environment and is never printed or written.
 """
 
@@ -16,7 +16,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.hub import (
+from common.cli import CliParser, run_cli
+from common.hub import (
     REPO_ID,
     PublishError,
     PublishResult,
@@ -26,7 +27,6 @@ from pipeline.hub import (
     upload_errors,
     verify_files,
 )
-from pipeline.mbeir.cli import CliParser, run_cli
 from trainer.modeling.model import ADAPTER_DIR, TRACE_CONFIG
 from trainer.release.card import CardInputs, render_card
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from pipeline.mbeir.errors import ConfigError
+from common.errors import ConfigError
 
 NEGATIVES = ("global", "micro")  # global: the gradient cache (PAPER.md §3 batch); micro: the ablation
 

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from common.errors import ConfigError
 from pipeline.mbeir import images
-from pipeline.mbeir.errors import ConfigError
 from trainer.modeling.interface import CandidateInput, QueryInput
 from trainer.modeling.student import format_query_text
 

@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.mbeir.cli import CliParser, run_cli, writable_folder
-from pipeline.mbeir.errors import ConfigError
+from common.cli import CliParser, run_cli, writable_folder
+from common.errors import ConfigError
 from trainer.modeling.model import TraceEmbedder, read_checkpoint
 from trainer.training.config import TINY_DEFAULTS, TrainConfig, config_fields, validate
 from trainer.training.data import TrainData
@@ -320,7 +320,7 @@ def _main(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train; a bad flag, path or input is one line on stderr and exit status 2 (pipeline.mbeir.cli)."""
+    """Train; a bad flag, path or input is one line on stderr and exit status 2 (common.cli)."""
     return run_cli(_main, argv, prog=PROG)
 
 

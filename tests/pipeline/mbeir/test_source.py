@@ -9,8 +9,8 @@ import huggingface_hub.constants
 import pytest
 from huggingface_hub import CommitOperationAdd
 
+from common.errors import ConfigError
 from pipeline.mbeir import layout
-from pipeline.mbeir.errors import ConfigError
 from pipeline.mbeir.source import DEFAULT_HF_REPO, resolve_root, selection_files, validate_selection
 from tests.hub_server import HubServer
 

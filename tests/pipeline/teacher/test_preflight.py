@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.mbeir.errors import ConfigError
+from common.errors import ConfigError
 from pipeline.teacher.client import TeacherConfig
 from pipeline.teacher.preflight import preflight
 from pipeline.teacher.reference_server import ReferenceServer

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.mbeir.cli import run_cli
+from common.cli import run_cli
 from trainer.benchmark import evaluate
 from trainer.modeling.interface import EncodeResult
 

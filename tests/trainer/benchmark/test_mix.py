@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.mbeir.cli import run_cli
+from common.cli import run_cli
 from tests.trainer.benchmark.test_evaluate import BagOfWordsEmbedder, build_root
 from trainer.benchmark import bench, mix
 

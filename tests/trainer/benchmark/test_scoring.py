@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.mbeir.cli import run_cli
-from pipeline.mbeir.errors import ConfigError
+from common.cli import run_cli
+from common.errors import ConfigError
 from trainer.benchmark import evaluate
 from trainer.benchmark.scoring import read_qrels, read_run, score_run
 

@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.mbeir.errors import ConfigError
+from common.errors import ConfigError
 from tests.trainer.conftest import write_cot_shards
 from trainer.training.data import TaskBatchSampler, TrainData, list_shards
 

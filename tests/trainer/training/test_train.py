@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.mbeir.cli import run_cli
+from common.cli import run_cli
 from trainer.modeling.model import TraceEmbedder
 from trainer.training.config import TrainConfig
 from trainer.training.loop import PROG, check_inputs, latest_checkpoint, main, parse_args

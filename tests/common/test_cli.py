@@ -1,11 +1,11 @@
-"""The shared error style of every command line (pipeline/mbeir/cli.py)."""
+"""The shared error style of every command line (common/cli.py)."""
 
 import errno
 
 import pytest
 
-from pipeline.mbeir.cli import CliParser, positive_int, run_cli
-from pipeline.mbeir.errors import ConfigError, OutputError
+from common.cli import CliParser, positive_int, run_cli
+from common.errors import ConfigError, OutputError
 
 
 def _raiser(error: BaseException):

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from pipeline.mbeir.errors import ConfigError, OutputError, network_errors
+from common.errors import ConfigError, OutputError, network_errors
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.mbeir.errors import ConfigError, OutputError
+from common.errors import ConfigError, OutputError
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MBEIR_DEBUG"
