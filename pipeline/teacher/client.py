@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ipaddress
 import itertools
 import json
 import logging
@@ -18,17 +17,23 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx2
 import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 import schemas
-from pipeline.teacher.cost import PriceTable
+from pipeline.teacher.config import (  # noqa: F401
+    AUTO_TRANSPORT,
+    DUMMY_LOCAL_KEY,
+    TRANSPORTS,
+    TeacherConfig,
+    is_loopback,
+    read_secret,
+)
 from pipeline.teacher.journal import JournalWriter
 from pipeline.teacher.limits import RateLimiter, retry_after_s
 from pipeline.teacher.prompting import TeacherRequest
@@ -36,61 +41,7 @@ from validators.cot_format import format_problems, split_cot
 
 log = logging.getLogger(__name__)
 
-DUMMY_LOCAL_KEY = "sk-loopback-no-key"
-TRANSPORTS = ("aiohttp", "httpx", "direct")
-AUTO_TRANSPORT = "auto"
 _OUTPUT_SCHEMAS = {"judge": "judge_output", "verifier": "verifier_output"}
-
-
-@dataclass
-class TeacherConfig:
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    api_key_secret: str | None = None  # projects/P/secrets/NAME[/versions/V], read on each worker
-    max_in_flight: int = 64
-    max_pending: int | None = 4096  # submit() blocks while this many are queued or in flight (None = never)
-    rpm: float | None = None  # None = unlimited
-    tpm: float | None = None
-    timeout_s: float = 120.0
-    max_retries: int = 6  # per call, for 429 / 5xx / timeouts / connection errors
-    max_reasks: int = 2  # extra calls when the output is malformed
-    journal_dir: str | None = None
-    flush_interval_s: float = 2.0
-    prices: PriceTable = field(default_factory=PriceTable)
-    price_discount: float = 1.0  # e.g. cost.BATCH_DISCOUNT
-    # "aiohttp" | "httpx": the openai client on that transport. "direct": one aiohttp session posts the chat
-    # completion itself, with the openai client's headers (key, organization, project, user agent), and raises
-    # the openai client's error types (about 0.45 ms less CPU per call, for OpenAI-compatible servers; no Azure)
-    transport: str = "aiohttp"
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 60.0
-    progress_interval_s: float = 5.0
-    own_process: bool = False  # the stages' shared client runs in a child process (pipeline/teacher/process.py)
-
-    def resolve_api_key(self) -> str:
-        """The key from `api_key_env`, else from the Secret Manager secret `api_key_secret` (Dataflow workers do
-        not inherit the launcher's environment); loopback servers may go without one."""
-        key = os.environ.get(self.api_key_env, "")
-        if key:
-            return key
-        if self.api_key_secret:
-            return read_secret(self.api_key_secret)
-        if is_loopback(self.base_url):
-            return DUMMY_LOCAL_KEY
-        raise ValueError(f"environment variable {self.api_key_env} is not set; it must hold the API key "
-                         f"for the teacher at {self.base_url}")
-
-
-def read_secret(name: str) -> str:
-    """The payload of a Google Secret Manager secret (latest version unless `name` names one)."""
-    try:
-        from google.cloud import secretmanager
-    except ImportError as e:
-        raise ValueError("--api_key_secret needs google-cloud-secret-manager: pip install 'mbeir-cot[gcp]'") from e
-    version = name if "/versions/" in name else f"{name}/versions/latest"
-    response = secretmanager.SecretManagerServiceClient().access_secret_version(name=version)
-    return response.payload.data.decode("utf-8").strip()
 
 
 def choose_transport(setting: str, base_url: str) -> str:
@@ -101,16 +52,6 @@ def choose_transport(setting: str, base_url: str) -> str:
     if setting != AUTO_TRANSPORT:
         return setting
     return "direct" if is_loopback(base_url) else "aiohttp"
-
-
-def is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
