@@ -6,13 +6,20 @@ decoded, together, in a decode batch of at most `batch_size` rows: a row that em
 `max_new_tokens`) leaves the batch and its KV cache (compaction), and its slot is taken by the next reasoning
 row waiting, whose prefilled KV cache is joined to the batch's (continuous batching). `direct` is a pure
 prefill. Caches of different lengths are joined by left padding, masked out, so results do not depend on
-which rows share a batch. Rows waiting for a slot hold their prefill cache: at most 2 x batch_size rows of KV.
+which rows share a batch. Rows waiting for a slot hold their prefill cache.
+
+One loop (`QueryEngine.loop`) does all of this for whatever feeds it jobs: a query list (`encode_queries`, via
+ListFeed: a chunk is admitted only while fewer than batch_size rows decode or wait, so at most 2 x batch_size rows
+of KV) or a server's request queue (trainer/serving), whose jobs carry their own mode and may be candidates
+(prefill only: they never wait for a decode to end, only for the step in progress).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,26 +28,53 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from trainer.modeling.interface import MODES, CandidateInput, EncodeResult, QueryInput
 
 
+@dataclass(eq=False)
+class Job:
+    """One input of the loop: a query in its own mode, or a candidate (mode "direct": it never reasons). The loop
+    fills tokens and prompt_tokens; a feed may set `cancelled` at any time and the row leaves at the next step."""
+
+    item: QueryInput | CandidateInput
+    mode: str = "direct"
+    ref: Any = None  # the feed's handle: a list position, a request's ticket
+    tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    cancelled: bool = False
+
+
+class Feed(Protocol):
+    """Where the loop's jobs come from and their embeddings go."""
+
+    def take(self, in_decode: int) -> list[Job] | None:
+        """Jobs to prefill next (at most batch_size); [] when none now, None when none ever again. `in_decode`:
+        rows decoding or waiting for a decode slot; when it is 0 the feed may block until work arrives."""
+
+    def finish(self, jobs: list[Job], h: torch.Tensor) -> None:
+        """Embeddings (rows of h: float, not normalised) of jobs that are done; a cancelled job may be among them."""
+
+    def fail(self, job: Job, error: Exception) -> None:
+        """`job` alone could not be prefilled (its batch mates were retried without it)."""
+
+
 @dataclass
 class Rows:
     """Rows that decode together: KV cache, attention mask and positions left-aligned to one width; each row
     still has to feed `next_ids` (its last generated token) to the model."""
 
-    index: list[int]  # position of each row's query in the input list
+    jobs: list[Job]
     cache: DynamicCache
     mask: torch.Tensor  # (n, width) 1 = real token, the cache holds `width` positions
     pos: torch.Tensor  # (3, n, 1) M-RoPE position of each row's last cached token
     next_ids: torch.Tensor  # (n,)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.jobs)
 
     def select(self, keep: Sequence[int]) -> Rows:
         """The rows at `keep` (positions in this group), leading columns no row needs dropped."""
         idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
         for layer in _layers(self.cache):
             layer.keys, layer.values = layer.keys[idx], layer.values[idx]
-        rows = Rows([self.index[i] for i in keep], self.cache, self.mask[idx], self.pos[:, idx], self.next_ids[idx])
+        rows = Rows([self.jobs[i] for i in keep], self.cache, self.mask[idx], self.pos[:, idx], self.next_ids[idx])
         rows._trim()
         return rows
 
@@ -76,7 +110,7 @@ def join(a: Rows | None, b: Rows | None) -> Rows | None:
     for la, lb in zip(_layers(a.cache), _layers(b.cache), strict=True):
         la.keys = torch.cat([left_pad(la.keys, 2, wa), left_pad(lb.keys, 2, wb)])
         la.values = torch.cat([left_pad(la.values, 2, wa), left_pad(lb.values, 2, wb)])
-    return Rows(a.index + b.index, a.cache, torch.cat([left_pad(a.mask, 1, wa), left_pad(b.mask, 1, wb)]),
+    return Rows(a.jobs + b.jobs, a.cache, torch.cat([left_pad(a.mask, 1, wa), left_pad(b.mask, 1, wb)]),
                 torch.cat([a.pos, b.pos], dim=1), torch.cat([a.next_ids, b.next_ids]))
 
 
@@ -92,13 +126,55 @@ def split(rows: Rows | None, k: int) -> tuple[Rows | None, Rows | None]:
         dst.lazy_initialization(src.keys, src.values)
         dst.keys, dst.values = src.keys, src.values
     n = len(rows)
-    rest = Rows(rows.index, rest_cache, rows.mask, rows.pos, rows.next_ids).select(list(range(k, n)))
+    rest = Rows(rows.jobs, rest_cache, rows.mask, rows.pos, rows.next_ids).select(list(range(k, n)))
     return rows.select(list(range(k))), rest
+
+
+def live(rows: Rows | None) -> Rows | None:
+    """The rows whose job is not cancelled; None when no row is left."""
+    if rows is None:
+        return None
+    keep = [i for i, job in enumerate(rows.jobs) if not job.cancelled]
+    if len(keep) == len(rows):
+        return rows
+    return rows.select(keep) if keep else None
+
+
+class ListFeed:
+    """A query list in chunks of batch_size, in order; a chunk is admitted only while fewer than batch_size rows
+    decode or wait for a slot. Embeddings are collected in input order."""
+
+    def __init__(self, queries: Sequence[QueryInput], mode: str, batch_size: int, dim: int):
+        self.jobs = [Job(q, mode, i) for i, q in enumerate(queries)]
+        self.batch_size, self.next = batch_size, 0
+        self.out = torch.zeros(len(self.jobs), dim, dtype=torch.float32)
+
+    def take(self, in_decode: int) -> list[Job] | None:
+        if self.next >= len(self.jobs):
+            return None
+        if in_decode >= self.batch_size:
+            return []
+        chunk = self.jobs[self.next:self.next + self.batch_size]
+        self.next += len(chunk)
+        return chunk
+
+    def finish(self, jobs: list[Job], h: torch.Tensor) -> None:
+        self.out[[job.ref for job in jobs]] = h.float().cpu()
+
+    def fail(self, job: Job, error: Exception) -> None:
+        raise error
+
+    def result(self, tokenizer) -> EncodeResult:
+        tokens = [job.tokens for job in self.jobs]
+        return EncodeResult(embeddings=F.normalize(self.out, dim=-1), reasoned=[len(t) > 0 for t in tokens],
+                            generated_tokens=[len(t) for t in tokens],
+                            texts=tokenizer.batch_decode(tokens, skip_special_tokens=False))
 
 
 class QueryEngine:
     """Greedy decoding until <|emb|>; the embedding is the hidden state that feeds <|emb|> (pre-token pooling,
-    PAPER.md §1). If <|emb|> never comes within max_new_tokens it is appended: the last generated token's state."""
+    PAPER.md §1). If <|emb|> never comes within max_new_tokens it is appended: the last generated token's state.
+    `mode` is the mode of `run`'s queries; jobs from another feed carry their own."""
 
     def __init__(self, embedder, mode: str = "adaptive", max_new_tokens: int = 128, batch_size: int = 8):
         if mode not in MODES:
@@ -108,65 +184,88 @@ class QueryEngine:
         self.emb, self.mode, self.max_new, self.batch_size = embedder, mode, max_new_tokens, batch_size
         self.emb_id = embedder.emb_id
 
-    @torch.inference_mode()  # no autograd bookkeeping: about a tenth off every small decode step
     def run(self, queries: Sequence[QueryInput]) -> EncodeResult:
-        n = len(queries)
-        dim = self.emb.base.config.text_config.hidden_size
-        self.out = torch.zeros(n, dim, dtype=torch.float32)
-        self.tokens: list[list[int]] = [[] for _ in range(n)]
-        chunks = self._chunks(queries)
+        feed = ListFeed(queries, self.mode, self.batch_size, self.emb.base.config.text_config.hidden_size)
+        self.loop(feed)
+        return feed.result(self.emb.processor.tokenizer)
+
+    @torch.inference_mode()  # no autograd bookkeeping: about a tenth off every small decode step
+    def loop(self, feed: Feed) -> None:
+        """Until the feed has nothing more and no row decodes: prefill what the feed gives, then one decode step
+        of at most batch_size rows; finished (or cancelled) rows leave, waiting rows take their slots."""
         active: Rows | None = None
         waiting: Rows | None = None
         while True:
-            while (len(active or ()) + len(waiting or ()) < self.batch_size
-                   and (chunk := next(chunks, None)) is not None):
-                waiting = join(waiting, self._prefill(*chunk))
+            while chunk := feed.take(len(active or ()) + len(waiting or ())):
+                waiting = join(waiting, self._admit(chunk, feed))
+            active, waiting = live(active), live(waiting)
+            if chunk is None and active is None and waiting is None:
+                break
             take, waiting = split(waiting, self.batch_size - len(active or ()))
             active = join(active, take)
-            if active is None:
-                break
-            active = self._step(active)
-        texts = self.emb.processor.tokenizer.batch_decode(self.tokens, skip_special_tokens=False)
-        return EncodeResult(embeddings=F.normalize(self.out, dim=-1), reasoned=[len(t) > 0 for t in self.tokens],
-                            generated_tokens=[len(t) for t in self.tokens], texts=texts)
+            if active is not None:
+                active = self._step(active, feed)
 
-    def _chunks(self, queries: Sequence[QueryInput]) -> Iterator[tuple[list[int], list[QueryInput]]]:
-        for s in range(0, len(queries), self.batch_size):
-            yield list(range(s, min(s + self.batch_size, len(queries)))), list(queries[s:s + self.batch_size])
+    def _admit(self, jobs: list[Job], feed: Feed) -> Rows | None:
+        """_prefill; when a chunk fails, each job alone, so that a bad input fails only itself."""
+        try:
+            return self._prefill(jobs, feed)
+        except Exception as error:
+            if len(jobs) == 1:
+                feed.fail(jobs[0], error)
+                return None
+        return reduce(join, (self._admit([job], feed) for job in jobs), None)
 
-    def _finish(self, index: list[int], rows: Sequence[int], h: torch.Tensor) -> None:
-        if rows:
-            self.out[[index[i] for i in rows]] = h[list(rows)].float().cpu()
+    def _batch(self, jobs: list[Job]) -> tuple[dict[str, torch.Tensor], list[Job]]:
+        """(the processor's batch on the model's device, the jobs in its row order: queries, then candidates)."""
+        emb = self.emb
+        queries = [job for job in jobs if isinstance(job.item, QueryInput)]
+        cands = [job for job in jobs if not isinstance(job.item, QueryInput)]
+        items = emb.query_items([j.item for j in queries]) + emb.candidate_items([j.item for j in cands])
+        batch = {k: v.to(emb.device) for k, v in emb.processor(items, padding_side="left").items()}
+        jobs = queries + cands
+        for job, n in zip(jobs, batch["attention_mask"].sum(1).tolist(), strict=True):
+            job.prompt_tokens = n
+        return batch, jobs
 
-    def _prefill(self, index: list[int], queries: list[QueryInput]) -> Rows | None:
+    def _prefill(self, jobs: list[Job], feed: Feed) -> Rows | None:
         """Prefill and route a chunk; returns the rows that go on to decode (None when none do)."""
         emb = self.emb
-        batch = {k: v.to(emb.device) for k, v in emb.processor(emb.query_items(queries), padding_side="left").items()}
+        batch, jobs = self._batch(jobs)
         pos = emb.positions(batch)
-        decode = self.mode != "direct" and self.max_new > 0
+        decode = self.max_new > 0 and any(job.mode != "direct" for job in jobs)
         out = emb.base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              position_ids=pos, pixel_values=batch.get("pixel_values"),
                              image_grid_thw=batch.get("image_grid_thw"), use_cache=decode)
         h = out.last_hidden_state[:, -1]
         if not decode:
-            self._finish(index, range(len(index)), h)
+            feed.finish(jobs, h)
             return None
-        logits = emb.lm_head(h).float()
-        if self.mode == "always":
-            logits[:, self.emb_id] = float("-inf")
-        nxt = logits.argmax(-1).tolist()
-        direct = [i for i, t in enumerate(nxt) if t == self.emb_id]
-        self._finish(index, direct, h)
-        keep = [i for i, t in enumerate(nxt) if t != self.emb_id]
+        nxt = self._first_tokens(jobs, h)
+        keep = [i for i, job in enumerate(jobs) if job.mode != "direct" and nxt[i] != self.emb_id]
+        self._finish(jobs, sorted(set(range(len(jobs))) - set(keep)), h, feed)
         if not keep:
             return None
+        rows = Rows(jobs, out.cache, batch["attention_mask"], pos[:, :, -1:],
+                    torch.tensor(nxt, dtype=torch.long, device=h.device)).select(keep)
         for i in keep:
-            self.tokens[index[i]].append(nxt[i])
-        rows = Rows(index, out.cache, batch["attention_mask"], pos[:, :, -1:],
-                    torch.tensor(nxt, dtype=torch.long, device=h.device))
-        return rows.select(keep)
+            jobs[i].tokens.append(nxt[i])
+        return rows
 
-    def _step(self, rows: Rows) -> Rows | None:
+    def _first_tokens(self, jobs: list[Job], h: torch.Tensor) -> list[int]:
+        """Each row's greedy first token; <|emb|> is out of reach for rows in mode "always"."""
+        logits = self.emb.lm_head(h).float()
+        always = [i for i, job in enumerate(jobs) if job.mode == "always"]
+        if always:
+            logits[always, self.emb_id] = float("-inf")
+        return logits.argmax(-1).tolist()
+
+    @staticmethod
+    def _finish(jobs: list[Job], rows: Sequence[int], h: torch.Tensor, feed: Feed) -> None:
+        if rows:
+            feed.finish([jobs[i] for i in rows], h[list(rows)])
+
+    def _step(self, rows: Rows, feed: Feed) -> Rows | None:
         """One decode step of every active row; finished rows leave. Returns the rows still decoding."""
         emb = self.emb
         rows.pos = rows.pos + 1
@@ -181,13 +280,13 @@ class QueryEngine:
         nxt = emb.lm_head(h).float().argmax(-1)
         nxt_list = nxt.tolist()
         done, keep = [], []
-        for i, q in enumerate(rows.index):
-            if len(self.tokens[q]) >= self.max_new or nxt_list[i] == self.emb_id:
+        for i, job in enumerate(rows.jobs):
+            if len(job.tokens) >= self.max_new or nxt_list[i] == self.emb_id:
                 done.append(i)
             else:
                 keep.append(i)
-                self.tokens[q].append(nxt_list[i])
-        self._finish(rows.index, done, h)
+                job.tokens.append(nxt_list[i])
+        self._finish(rows.jobs, done, h, feed)
         rows.cache, rows.next_ids = out.cache, nxt
         if not keep:
             return None
@@ -198,7 +297,7 @@ def length_order(embedder, candidates: Sequence[CandidateInput]) -> list[int]:
     """Indices of `candidates` by prompt length (text tokens + image tokens), so batches pad little."""
     proc = embedder.processor
     texts = [c.text or "" for c in candidates]
-    text_len = [len(ids) for ids in proc.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    text_len = [len(ids) for ids in proc.text_ids(texts)]
     merge = proc.image_processor.merge_size ** 2
 
     def image_tokens(img) -> int:
