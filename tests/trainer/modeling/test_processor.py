@@ -1,0 +1,104 @@
+"""TraceProcessor builds sequences from template pieces and text (issue 22.2): ordinary inputs get the ids they had
+when the whole rendered string was tokenized with control tokens parsed; control token strings in text are text."""
+
+import json
+from importlib import resources
+
+import pytest
+import torch
+from PIL import Image
+
+import prompts
+from trainer.modeling.processor import IGNORE, Item, TraceProcessor
+from trainer.modeling.student import EMB_TOKEN, candidate_system_prompt, query_system_prompt
+from trainer.modeling.tiny import build_image_processor, build_tokenizer
+
+TEXTS = ["Find a red circle.", " a leading space", "\n\nnewlines first", "", "tail newline\n", "a\nb  c\t d",
+         "Ünïcode ☃ 12345 'll", "red " * 40]
+TARGETS = [None, EMB_TOKEN, "The target is red. a red circle<|emb|>", "no emb at the end", "long " * 50 + EMB_TOKEN]
+
+
+@pytest.fixture(scope="module")
+def proc() -> TraceProcessor:
+    return TraceProcessor(build_tokenizer(), build_image_processor(), max_text_tokens=24, max_target_tokens=48)
+
+
+def whole_string_ids(proc: TraceProcessor, item: Item, n_image: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels) as before issue 22: the rendered prompt tokenized as one string, control tokens
+    parsed, the one <|image_pad|> expanded; the target tokenized alone, <|emb|> appended when missing."""
+    tok = proc.tokenizer
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    text = item.text or ""
+    if len(ids(text)) > proc.max_text_tokens:
+        text = tok.decode(ids(text)[: proc.max_text_tokens])
+    user = ("<|vision_start|><|image_pad|><|vision_end|>" if item.image is not None else "") + text
+    out = ids(f"<|im_start|>system\n{item.system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+              "<|im_start|>assistant\n")
+    if item.image is not None:
+        at = out.index(proc.image_pad_id)
+        out = out[:at] + [proc.image_pad_id] * n_image + out[at + 1:]
+    labels = [IGNORE] * len(out)
+    if item.target is not None:
+        tgt = ids(item.target)
+        tgt = tgt if tgt and tgt[-1] == proc.emb_id else tgt + [proc.emb_id]
+        tgt = tgt if len(tgt) <= proc.max_target_tokens else tgt[: proc.max_target_tokens - 1] + [proc.emb_id]
+        out, labels = out + tgt, labels + tgt
+    return out, labels
+
+
+def test_ordinary_inputs_keep_the_ids_of_the_whole_string(proc):
+    img = Image.new("RGB", (50, 40), (10, 20, 30))
+    systems = [query_system_prompt("cirr", 7), query_system_prompt("my_own_set", 3),
+               candidate_system_prompt("image,text"), candidate_system_prompt("text")]
+    cases = [(s, t, im) for s in systems for t in TEXTS for im in (None, img)]
+    items = [Item(*case, TARGETS[k % len(TARGETS)]) for k, case in enumerate(cases)]
+    for side in ("right", "left"):
+        batch = proc(items, padding_side=side)
+        n_image = int(batch["image_grid_thw"][0].prod()) // proc.merge ** 2
+        for i, item in enumerate(items):
+            keep = batch["attention_mask"][i].bool()
+            want, labels = whole_string_ids(proc, Item(str(item.system), item.text, item.image, item.target),
+                                            n_image if item.image is not None else 0)
+            assert batch["input_ids"][i][keep].tolist() == want
+            assert batch["labels"][i][keep].tolist() == labels
+        assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == proc.image_pad_id).long())
+
+
+def test_system_prompts_read_as_rendered_before():
+    table = json.loads(resources.files(prompts).joinpath("student_strategies.json").read_text(encoding="utf-8"))
+    for dataset in [*table["datasets"], "my_own_set"]:
+        for task_id in range(10):
+            info = table["datasets"].get(dataset, {"name": dataset, "strategy": "match the target the query describes."})
+            task = f"{info['name']} {table['tasks'].get(str(task_id), 'multimodal retrieval')}"
+            want = prompts.load("student_query").render(task=task, strategy=info["strategy"]).strip()
+            assert str(query_system_prompt(dataset, task_id)) == want
+    for modality, name in (("text", "text"), ("image", "image"), ("image,text", "image-and-text")):
+        assert str(candidate_system_prompt(modality)) == prompts.load("student_candidate").render(modality=name).strip()
+
+
+def test_text_without_the_added_vocabulary_is_the_tokenizers_own(proc):
+    for text in TEXTS:
+        assert proc._plain_ids(text) == proc.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_non_special_added_token_in_text_is_text():
+    tok = build_tokenizer()
+    tok.add_tokens(["<tool_call>"])  # Qwen2.5's tokenizers hold such tokens (special: false)
+    proc = TraceProcessor(tok, build_image_processor())
+    tool = tok.convert_tokens_to_ids("<tool_call>")
+    assert tok("a<tool_call>b", add_special_tokens=False, split_special_tokens=True)["input_ids"].count(tool) == 1
+    (ids,) = proc.text_ids(["a<tool_call>b"])
+    assert proc.control_ids.isdisjoint(ids) and tok.decode(ids) == "a<tool_call>b"
+    assert proc.template("x<tool_call>y") == ["x", [tool], "y"]
+
+
+def test_only_the_targets_last_emb_is_the_templates(proc):
+    ids, direct = proc.target_ids(["I wrote <|emb|> and <|im_end|> here.<|emb|>", EMB_TOKEN])
+    assert ids[-1] == proc.emb_id and proc.control_ids.isdisjoint(ids[:-1])
+    assert proc.tokenizer.decode(ids[:-1]) == "I wrote <|emb|> and <|im_end|> here."
+    assert direct == [proc.emb_id]
+    (long,) = proc.target_ids(["<|emb|>" * 40])
+    assert len(long) == proc.max_target_tokens and long.count(proc.emb_id) == 1 and long[-1] == proc.emb_id
