@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from tests.trainer.modeling.test_model import _manual_greedy
+from trainer.inference.engine import Job, QueryEngine
 from trainer.modeling.interface import CandidateInput, QueryInput
 from trainer.modeling.model import TraceEmbedder
 
@@ -48,8 +49,7 @@ def _states(emb: TraceEmbedder, q: QueryInput) -> torch.Tensor:
     return torch.stack(states)
 
 
-@pytest.fixture(scope="module")
-def mixed(tiny_base) -> TraceEmbedder:
+def planned_model(tiny_base) -> TraceEmbedder:
     """The tiny model made to follow PLAN: mixed routes and chains of different lengths. Its head is untied
     from the input embeddings and its <|emb|> row solved by least squares, so the <|emb|> logit beats (or
     trails) the best other logit by a margin of 2 at exactly the planned steps. The row changes no hidden
@@ -73,6 +73,11 @@ def mixed(tiny_base) -> TraceEmbedder:
     res = emb.encode_queries(_queries(), mode="adaptive", max_new_tokens=MAX_NEW, batch_size=1)
     assert res.generated_tokens == PLAN
     return emb
+
+
+@pytest.fixture(scope="module")
+def mixed(tiny_base) -> TraceEmbedder:
+    return planned_model(tiny_base)
 
 
 class ForwardLog:
@@ -139,3 +144,87 @@ def test_candidates_batch_by_length_and_return_in_input_order(mixed):
     alone = torch.cat([mixed.encode_candidates([c]) for c in cands])
     assert float((batched * alone).sum(-1).min()) >= 0.9999
     assert mixed.encode_candidates([]).shape == (0, batched.shape[1])
+
+
+class ScriptFeed:
+    """Feeds fixed chunks, one per loop iteration whatever is decoding (as a server's queue does), and keeps what
+    the loop reports. `cancel_after`: {job: iteration} cancels a job once that many chunks were given."""
+
+    def __init__(self, chunks: list[list[Job]], cancel_after: dict | None = None):
+        self.chunks, self.calls, self.given = list(chunks), 0, 0
+        self.cancel_after = cancel_after or {}
+        self.done: dict[Job, torch.Tensor] = {}
+        self.failed: dict[Job, Exception] = {}
+
+    def take(self, in_decode: int) -> list[Job] | None:
+        self.calls += 1
+        for job, after in self.cancel_after.items():
+            job.cancelled = job.cancelled or self.given >= after
+        if not self.chunks:
+            return None
+        if self.calls % 2 == 0:
+            return []
+        self.given += 1
+        return self.chunks.pop(0)
+
+    def finish(self, jobs: list[Job], h: torch.Tensor) -> None:
+        for job, row in zip(jobs, h, strict=True):
+            self.done[job] = torch.nn.functional.normalize(row.float(), dim=-1)
+
+    def fail(self, job: Job, error: Exception) -> None:
+        self.failed[job] = error
+
+
+def _candidates() -> list[CandidateInput]:
+    return [CandidateInput("a red circle on a white background", None, "text"),
+            CandidateInput(None, Image.new("RGB", (64, 64), (9, 200, 9)), "image"),
+            CandidateInput("a blue square", Image.new("RGB", (70, 50), (0, 0, 255)), "image,text")]
+
+
+def _alone(emb: TraceEmbedder, job: Job) -> tuple[torch.Tensor, int]:
+    if isinstance(job.item, CandidateInput):
+        return emb.encode_candidates([job.item])[0], 0
+    res = emb.encode_queries([job.item], mode=job.mode, max_new_tokens=MAX_NEW, batch_size=1)
+    return res.embeddings[0], res.generated_tokens[0]
+
+
+def test_one_loop_serves_every_mode_and_candidates_joining_a_running_decode(mixed):
+    """Jobs of all three modes and candidates, in chunks that arrive while earlier rows decode, get what each
+    gets alone."""
+    modes = ("adaptive", "always", "direct")
+    jobs = [Job(q, modes[i % 3]) for i, q in enumerate(_queries())] + [Job(c) for c in _candidates()]
+    order = [jobs[i] for i in (0, 9, 1, 4, 10, 7, 2, 11, 3, 5, 8, 6)]
+    feed = ScriptFeed([order[k:k + 3] for k in range(0, len(order), 3)])
+    log = ForwardLog(mixed)
+    try:
+        QueryEngine(mixed, max_new_tokens=MAX_NEW, batch_size=3).loop(feed)
+    finally:
+        log.close()
+    assert set(feed.done) == set(jobs) and not feed.failed
+    for job in jobs:
+        embedding, tokens = _alone(mixed, job)
+        assert len(job.tokens) == tokens
+        assert float(feed.done[job] @ embedding) >= 0.9999
+    assert max(log.decode_sizes()) == 3  # reasoning rows of different chunks shared decode steps
+
+
+def test_a_job_that_cannot_be_prefilled_fails_alone(mixed):
+    good = [Job(q, "adaptive") for q in _queries()[:2]]
+    bad = Job(QueryInput("fine text", "not an image", "cirr", 7), "adaptive")
+    feed = ScriptFeed([[good[0], bad, good[1]]])
+    QueryEngine(mixed, max_new_tokens=MAX_NEW, batch_size=3).loop(feed)
+    assert list(feed.failed) == [bad] and set(feed.done) == set(good)
+    for job in good:
+        assert float(feed.done[job] @ _alone(mixed, job)[0]) >= 0.9999
+
+
+def test_a_cancelled_job_leaves_the_decode_batch_unfinished(mixed):
+    """Query 5 reasons for MAX_NEW tokens; cancelled once the second chunk was given, it is never finished and
+    its batch mates are unchanged."""
+    qs = _queries()
+    jobs = [Job(qs[i], "adaptive") for i in (5, 1, 3, 0)]
+    feed = ScriptFeed([jobs[:2], jobs[2:]], cancel_after={jobs[0]: 2})
+    QueryEngine(mixed, max_new_tokens=MAX_NEW, batch_size=3).loop(feed)
+    assert set(feed.done) == set(jobs[1:]) and len(jobs[0].tokens) < MAX_NEW
+    for job in jobs[1:]:
+        assert float(feed.done[job] @ _alone(mixed, job)[0]) >= 0.9999
