@@ -97,14 +97,14 @@ class TreeSampler:
 
 
 class Teacher:
-    """`python -m pipeline.teacher.reference_server` in its own process."""
+    """`python -m pipeline.teacher.reference.server` in its own process."""
 
     def __init__(self, latency_ms: float):
         self.latency_ms = latency_ms
 
     def __enter__(self) -> Teacher:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.teacher.reference_server", "--port", "0",
+            [sys.executable, "-m", "pipeline.teacher.reference.server", "--port", "0",
              "--latency_ms", str(self.latency_ms)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @contextmanager
 def server(latency_ms: float):
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.teacher.reference_server", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.teacher.reference.server", "--port", "0",
                              "--latency_ms", str(latency_ms)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -36,7 +36,8 @@ def worker(a: argparse.Namespace) -> None:
     """One process: build requests, wait for "go" on stdin, run them all, print one JSON line."""
     sys.path.insert(0, ROOT)
     from pipeline.mbeir.records import CandidateRecord, Example, QueryRecord
-    from pipeline.teacher.client import TeacherClient, TeacherConfig
+    from pipeline.teacher.client import TeacherClient
+    from pipeline.teacher.config import TeacherConfig
     from pipeline.teacher.prompting import build_cot_request
 
     def example(i: int) -> Example:

@@ -42,7 +42,7 @@ def serve_teacher(argv: list[str]) -> None:
     from aiohttp import web
 
     sys.path.insert(0, ROOT)
-    from pipeline.teacher.reference_server import ReferenceServer
+    from pipeline.teacher.reference.server import ReferenceServer
 
     p = argparse.ArgumentParser()
     p.add_argument("--latency_ms", type=float, default=100.0)

@@ -7,16 +7,15 @@ A rerun pays only for keys the journal lacks, found one of two ways (TeacherPoli
 ever holds the whole journal (distributed runners); "index" looks each key up in a JournalIndex of the
 process as the request arrives, so a local run's stages fuse and the CoT, rules and verifier calls overlap
 instead of waiting for each other at the join. Either way requests with the same key are called once and the
-answer fans out. Calls go through one TeacherClient per worker process, which
-owns concurrency, rate limits, retries, re-asks and journal writes (pipeline/teacher/client.py).
+answer fans out. Calls go through the worker process's one client for the config (pipeline/teacher/registry.py),
+in this process or in a child of its own (protocol.Teacher either way), which owns concurrency, rate limits,
+retries, re-asks and journal writes (pipeline/teacher/client.py).
 """
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import queue
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,54 +34,19 @@ from pipeline.mbeir.images import ImageLoader
 from pipeline.mbeir.records import Example, Failure, Reject
 from pipeline.shards import write_bytes
 from pipeline.stats import Event
-from pipeline.teacher.batch import pending_line
-from pipeline.teacher.budget import Budget
-from pipeline.teacher.client import TeacherClient, TeacherConfig, TeacherResult, result_from_record
-from pipeline.teacher.journal import JournalIndex, journal_glob, parse_journal_line
-from pipeline.teacher.process import ProcessClient, encode_images
+from pipeline.teacher.config import TeacherConfig
+from pipeline.teacher.journal import journal_glob, parse_journal_line
+from pipeline.teacher.outputs import TeacherResult, result_from_record
+from pipeline.teacher.pending import pending_line
 from pipeline.teacher.prompting import PromptTooLong, TeacherRequest
+from pipeline.teacher.protocol import encode_images
+from pipeline.teacher.registry import close_clients as close_clients  # its old path, for pipeline/run.py
+from pipeline.teacher.registry import shared_budget, shared_client, shared_index
 
 EVENTS, REJECTS, FAILED = "events", "rejects", "failed"
 # Results that are neither answers nor failures: the item waits for a later run (stats "pending").
 PENDING_BUDGET, PENDING_BATCH = "pending_budget", "pending_batch"
 PENDING = {PENDING_BUDGET: "budget", PENDING_BATCH: "batch"}
-
-# One client per (worker process, config): DoFn instances of every teacher stage share its limits and journal.
-_CLIENTS: dict[str, TeacherClient | ProcessClient] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-def shared_client(config: TeacherConfig) -> TeacherClient | ProcessClient:
-    """This process's client for `config`: in this process, or in a child of its own (config.own_process)."""
-    key = repr(config)
-    with _CLIENTS_LOCK:
-        if not _CLIENTS:
-            atexit.register(close_clients)
-        client = _CLIENTS.get(key)
-        if client is None or client.closed:
-            client = _CLIENTS[key] = ProcessClient(config) if config.own_process else TeacherClient(config)
-        return client
-
-
-_INDEXES: dict[str, JournalIndex] = {}
-
-
-def shared_index(journal_dir: str) -> JournalIndex:
-    """This process's index of `journal_dir`, brought up to date with the segments written since last asked."""
-    with _CLIENTS_LOCK:
-        index = _INDEXES.setdefault(journal_dir, JournalIndex(journal_dir))
-    index.refresh()
-    return index
-
-
-def close_clients() -> None:
-    """Close every client of this process: drains, flushes the journal, closes connections."""
-    with _CLIENTS_LOCK:
-        clients = list(_CLIENTS.values())
-        _CLIENTS.clear()
-    for client in clients:
-        client.close()
-
 
 def usage_events(result: TeacherResult) -> list[Event]:
     """What one answered call cost (journal hits are counted where they are found, in _SplitHits)."""
@@ -142,17 +106,9 @@ class TeacherPolicy:
 # Completion tokens a request is expected to use: the budget reserves them before a call, the dry-run plan
 # counts them. A CoT is bounded by PAPER.md §2 Phase 3 at 256 + 64 tokens; most are far shorter.
 COMPLETION_ESTIMATES = {"cot": 200, "judge": 40, "verifier": 40}
-_BUDGETS: dict[str, Budget] = {}
 
 
-def shared_budget(config: TeacherConfig, policy: TeacherPolicy) -> Budget:
-    """One budget per worker process and configuration (each process enforces its own copy)."""
-    key = repr((config, policy))
-    with _CLIENTS_LOCK:
-        if key not in _BUDGETS:
-            _BUDGETS[key] = Budget(policy.max_requests, policy.max_cost_usd, config.prices, config.model,
-                                   discount=config.price_discount)
-        return _BUDGETS[key]
+_IN_FLIGHT = object()  # _Call._look_up: the key's call is under way
 
 
 def _unanswered(request: TeacherRequest, error: str, detail: str) -> TeacherResult:
@@ -165,14 +121,13 @@ class _Call(beam.DoFn):
 
     Elements are (request, payloads), one per key, after the journal join; with `journal_dir` (journal_lookup
     "index") they are (request, payload) pairs, looked up here in the process's JournalIndex, and a key already
-    asked in this bundle shares that answer. Deferred images are encoded just before the call: by the client
-    when it runs in its own process (`image_loader` goes with the request), else here (`encode_loader`); a
-    request whose image cannot be encoded is answered with the failure and never sent."""
+    asked in this bundle shares that answer. Deferred images are encoded just before the call, by the client
+    (`image_loader` goes with the request); a request whose image cannot be encoded is answered with the
+    failure and never sent."""
 
     def __init__(self, config: TeacherConfig, policy: TeacherPolicy, image_loader: ImageLoader | None = None,
-                 journal_dir: str | None = None, encode_loader: ImageLoader | None = None):
-        self.config, self.policy, self.image_loader = config, policy, image_loader
-        self.journal_dir, self.encode_loader = journal_dir, encode_loader
+                 journal_dir: str | None = None):
+        self.config, self.policy, self.image_loader, self.journal_dir = config, policy, image_loader, journal_dir
         self.backlog = max(4 * config.max_in_flight, 64)
 
     def setup(self):
@@ -190,19 +145,11 @@ class _Call(beam.DoFn):
         request, payloads = element
         if self.journal is not None:
             payloads = [payloads]
-            seen = self.asked.get(request.key)
-            if isinstance(seen, list):  # in flight: the answer fans out to this payload too
-                seen.extend(payloads)
+            known = self._look_up(request.key, payloads)
+            if known is not None:
+                if known is not _IN_FLIGHT:
+                    yield from self._answer(request.key, payloads, known)
                 return
-            if seen is None:
-                record = self.journal.get(request.key)
-                if record is not None:
-                    seen = result_from_record(record)
-                    self.usage[Event("teacher_journal_hits", code=seen.model or "")] += 1
-            if seen is not None:
-                yield from self._answer(request.key, payloads, seen)
-                return
-            self.asked[request.key] = payloads
         reserved = None
         if self.budget is not None:
             reserved = (request.est_prompt_tokens, COMPLETION_ESTIMATES.get(request.kind, 0))
@@ -210,19 +157,26 @@ class _Call(beam.DoFn):
                 result = _unanswered(request, PENDING_BUDGET, "the spend budget is reached; rerun with a higher one")
                 yield from self._answer(request.key, payloads, result)
                 return
-        if self.encode_loader is not None:
-            sent = encode_images(request, self.encode_loader)
-            if isinstance(sent, TeacherResult):  # never sent: costs nothing, gives the reserved budget back
-                if reserved is not None:
-                    self.budget.release(reserved)
-                yield from self._answer(request.key, payloads, sent)
-                return
-            request = sent
-        future = (self.client.submit(request, self.image_loader) if self.image_loader is not None
-                  else self.client.submit(request))
+        future = self.client.submit(request, self.image_loader)
         self.pending[future] = (request.key, payloads, reserved)
         future.add_done_callback(self.finished.put)
         yield from self._completed(block=len(self.pending) >= self.backlog)
+
+    def _look_up(self, key: str, payloads: list) -> TeacherResult | object | None:
+        """Index lookup: the answer already known for `key` (asked in this bundle, or in the journal);
+        _IN_FLIGHT when its call is under way (the payloads wait for its answer too); None: ask it now."""
+        seen = self.asked.get(key)
+        if isinstance(seen, list):
+            seen.extend(payloads)
+            return _IN_FLIGHT
+        if seen is None:
+            record = self.journal.get(key)
+            if record is not None:
+                seen = result_from_record(record)
+                self.usage[Event("teacher_journal_hits", code=seen.model or "")] += 1
+        if seen is None:
+            self.asked[key] = payloads
+        return seen
 
     def _answer(self, key: str, payloads: list, result: TeacherResult):
         if self.journal is not None:
@@ -252,7 +206,7 @@ class _Call(beam.DoFn):
         for future in done:
             key, payloads, reserved = self.pending.pop(future)
             result = future.result()
-            if reserved is not None:
+            if reserved is not None:  # a request never sent settles with nothing used: the reservation comes back
                 self.budget.settle(reserved, result.prompt_tokens, result.completion_tokens, result.attempts)
             if result.attempts:  # else never sent (an image that could not be encoded): it cost nothing
                 for event in usage_events(result):
@@ -305,12 +259,9 @@ class CallTeacher(beam.PTransform):
 
     def expand(self, pairs):
         online = self.policy.mode != "batch"
-        # A client in its own process encodes the images there; otherwise they are encoded before the call.
-        in_child = online and self.config.own_process
-        call_loader, encode_loader = (self.image_loader, None) if in_child else (None, self.image_loader)
         if online and self.policy.journal_lookup == "index":
-            called = pairs | "Call" >> beam.ParDo(_Call(self.config, self.policy, call_loader, self.journal_dir,
-                                                        encode_loader)).with_outputs(EVENTS, main="answers")
+            called = pairs | "Call" >> beam.ParDo(_Call(self.config, self.policy, self.image_loader,
+                                                        self.journal_dir)).with_outputs(EVENTS, main="answers")
             return self._detached(called.answers), called[EVENTS]
         keyed = pairs | "KeyByRequest" >> beam.Map(lambda rp: (rp[0].key, rp))
         asked = keyed | "AskedKeys" >> beam.Map(lambda kv: (kv[0], True))
@@ -325,8 +276,8 @@ class CallTeacher(beam.PTransform):
         split = ({"requests": keyed, "journal": journal}
                  | "JoinJournal" >> beam.CoGroupByKey()
                  | "SplitHits" >> beam.ParDo(_SplitHits()).with_outputs("todo", EVENTS, main="hits"))
-        caller = (_Call(self.config, self.policy, call_loader, encode_loader=encode_loader) if online
-                  else _Defer(self.policy.pending_dir, encode_loader))
+        caller = (_Call(self.config, self.policy, self.image_loader) if online
+                  else _Defer(self.policy.pending_dir, self.image_loader))
         called = split.todo | "Call" >> beam.ParDo(caller).with_outputs(EVENTS, main="answers")
         results = (split.hits, called.answers) | "AllAnswers" >> beam.Flatten()
         events = (split[EVENTS], called[EVENTS]) | "TeacherEvents" >> beam.Flatten()
@@ -342,8 +293,8 @@ class CallTeacher(beam.PTransform):
 def _build_reason(error: Exception) -> str:
     if isinstance(error, PromptTooLong):
         return reasons.PROMPT_TOO_LONG
-    if isinstance(error, images.UnsafeImagePath):
-        return reasons.UNSAFE_IMAGE_PATH
+    if isinstance(error, images.ImageRejected):  # unsafe_image_path, or the image gate's code
+        return error.reason
     return reasons.UNREADABLE_IMAGE
 
 

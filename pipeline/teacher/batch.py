@@ -1,15 +1,10 @@
 """OpenAI Batch API mode (half price, answers within 24 h), Beam-free.
 
 A run writes every teacher request that the journal cannot answer as one line of a pending JSONL file
-(`pending_line(req)`); after the run the driver calls `BatchJobs.submit_pending(glob)`; the next run first calls
+(pending.py); after the run the driver calls `BatchJobs.submit_pending(glob)`; the next run first calls
 `BatchJobs.collect()`, which journals every finished answer in the client's record format, so the pipeline
 finds them as journal hits. Nothing is ever paid twice: a request is in at most one unfinished batch, and
 answers that were journaled are never submitted again.
-
-Pending line (what the stage writes; `meta` is ours and is not uploaded):
-    {"custom_id": KEY, "method": "POST", "url": "/v1/chat/completions",
-     "body": {"model": ..., "messages": [...], **params},
-     "meta": {"kind": "cot|judge|verifier", "prompt_id": ..., "prompt_sha": ..., "est_prompt_tokens": N}}
 
 State (`state_dir`, any Beam FileSystems path; one driver at a time):
     state.json            {"version": 1, "next_seq": N,
@@ -43,10 +38,12 @@ from apache_beam.io.filesystems import FileSystems
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from pipeline.teacher.budget import Budget
-from pipeline.teacher.client import TeacherConfig, _retryable, parse_output
+from pipeline.teacher.config import TeacherConfig
 from pipeline.teacher.cost import BATCH_DISCOUNT
 from pipeline.teacher.journal import JournalWriter
-from pipeline.teacher.prompting import TeacherRequest
+from pipeline.teacher.outputs import check_output, first_choice
+from pipeline.teacher.pending import ENDPOINT, parse_pending
+from pipeline.teacher.transport import retryable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,33 +52,10 @@ T = TypeVar("T")
 # requests and 200 MB, all for one model.
 MAX_BATCH_REQUESTS = 50_000
 MAX_BATCH_BYTES = 200 * 1024 * 1024
-ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
 STATE_VERSION = 1
-KINDS = frozenset({"cot", "judge", "verifier"})
 UNFINISHED = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 DOWNLOAD_TIMEOUT_S = 600.0
-
-
-def pending_line(req: TeacherRequest) -> str:
-    """The pending JSONL line (no newline) for one request that the journal does not answer."""
-    return json.dumps({
-        "custom_id": req.key, "method": "POST", "url": ENDPOINT,
-        "body": {"model": req.model, "messages": req.messages, **req.params},
-        "meta": {"kind": req.kind, "prompt_id": req.prompt_id, "prompt_sha": req.prompt_sha,
-                 "est_prompt_tokens": req.est_prompt_tokens},
-    }, ensure_ascii=False, separators=(",", ":"))
-
-
-def _parse_pending(raw: bytes) -> dict[str, Any] | None:
-    try:
-        x = json.loads(raw)
-        ok = (isinstance(x["custom_id"], str) and x["custom_id"] and x.get("url", ENDPOINT) == ENDPOINT
-              and isinstance(x["body"]["messages"], list) and isinstance(x["body"]["model"], str)
-              and x["meta"]["kind"] in KINDS)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return None
-    return x if ok else None
 
 
 def _is_local(path: str) -> bool:
@@ -157,7 +131,7 @@ class BatchJobs:
     # ---- API calls with retries ----------------------------------------------------------------------
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         cfg = self.config
-        retrying = Retrying(retry=retry_if_exception(_retryable), reraise=True,
+        retrying = Retrying(retry=retry_if_exception(retryable), reraise=True,
                             wait=wait_random_exponential(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s),
                             stop=stop_after_attempt(cfg.max_retries + 1))
         return retrying(fn, *args, **kwargs)
@@ -233,30 +207,13 @@ class BatchJobs:
             for raw in _get(path).splitlines():
                 if not raw.strip():
                     continue
-                x = _parse_pending(raw)
+                x = parse_pending(raw)
                 if x is None:
                     counts["bad_lines"] += 1
-                    continue
-                cid, body, meta = x["custom_id"], x["body"], x["meta"]
-                if cid in busy or cid in seen:
-                    counts["skipped_busy" if cid in busy else "duplicates"] += 1
-                    continue
-                line = json.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": body},
-                                  ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-                if len(line) > self.max_bytes:
-                    counts["too_large"] += 1
-                    log.warning("request %s is %d bytes, over the %d-byte batch file limit", cid[:12],
-                                len(line), self.max_bytes)
-                    continue
-                est = (int(meta.get("est_prompt_tokens") or 0),
-                       int(body.get("max_completion_tokens") or body.get("max_tokens") or 0))
-                if budget is not None and not budget.try_reserve(*est):
-                    counts["over_budget"] += 1
-                    continue
-                seen.add(cid)
-                by_model[body["model"]].append((line, {
-                    "custom_id": cid, "kind": meta["kind"], "prompt_id": meta.get("prompt_id", ""),
-                    "prompt_sha": meta.get("prompt_sha", ""), "model": body["model"]}))
+                elif x["custom_id"] in busy or x["custom_id"] in seen:
+                    counts["skipped_busy" if x["custom_id"] in busy else "duplicates"] += 1
+                else:
+                    self._admit(x, budget, counts, seen, by_model)
         for model, items in sorted(by_model.items()):
             for chunk in self._chunks(items):
                 self._submit_chunk(model, chunk)
@@ -265,6 +222,27 @@ class BatchJobs:
         if paths:
             FileSystems.delete(paths)
         return counts
+
+    def _admit(self, x: dict[str, Any], budget: Budget | None, counts: dict[str, int], seen: set[str],
+               by_model: dict[str, list[tuple[bytes, dict[str, Any]]]]) -> None:
+        """Queue one pending request for its model's batches, unless it is too large or over the budget."""
+        cid, body, meta = x["custom_id"], x["body"], x["meta"]
+        line = json.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": body},
+                          ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        if len(line) > self.max_bytes:
+            counts["too_large"] += 1
+            log.warning("request %s is %d bytes, over the %d-byte batch file limit", cid[:12], len(line),
+                        self.max_bytes)
+            return
+        est = (int(meta.get("est_prompt_tokens") or 0),
+               int(body.get("max_completion_tokens") or body.get("max_tokens") or 0))
+        if budget is not None and not budget.try_reserve(*est):
+            counts["over_budget"] += 1
+            return
+        seen.add(cid)
+        by_model[body["model"]].append((line, {
+            "custom_id": cid, "kind": meta["kind"], "prompt_id": meta.get("prompt_id", ""),
+            "prompt_sha": meta.get("prompt_sha", ""), "model": body["model"]}))
 
     def _chunks(self, items: list[tuple[bytes, dict]]) -> Iterator[list[tuple[bytes, dict]]]:
         chunk: list[tuple[bytes, dict]] = []
@@ -395,13 +373,10 @@ class BatchJobs:
         counts["prompt_tokens"] += p
         counts["completion_tokens"] += c
         counts["cost_usd"] += self.config.prices.cost(meta["model"], p, c, discount=BATCH_DISCOUNT)
-        try:
-            choice = completion["choices"][0]
-            content, finish = choice["message"]["content"] or "", choice.get("finish_reason") or ""
-        except (KeyError, IndexError, TypeError):
+        choice = first_choice(completion)
+        if choice is None or check_output(meta["kind"], *choice)[0] is None:
             return None
-        if finish == "length" or parse_output(meta["kind"], content)[0] is None:
-            return None
+        content = choice[0]
         return {"key": meta["custom_id"], "kind": meta["kind"], "model": completion.get("model") or meta["model"],
                 "request_model": meta["model"], "prompt_id": meta["prompt_id"], "prompt_sha": meta["prompt_sha"],
                 "content": content, "prompt_tokens": p, "completion_tokens": c, "attempts": 1,

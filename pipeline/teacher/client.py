@@ -2,112 +2,46 @@
 layer (tenacity; the openai client's own retries are off), re-asks for malformed output, a response journal
 and usage/cost accounting. Callers on any thread `submit()` and get a concurrent.futures.Future that always
 resolves to a TeacherResult (never an exception).
+
+The rooms around it: config.py (settings, the API key), transport.py (the HTTP calls and their errors),
+outputs.py (results, parsing, schema checks), protocol.py (the interface it shares with process.py).
+TeacherConfig, AUTO_TRANSPORT, TRANSPORTS and choose_transport are still imported from here (their old path) by
+pipeline/options.py, run.py and build.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
-import json
 import logging
-import os
 import random
-import re
 import threading
 import time
-import uuid
-from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
-import httpx2
-import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-import schemas
-from pipeline.teacher.config import (  # noqa: F401
-    AUTO_TRANSPORT,
-    DUMMY_LOCAL_KEY,
-    TRANSPORTS,
-    TeacherConfig,
-    is_loopback,
-    read_secret,
-)
+from pipeline.teacher.config import AUTO_TRANSPORT as AUTO_TRANSPORT
+from pipeline.teacher.config import TRANSPORTS as TRANSPORTS
+from pipeline.teacher.config import TeacherConfig
 from pipeline.teacher.journal import JournalWriter
 from pipeline.teacher.limits import RateLimiter, retry_after_s
-from pipeline.teacher.prompting import TeacherRequest
-from validators.cot_format import format_problems, split_cot
+from pipeline.teacher.outputs import TeacherResult, check_output, first_choice, parse_completion
+from pipeline.teacher.prompting import ImageLoader, TeacherRequest
+from pipeline.teacher.protocol import encode_images, resolved
+from pipeline.teacher.transport import (
+    CallError,
+    Transport,
+    check_transport,
+    describe,
+    error_code,
+    response_headers,
+    retryable,
+    status_of,
+)
+from pipeline.teacher.transport import choose_transport as choose_transport
 
 log = logging.getLogger(__name__)
-
-_OUTPUT_SCHEMAS = {"judge": "judge_output", "verifier": "verifier_output"}
-
-
-def choose_transport(setting: str, base_url: str) -> str:
-    """--teacher_transport: 'auto' is "direct" for a teacher on this machine (a local vLLM or SGLang server, or
-    the reference teacher: thousands of requests a second, where the client's CPU per call is what limits a
-    run) and the openai client on aiohttp for any other (an API whose rate limits, not the client, set the pace,
-    and whose organization, project and Azure settings are the openai client's to handle)."""
-    if setting != AUTO_TRANSPORT:
-        return setting
-    return "direct" if is_loopback(base_url) else "aiohttp"
-
-
-@dataclass
-class TeacherResult:
-    key: str
-    ok: bool
-    content: str = ""
-    parsed: Any = None  # (reasoning, answer) for "cot", a dict for "judge"/"verifier"
-    prompt_tokens: int = 0  # summed over every call made for this request (what it cost)
-    completion_tokens: int = 0
-    model: str = ""
-    attempts: int = 0  # HTTP calls made, retries and re-asks included
-    error: str = ""  # rate_limited | server_error | timeout | connection | malformed_output | bad_request | internal
-    detail: str = ""
-    from_journal: bool = False
-    latency_s: float = 0.0
-    kind: str = ""
-
-
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(?P<body>.*?)\s*```\s*$", re.DOTALL | re.IGNORECASE)
-
-
-@cache
-def _validator(schema: str):
-    return schemas.validator(schema)
-
-
-def parse_output(kind: str, content: str) -> tuple[Any, str]:
-    """(parsed, "") for a usable output, (None, why) otherwise."""
-    if kind == "cot":
-        parsed = split_cot(content)
-        return (parsed, "") if parsed else (None, ",".join(format_problems(content)))
-    m = _FENCE.match(content)
-    body = m.group("body") if m else content
-    start, end = body.find("{"), body.rfind("}")
-    if start < 0 or end < start:
-        return None, "no JSON object"
-    try:
-        obj = json.loads(body[start:end + 1])
-    except ValueError as e:
-        return None, f"bad JSON: {e}"
-    errors = sorted(_validator(_OUTPUT_SCHEMAS[kind]).iter_errors(obj), key=str)
-    if errors:
-        return None, f"schema: {errors[0].message}"
-    return obj, ""
-
-
-def result_from_record(record: dict[str, Any]) -> TeacherResult:
-    """A journaled answer as a TeacherResult (from_journal=True, costs nothing now)."""
-    kind = record.get("kind", "cot")
-    parsed, _ = parse_output(kind, record["content"])
-    return TeacherResult(key=record["key"], ok=True, content=record["content"], parsed=parsed,
-                         prompt_tokens=record.get("prompt_tokens", 0),
-                         completion_tokens=record.get("completion_tokens", 0), model=record["model"],
-                         attempts=record.get("attempts", 0), from_journal=True, kind=kind)
-
 
 IMAGE_HINT = "the request carried images: is the teacher multimodal? (text-only servers refuse image parts)"
 
@@ -115,48 +49,6 @@ IMAGE_HINT = "the request carried images: is the teacher multimodal? (text-only 
 def _has_images(req: TeacherRequest) -> bool:
     return any(isinstance(m["content"], list) and any(p.get("type") == "image_url" for p in m["content"])
                for m in req.messages)
-
-
-class _Malformed(Exception):
-    pass
-
-
-def _status(exc: BaseException) -> int | None:
-    return getattr(exc, "status_code", None) if isinstance(exc, openai.APIStatusError) else None
-
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-        return True
-    status = _status(exc)
-    return status is not None and (status in (408, 409, 429) or status >= 500)
-
-
-def _caused_by_refused_or_reset(exc: BaseException) -> bool:
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, ConnectionError):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
-
-
-def error_code(exc: BaseException) -> str:
-    if isinstance(exc, openai.APITimeoutError):
-        # openai's aiohttp transport reports a refused connection as ConnectTimeout
-        return "connection" if _caused_by_refused_or_reset(exc) else "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection"
-    status = _status(exc)
-    if status == 429:
-        return "rate_limited"
-    if status == 408:
-        return "timeout"
-    if status is not None and (status >= 500 or status == 409):
-        return "server_error"
-    if status is not None:
-        return "bad_request"
-    return "internal"
 
 
 class _Call:
@@ -170,13 +62,12 @@ class _Call:
 
 
 class TeacherClient:
-    """Thread-safe front of one asyncio loop that talks to an OpenAI-compatible server."""
+    """Thread-safe front of one asyncio loop that talks to an OpenAI-compatible server (a protocol.Teacher)."""
 
     def __init__(self, config: TeacherConfig):
         self.config = config
         api_key = config.resolve_api_key()
-        if config.transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {config.transport!r}")
+        check_transport(config.transport)
         self._counts = dict.fromkeys(
             ("requests", "calls", "ok", "retries", "reasks", "failures", "prompt_tokens", "completion_tokens",
              "rate_limit_pauses", "deduped", "in_flight"), 0)
@@ -193,34 +84,9 @@ class TeacherClient:
         asyncio.run_coroutine_threadsafe(self._setup(api_key), self._loop).result()
 
     async def _setup(self, api_key: str) -> None:
-        cfg = self.config
-        limits = httpx2.Limits(max_connections=cfg.max_in_flight + 8, max_keepalive_connections=cfg.max_in_flight)
-        if cfg.transport == "aiohttp":
-            http = openai.DefaultAioHttpClient(limits=limits)
-        else:
-            http = openai.DefaultAsyncHttpxClient(limits=limits)
-        self._api = openai.AsyncOpenAI(api_key=api_key, base_url=cfg.base_url, max_retries=0,
-                                       timeout=cfg.timeout_s, http_client=http)
-        # openai draws a uuid4 for every POST's Idempotency-Key (an os.urandom call, a tenth of its CPU per request
-        # here); a per-client counter is as unique for the server and costs nothing.
-        keys = itertools.count()
-        prefix = f"mbeir-cot-{uuid.uuid4().hex}"
-        self._api._idempotency_key = lambda: f"{prefix}-{next(keys)}"  # noqa: SLF001
-        self._session = None
-        if cfg.transport == "direct":
-            import aiohttp
-
-            # trust_env looks up proxies (and reads ~/.netrc) on a thread for every request: only when one is set
-            proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
-                                                      "ALL_PROXY", "all_proxy"))
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=cfg.max_in_flight + 8), trust_env=proxied,
-                timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
-                headers={**{k: v for k, v in self._api.default_headers.items() if isinstance(v, str)},
-                         "Authorization": f"Bearer {api_key}"})
-            self._url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self._sem = asyncio.Semaphore(cfg.max_in_flight)
-        self._limiter = RateLimiter(cfg.rpm, cfg.tpm)
+        self._transport = Transport(self.config, api_key)
+        self._sem = asyncio.Semaphore(self.config.max_in_flight)
+        self._limiter = RateLimiter(self.config.rpm, self.config.tpm)
 
     # ---- public, any thread -------------------------------------------------------------------------
     @property
@@ -233,12 +99,19 @@ class TeacherClient:
         and in-flight bookkeeping; the caller waits for its own calls before close())."""
         return await self._run(req)
 
-    def submit(self, req: TeacherRequest) -> concurrent.futures.Future:
-        """Schedule one request; a request whose key is already in flight shares that call's future.
+    def submit(self, request: TeacherRequest, image_loader: ImageLoader | None = None) -> concurrent.futures.Future:
+        """Schedule one request; a request whose key is already in flight shares that call's future. With
+        `image_loader`, its deferred images are encoded here first (an image that cannot be: the failed result,
+        never sent).
 
         Blocks while `max_pending` requests are unfinished (back-pressure for large Beam bundles); never call
         it from the client's own loop thread (e.g. from a future's done-callback).
         """
+        req = request
+        if image_loader is not None:
+            req = encode_images(request, image_loader)
+            if isinstance(req, TeacherResult):
+                return resolved(req)
         with self._lock:
             fut = self._inflight.get(req.key)
             if fut is not None:
@@ -248,14 +121,12 @@ class TeacherClient:
             self._pending.acquire()
         with self._lock:
             if self._closed:
-                if self._pending is not None:
-                    self._pending.release()
+                self._release_slot()
                 raise RuntimeError("TeacherClient is closed")
             fut = self._inflight.get(req.key)
             if fut is not None:  # another thread submitted it meanwhile
                 self._counts["deduped"] += 1
-                if self._pending is not None:
-                    self._pending.release()
+                self._release_slot()
                 return fut
             fut = asyncio.run_coroutine_threadsafe(self._run(req), self._loop)
             self._inflight[req.key] = fut
@@ -296,7 +167,7 @@ class TeacherClient:
             self._closed = True
             pending = list(self._inflight.values())
         concurrent.futures.wait(pending)
-        asyncio.run_coroutine_threadsafe(self._close_http(), self._loop).result()
+        asyncio.run_coroutine_threadsafe(self._transport.close(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -313,6 +184,9 @@ class TeacherClient:
     def _forget(self, key: str) -> None:
         with self._lock:
             self._inflight.pop(key, None)
+        self._release_slot()
+
+    def _release_slot(self) -> None:
         if self._pending is not None:
             self._pending.release()
 
@@ -335,24 +209,18 @@ class TeacherClient:
         return result
 
     async def _answer(self, req: TeacherRequest) -> TeacherResult:
+        """Calls (each with its retries) until the output parses; at most `max_reasks` re-asks."""
         state = _Call()
         reasks = 0
         while True:
             try:
                 completion = await self._call_with_retries(req, state, reasks)
-            except openai.OpenAIError as e:
-                return self._failed(req, state, error_code(e), _describe(e))
+            except CallError as e:
+                return self._failed(req, state, error_code(e), describe(e))
             state.model = completion.get("model") or req.model
-            try:
-                choice = completion["choices"][0]
-                state.content = choice["message"]["content"] or ""
-                state.finish = choice.get("finish_reason") or ""
-            except (KeyError, IndexError, TypeError):  # a 200 without a usable choice: treat as malformed
-                state.content, state.finish = "", ""
-            if state.finish == "length":
-                parsed, why = None, "finish_reason=length (output cut off)"
-            else:
-                parsed, why = parse_output(req.kind, state.content)
+            # a 200 without a usable choice counts as malformed
+            state.content, state.finish = first_choice(completion) or ("", "")
+            parsed, why = check_output(req.kind, state.content, state.finish)
             if parsed is not None:
                 return TeacherResult(key=req.key, ok=True, content=state.content, parsed=parsed,
                                      prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens,
@@ -371,7 +239,7 @@ class TeacherClient:
 
     async def _call_with_retries(self, req: TeacherRequest, state: _Call, reask: int):
         cfg = self.config
-        retrying = AsyncRetrying(retry=retry_if_exception(_retryable), wait=self._backoff,
+        retrying = AsyncRetrying(retry=retry_if_exception(retryable), wait=self._backoff,
                                  stop=stop_after_attempt(cfg.max_retries + 1), reraise=True)
         async for attempt in retrying:
             with attempt:
@@ -381,7 +249,7 @@ class TeacherClient:
 
     def _backoff(self, retry_state) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if _status(exc) == 429:
+        if status_of(exc) == 429:
             return 0.0  # the shared pause gate already holds every request
         return self._backoff_s(retry_state.attempt_number)
 
@@ -391,12 +259,7 @@ class TeacherClient:
         return base + random.uniform(0, base)
 
     async def _call_once(self, req: TeacherRequest, state: _Call, reask: int, attempt: int) -> dict:
-        """One HTTP call -> the completion as a plain dict.
-
-        Goes through the openai client's low-level `post` (auth, base URL, timeouts, status -> exception
-        mapping) but skips its request-param transform and response-model construction: they cost ~40% of
-        the client's CPU per request (scripts/bench_teacher.py) and plain chat messages do not need them.
-        """
+        """One HTTP call (after the rate limiter lets it go) -> the completion as a plain dict."""
         body = {"model": req.model, "messages": req.messages, **req.params}
         if reask and isinstance(body.get("seed"), int):
             body["seed"] += reask  # same key, a different draw from a deterministic server
@@ -405,53 +268,23 @@ class TeacherClient:
         state.calls += 1
         self._counts["calls"] += 1
         try:
-            headers, content = await (self._post_direct(body) if self._session is not None else self._post(body))
-        except openai.APIStatusError as e:
-            self._limiter.observe(e.response.headers)
-            if e.status_code == 429:
+            headers, content = await self._transport.post(body)
+        except CallError as e:
+            refused_with = response_headers(e)
+            if refused_with is not None:
+                self._limiter.observe(refused_with)
+            if status_of(e) == 429:
                 self._counts["rate_limit_pauses"] += 1
-                self._limiter.gate.pause(retry_after_s(e.response.headers) or self._backoff_s(attempt))
+                self._limiter.gate.pause(retry_after_s(refused_with) or self._backoff_s(attempt))
             raise
         self._limiter.observe(headers)
-        try:
-            completion = json.loads(content)
-        except ValueError:
-            completion = {}
-        if not isinstance(completion, dict):
-            completion = {}
+        completion = parse_completion(content)
         usage = completion.get("usage") or {}
         state.prompt_tokens += usage.get("prompt_tokens") or 0
         state.completion_tokens += usage.get("completion_tokens") or 0
         return completion
 
-    async def _post(self, body: dict) -> tuple[Any, bytes]:
-        raw = await self._api.post("/chat/completions", body=body, cast_to=httpx2.Response)
-        return raw.headers, raw.content
-
-    async def _post_direct(self, body: dict) -> tuple[Any, bytes]:
-        """One POST on the aiohttp session; failures raise the openai errors the openai client would raise, so
-        retries and error codes are the same whatever the transport."""
-        import aiohttp
-
-        try:
-            async with self._session.post(self._url, data=json.dumps(body, ensure_ascii=False).encode()) as r:
-                content = await r.read()
-                if r.status >= 400:
-                    request = httpx2.Request("POST", self._url)
-                    response = httpx2.Response(r.status, headers=list(r.headers.items()), content=content,
-                                               request=request)
-                    raise self._api._make_status_error_from_response(response)  # noqa: SLF001
-                return r.headers, content
-        except asyncio.TimeoutError as e:
-            raise openai.APITimeoutError(request=httpx2.Request("POST", self._url)) from e
-        except aiohttp.ClientError as e:
-            raise openai.APIConnectionError(request=httpx2.Request("POST", self._url)) from e
-
-    async def _close_http(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        await self._api.close()
-
+    # ---- accounting (on the loop) --------------------------------------------------------------------
     def _account(self, req: TeacherRequest, r: TeacherResult) -> None:
         c = self._counts
         c["ok" if r.ok else "failures"] += 1
@@ -478,9 +311,3 @@ class TeacherClient:
                  "%d re-asks, %d+%d tokens, $%.4f", (s["ok"] + s["failures"]) / dt, s["calls"] / dt,
                  s["in_flight"], s["ok"], s["failures"], s["retries"], s["reasks"], s["prompt_tokens"],
                  s["completion_tokens"], s["cost_usd"])
-
-
-def _describe(exc: BaseException) -> str:
-    status = _status(exc)
-    text = f"{type(exc).__name__}: {exc}"
-    return f"HTTP {status} {text}" if status else text

@@ -3,7 +3,7 @@
 A TeacherClient shares its process with the graph: its event loop thread and the thread that runs Beam's
 bundles take turns on one interpreter lock, so on a busy graph thread the loop cannot keep its requests in
 flight, and the calls (JSON, HTTP, image bytes into data URLs) use the same core as the graph. ProcessClient
-has the TeacherClient surface the teacher stage uses (submit, flush, close, closed) and runs the real client,
+is a protocol.Teacher as TeacherClient is (submit, flush, close, closed) and runs the real client,
 the image encoding and the journal writer in a child process (`python -m pipeline.teacher.process`, so it
 imports only the client, not Beam). Requests go to it as they are (deferred image references, a few KB) and
 TeacherResults come back in batches over a pipe.
@@ -28,24 +28,15 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pipeline.mbeir import images, reasons
-from pipeline.teacher.client import TeacherClient, TeacherConfig, TeacherResult
-from pipeline.teacher.prompting import TeacherRequest, materialize_images
+from pipeline.teacher.client import TeacherClient
+from pipeline.teacher.config import TeacherConfig
+from pipeline.teacher.outputs import TeacherResult
+from pipeline.teacher.prompting import ImageLoader, TeacherRequest
+from pipeline.teacher.protocol import encode_images
 
 log = logging.getLogger(__name__)
 SUBMIT, FLUSH, CLOSE, READY = "submit", "flush", "close", "ready"
 CHILD_GONE = "the teacher process exited before answering (see its error above in the log)"
-
-
-def encode_images(request: TeacherRequest, loader) -> TeacherRequest | TeacherResult:
-    """The request with its deferred images encoded, or the failed result when an image cannot be (the file
-    changed since the read-time check, or now leads out of the root): never sent, costs nothing."""
-    try:
-        return materialize_images(request, loader)
-    except (ValueError, OSError) as e:
-        code = reasons.UNSAFE_IMAGE_PATH if isinstance(e, images.UnsafeImagePath) else reasons.UNREADABLE_IMAGE
-        return TeacherResult(key=request.key, ok=False, error=code, detail=f"encoding an image for the call: {e}",
-                             model=request.model, kind=request.kind)
 
 
 class ProcessClient:
@@ -118,7 +109,7 @@ class ProcessClient:
                 key=request.key, ok=False, error="internal", detail=detail, model=request.model,
                 kind=request.kind))
 
-    def submit(self, request: TeacherRequest, image_loader=None) -> concurrent.futures.Future:
+    def submit(self, request: TeacherRequest, image_loader: ImageLoader | None = None) -> concurrent.futures.Future:
         """Ask for one request; `image_loader` encodes its deferred images in the child, just before the call."""
         with self._lock:
             if self._closed:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pipeline.teacher.reference_server import ReferenceServer
+from pipeline.teacher.reference.server import ReferenceServer
 
 LIMIT = "6"  # query lines per file: 60 queries over the 10 datasets keep each run to a few seconds
 

@@ -16,7 +16,7 @@ import pytest
 from common.errors import ConfigError
 from pipeline.mbeir import reasons
 from pipeline.stats import check_identity
-from pipeline.teacher.reference_server import ReferenceServer
+from pipeline.teacher.reference.server import ReferenceServer
 from tests.pipeline.conftest import run_pipeline
 
 COCO = "query/train/mbeir_mscoco_train.jsonl"

@@ -97,7 +97,7 @@ def test_judge_routing_asks_the_teacher(sample_root, tmp_path, teacher):
 
 
 def test_teacher_failures_go_to_failed(sample_root, tmp_path):
-    from pipeline.teacher.reference_server import ReferenceServer
+    from pipeline.teacher.reference.server import ReferenceServer
 
     out = str(tmp_path / "fail")
     with ReferenceServer(p500=1.0) as broken:

@@ -8,7 +8,7 @@ import os
 import pyarrow.parquet as pq
 
 from pipeline.stats import check_identity
-from pipeline.teacher.reference_server import ReferenceServer
+from pipeline.teacher.reference.server import ReferenceServer
 from tests.pipeline.conftest import run_pipeline
 
 

@@ -106,7 +106,7 @@ def pipeline_cot(sample_root, tmp_path_factory) -> str:
     """M-BEIR-CoT built from the sample by the real pipeline with the bundled reference teacher (as
     `make dataset` does); images stay under sample_root."""
     from pipeline.run import run
-    from pipeline.teacher.reference_server import ReferenceServer
+    from pipeline.teacher.reference.server import ReferenceServer
 
     out = str(tmp_path_factory.mktemp("pipeline_cot"))
     with ReferenceServer() as teacher:

@@ -4,13 +4,15 @@ import os
 import openai
 import pytest
 
-from pipeline.teacher.batch import BatchJobs, pending_line
+from pipeline.teacher.batch import BatchJobs
 from pipeline.teacher.budget import Budget
-from pipeline.teacher.client import TeacherConfig, result_from_record
+from pipeline.teacher.config import TeacherConfig
 from pipeline.teacher.cost import BATCH_DISCOUNT, PriceTable
 from pipeline.teacher.journal import load_journal
+from pipeline.teacher.outputs import result_from_record
+from pipeline.teacher.pending import pending_line
 from pipeline.teacher.prompting import build_cot_request, build_judge_request, build_verifier_request
-from pipeline.teacher.reference_server import ReferenceServer
+from pipeline.teacher.reference.server import ReferenceServer
 
 from .conftest import make_example
 

@@ -4,10 +4,12 @@ import time
 
 import pytest
 
-from pipeline.teacher.client import TeacherClient, TeacherConfig, result_from_record
+from pipeline.teacher.client import TeacherClient
+from pipeline.teacher.config import TeacherConfig
 from pipeline.teacher.journal import load_journal
+from pipeline.teacher.outputs import result_from_record
 from pipeline.teacher.prompting import build_cot_request, build_judge_request, build_verifier_request
-from pipeline.teacher.reference_server import ReferenceServer
+from pipeline.teacher.reference.server import ReferenceServer
 
 from .conftest import make_example
 
@@ -182,7 +184,7 @@ def test_api_key_from_secret_manager_when_the_variable_is_unset(monkeypatch):
     import sys
     import types
 
-    from pipeline.teacher.client import TeacherConfig
+    from pipeline.teacher.config import TeacherConfig
 
     asked = []
 

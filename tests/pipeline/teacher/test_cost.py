@@ -38,21 +38,3 @@ def test_flag_and_json_tables(tmp_path):
     path.write_text(json.dumps({"a": [1, 3], "b": {"prompt": 0.5, "completion": 1.5}}))
     table = PriceTable.from_json(str(path), with_defaults=False)
     assert table.prices == {"a": (1.0, 3.0), "b": (0.5, 1.5)}
-
-
-def test_every_stage_of_a_process_shares_one_client_and_budget():
-    """Each Beam stage unpickles its own copy of the config: equal price tables must key the same client."""
-    import pickle
-
-    from pipeline.stages.teacher import TeacherPolicy, close_clients, shared_budget, shared_client
-    from pipeline.teacher.client import TeacherConfig
-
-    config = TeacherConfig("http://127.0.0.1:9/v1", "gpt-4o-mini", prices=PriceTable.from_flag("m=1:2"))
-    cot, verifier = (pickle.loads(pickle.dumps(config)) for _ in range(2))
-    assert cot.prices == verifier.prices and repr(cot) == repr(verifier)
-    policy = TeacherPolicy(max_requests=10)
-    try:
-        assert shared_client(cot) is shared_client(verifier)
-        assert shared_budget(cot, policy) is shared_budget(verifier, policy)
-    finally:
-        close_clients()

@@ -1,7 +1,8 @@
 import json
 import time
 
-from pipeline.teacher.client import TeacherClient, TeacherConfig
+from pipeline.teacher.client import TeacherClient
+from pipeline.teacher.config import TeacherConfig
 from pipeline.teacher.journal import (
     JournalIndex,
     JournalWriter,
@@ -10,7 +11,7 @@ from pipeline.teacher.journal import (
     parse_journal_line,
 )
 from pipeline.teacher.prompting import build_cot_request
-from pipeline.teacher.reference_server import ReferenceServer
+from pipeline.teacher.reference.server import ReferenceServer
 
 from .conftest import make_example
 

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from common.errors import ConfigError
-from pipeline.teacher.client import TeacherConfig
+from pipeline.teacher.config import TeacherConfig
 from pipeline.teacher.preflight import preflight
-from pipeline.teacher.reference_server import ReferenceServer
+from pipeline.teacher.reference.server import ReferenceServer
 
 
 def _config(base_url: str, model: str = "reference-teacher", **kw) -> TeacherConfig:

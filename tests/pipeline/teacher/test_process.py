@@ -9,11 +9,11 @@ import time
 
 from pipeline.mbeir import reasons
 from pipeline.mbeir.images import ImageLoader
-from pipeline.teacher.client import TeacherConfig
+from pipeline.teacher.config import TeacherConfig
 from pipeline.teacher.journal import load_journal
 from pipeline.teacher.process import CHILD_GONE, ProcessClient
 from pipeline.teacher.prompting import build_cot_request
-from pipeline.teacher.reference_server import ReferenceServer
+from pipeline.teacher.reference.server import ReferenceServer
 
 from .conftest import make_example, png_bytes
 
@@ -55,7 +55,7 @@ def test_images_are_encoded_in_the_child_and_a_lost_one_is_never_sent(tmp_path):
         client.close()
         assert srv.stats()["calls"] == 1
     assert ok.ok and ok.attempts == 1
-    assert not failed.ok and failed.error == reasons.UNREADABLE_IMAGE and failed.attempts == 0
+    assert not failed.ok and failed.error == reasons.MISSING_IMAGE and failed.attempts == 0
 
 
 def test_a_dead_child_fails_what_waits_instead_of_hanging(tmp_path):
@@ -86,7 +86,7 @@ def test_a_request_that_cannot_be_sent_fails_alone(tmp_path):
 def test_the_child_exits_with_its_parent(tmp_path):
     script = (
         "import sys, time\n"
-        "from pipeline.teacher.client import TeacherConfig\n"
+        "from pipeline.teacher.config import TeacherConfig\n"
         "from pipeline.teacher.process import ProcessClient\n"
         f"c = ProcessClient(TeacherConfig({'http://127.0.0.1:9/v1'!r}, 'm'))\n"
         "print(c._proc.pid, flush=True)\n"

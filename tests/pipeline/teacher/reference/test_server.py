@@ -6,10 +6,12 @@ import pytest
 
 import schemas
 from pipeline.teacher.prompting import build_cot_request, build_judge_request, build_verifier_request
-from pipeline.teacher.reference_server import NOT_A_MODEL, ReferenceServer, keywords
+from pipeline.teacher.reference.answers import keywords
+from pipeline.teacher.reference.server import ReferenceServer
+from pipeline.teacher.reference.state import NOT_A_MODEL
 from validators.cot_format import split_cot
 
-from .conftest import make_example
+from ..conftest import make_example
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.teacher.reference_server import NOT_A_MODEL, ServerState, _error, _malformed, answer_for
+from pipeline.teacher.reference.answers import answer_for, chat_completion, malformed
+from pipeline.teacher.reference.state import ServerState, error_response
 
 # OpenAI batch guide (https://platform.openai.com/docs/guides/batch): at most 50,000 requests and 200 MB per
 # batch input file, one model per file.
@@ -170,17 +171,10 @@ class BatchStore:
             content, kind, prompt_tokens = answer_for(body["messages"])
             finish = "stop"
             if r < cfg.batch_pfail + cfg.pmalformed:
-                content, finish = _malformed(kind, content, rng)
-            completion_tokens = len(content) // 4 + 1
+                content, finish = malformed(kind, content, rng)
+            completion = chat_completion(_id("chatcmpl-ref"), body["model"], content, finish, prompt_tokens)
             usage[0] += prompt_tokens
-            usage[1] += completion_tokens
-            completion = {
-                "id": _id("chatcmpl-ref"), "object": "chat.completion", "created": int(time.time()),
-                "model": body["model"], "system_fingerprint": "reference-stand-in",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": finish, "logprobs": None}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens, "note": NOT_A_MODEL}}
+            usage[1] += completion["usage"]["completion_tokens"]
             out.append({"id": _id("batch_req"), "custom_id": cid,
                         "response": {"status_code": 200, "request_id": _id("req"), "body": completion},
                         "error": None})
@@ -200,83 +194,96 @@ class BatchStore:
         return {"id": _id("batch_req"), "custom_id": cid, "response": response, "error": error}
 
 
-def add_batch_routes(app: web.Application, state: ServerState) -> BatchStore:
-    """Serve the Files and Batch API on `app`; the store is also kept as `state.batches`."""
-    store = BatchStore(state)
-    state.batches = store
+class _BatchRoutes:
+    """The Files and Batch API routes over one BatchStore."""
 
-    def _file(request: web.Request) -> dict[str, Any] | None:
-        return store.files.get(request.match_info["id"])
+    def __init__(self, store: BatchStore):
+        self.store = store
 
-    async def upload(request: web.Request) -> web.Response:
+    def _file(self, request: web.Request) -> dict[str, Any] | None:
+        return self.store.files.get(request.match_info["id"])
+
+    def _batch_id(self, request: web.Request) -> str | None:
+        bid = request.match_info["id"]
+        return bid if bid in self.store.batches else None
+
+    async def upload(self, request: web.Request) -> web.Response:
         fields: dict[str, Any] = {}
         async for part in await request.multipart():
             fields[part.name] = (part.filename, await part.read()) if part.filename else await part.text()
         if "file" not in fields or not isinstance(fields["file"], tuple):
-            return _error(400, "invalid_request_error", "missing multipart field 'file'")
+            return error_response(400, "invalid_request_error", "missing multipart field 'file'")
         filename, data = fields["file"]
         purpose = fields.get("purpose", "")
         if purpose == "batch" and len(data) > MAX_BATCH_FILE_BYTES:
-            return _error(400, "invalid_request_error", f"batch files are limited to {MAX_BATCH_FILE_BYTES} bytes")
-        return web.json_response(store.add_file(bytes(data), filename or "upload", purpose))
+            return error_response(400, "invalid_request_error",
+                                  f"batch files are limited to {MAX_BATCH_FILE_BYTES} bytes")
+        return web.json_response(self.store.add_file(bytes(data), filename or "upload", purpose))
 
-    async def get_file(request: web.Request) -> web.Response:
-        f = _file(request)
-        return web.json_response(f["obj"]) if f else _error(404, "invalid_request_error", "no such file")
+    async def get_file(self, request: web.Request) -> web.Response:
+        f = self._file(request)
+        return web.json_response(f["obj"]) if f else error_response(404, "invalid_request_error", "no such file")
 
-    async def file_content(request: web.Request) -> web.Response:
-        f = _file(request)
+    async def file_content(self, request: web.Request) -> web.Response:
+        f = self._file(request)
         if f is None:
-            return _error(404, "invalid_request_error", "no such file")
+            return error_response(404, "invalid_request_error", "no such file")
         return web.Response(body=f["data"], content_type="application/octet-stream")
 
-    async def delete_file(request: web.Request) -> web.Response:
+    async def delete_file(self, request: web.Request) -> web.Response:
         fid = request.match_info["id"]
-        if store.files.pop(fid, None) is None:
-            return _error(404, "invalid_request_error", "no such file")
+        if self.store.files.pop(fid, None) is None:
+            return error_response(404, "invalid_request_error", "no such file")
         return web.json_response({"id": fid, "object": "file", "deleted": True})
 
-    async def create_batch(request: web.Request) -> web.Response:
+    async def create_batch(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
             input_file_id, endpoint, window = body["input_file_id"], body["endpoint"], body["completion_window"]
         except (ValueError, KeyError, TypeError) as e:
-            return _error(400, "invalid_request_error", f"bad request body: {e}")
+            return error_response(400, "invalid_request_error", f"bad request body: {e}")
         if endpoint not in ENDPOINTS or window != "24h":
-            return _error(400, "invalid_request_error", f"unsupported endpoint {endpoint!r} or window {window!r}")
-        if input_file_id not in store.files:
-            return _error(400, "invalid_request_error", f"no such file {input_file_id!r}")
-        return web.json_response(store.create(input_file_id, endpoint, window, body.get("metadata")))
+            return error_response(400, "invalid_request_error",
+                                  f"unsupported endpoint {endpoint!r} or window {window!r}")
+        if input_file_id not in self.store.files:
+            return error_response(400, "invalid_request_error", f"no such file {input_file_id!r}")
+        return web.json_response(self.store.create(input_file_id, endpoint, window, body.get("metadata")))
 
-    def _known(request: web.Request) -> str | None:
-        bid = request.match_info["id"]
-        return bid if bid in store.batches else None
+    async def get_batch(self, request: web.Request) -> web.Response:
+        bid = self._batch_id(request)
+        if bid is None:
+            return error_response(404, "invalid_request_error", "no such batch")
+        return web.json_response(self.store.poll(bid))
 
-    async def get_batch(request: web.Request) -> web.Response:
-        bid = _known(request)
-        return web.json_response(store.poll(bid)) if bid else _error(404, "invalid_request_error", "no such batch")
+    async def cancel_batch(self, request: web.Request) -> web.Response:
+        bid = self._batch_id(request)
+        if bid is None:
+            return error_response(404, "invalid_request_error", "no such batch")
+        return web.json_response(self.store.cancel(bid))
 
-    async def cancel_batch(request: web.Request) -> web.Response:
-        bid = _known(request)
-        return web.json_response(store.cancel(bid)) if bid else _error(404, "invalid_request_error",
-                                                                       "no such batch")
-
-    async def list_batches(request: web.Request) -> web.Response:
-        ids = list(reversed(store.batches))  # newest first, like OpenAI
+    async def list_batches(self, request: web.Request) -> web.Response:
+        batches = self.store.batches
+        ids = list(reversed(batches))  # newest first, like OpenAI
         after = request.query.get("after")
-        if after in store.batches:
+        if after in batches:
             ids = ids[ids.index(after) + 1:]
         limit = max(1, min(100, int(request.query.get("limit", 20))))
-        data = [store.batches[b].obj for b in ids[:limit]]
+        data = [batches[b].obj for b in ids[:limit]]
         return web.json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                                   "last_id": data[-1]["id"] if data else None, "has_more": len(ids) > limit})
 
-    app.router.add_post("/v1/files", upload)
-    app.router.add_get("/v1/files/{id}", get_file)
-    app.router.add_delete("/v1/files/{id}", delete_file)
-    app.router.add_get("/v1/files/{id}/content", file_content)
-    app.router.add_post("/v1/batches", create_batch)
-    app.router.add_get("/v1/batches", list_batches)
-    app.router.add_get("/v1/batches/{id}", get_batch)
-    app.router.add_post("/v1/batches/{id}/cancel", cancel_batch)
+
+def add_batch_routes(app: web.Application, state: ServerState) -> BatchStore:
+    """Serve the Files and Batch API on `app`; the store is also kept as `state.batches`."""
+    store = BatchStore(state)
+    state.batches = store
+    routes = _BatchRoutes(store)
+    app.router.add_post("/v1/files", routes.upload)
+    app.router.add_get("/v1/files/{id}", routes.get_file)
+    app.router.add_delete("/v1/files/{id}", routes.delete_file)
+    app.router.add_get("/v1/files/{id}/content", routes.file_content)
+    app.router.add_post("/v1/batches", routes.create_batch)
+    app.router.add_get("/v1/batches", routes.list_batches)
+    app.router.add_get("/v1/batches/{id}", routes.get_batch)
+    app.router.add_post("/v1/batches/{id}/cancel", routes.cancel_batch)
     return store
