@@ -22,6 +22,10 @@ PIPELINE = [
 ]
 TRAIN = ["torch>=2.4", "transformers>=5.20,<6", "peft>=0.21,<1", "pyarrow>=25", "pillow>=12", "tokenizers",
          "jsonschema>=4.20,<5", "fastjsonschema>=2.19,<3", "fsspec"]  # jsonschema: the M-BEIR line checks that evaluation reuses
+# trainer/integrations/: imported only when used. mteb 2.x's EncoderProtocol/AbsEncoder and sentence-transformers
+# 6.x's InputModule (preprocess with prompt and task) are the interfaces the wrappers implement.
+ST = ["sentence-transformers>=6.0,<7"]
+MTEB = ["mteb>=2.26,<3"] + ST
 
 setup(
     name="mbeir-cot",
@@ -37,7 +41,9 @@ setup(
         "gcp": ["apache-beam[gcp]>=2.77,<3", "google-cloud-secret-manager>=2"],
         "train": TRAIN,
         "faiss": ["faiss-cpu>=1.8"],
-        "dev": TRAIN + ["pytest>=8", "ruff>=0.6", "cloudpickle>=3"],
+        "mteb": TRAIN + MTEB,
+        "st": TRAIN + ST,
+        "dev": TRAIN + MTEB + ["pytest>=8", "ruff>=0.6", "cloudpickle>=3"],
     },
     entry_points={"console_scripts": ["mbeir-cot=pipeline.__main__:main"]},
 )
