@@ -4,29 +4,32 @@ Nothing outside the M-BEIR root is ever read: a relative path must pass safe_ima
 absolute path, no ".."), and under a local root the image's real path (symlinks resolved) must stay inside the
 root's real path. Object stores (gs://, s3://) have no symlinks: there the path check is the whole check.
 Beam is imported on first file access only, so parse.py and the trainer (which need these checks) stay Beam-free.
+Every read and decode goes through pipeline/mbeir/image_gate.py (regular files only, byte and pixel caps).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
-import warnings
 from collections.abc import Callable
 from functools import lru_cache
 
 from PIL import Image
 
-from pipeline.mbeir import reasons
+from pipeline.mbeir import image_gate, reasons
+from pipeline.mbeir.image_gate import ImageRejected
 from pipeline.mbeir.records import ImageFacts
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 CHECK_MODES = ("none", "exists", "decode")  # "none" still refuses unsafe paths: that check is never off
 
 
-class UnsafeImagePath(ValueError):
+class UnsafeImagePath(ImageRejected):
     """An image path that leads out of the M-BEIR root (reason code unsafe_image_path)."""
+
+    def __init__(self, detail: str):
+        super().__init__(reasons.UNSAFE_IMAGE_PATH, detail)
 
 
 def _fs():
@@ -44,8 +47,7 @@ def safe_image_path(rel: str) -> bool:
     return ".." not in re.split(r"[\\/]", rel)
 
 
-def is_local_root(root: str) -> bool:
-    return not _SCHEME.match(root) or root.startswith("file:")
+is_local_root = image_gate.is_local
 
 
 @lru_cache(maxsize=64)
@@ -86,14 +88,16 @@ def image_path(root: str, rel_path: str, join: Callable[[str, str], str] | None 
     return (join or _fs().join)(root, rel_path)
 
 
+def _open_remote(path: str):
+    return _fs().open(path, compression_type="uncompressed")
+
+
 def _read(root: str, path: str) -> bytes:
-    """The bytes at `path` (image_path's answer). A local root is read directly: Beam's file system layer costs
-    more than reading an M-BEIR image."""
+    """The bytes at `path` (image_path's answer), through the image gate. A local root is read directly: Beam's
+    file system layer costs more than reading an M-BEIR image."""
     if is_local_root(root):
-        with open(path, "rb") as f:
-            return f.read()
-    with _fs().open(path, compression_type="uncompressed") as f:
-        return f.read()
+        return image_gate.read_file(path)
+    return image_gate.read_path(path, open_remote=_open_remote)
 
 
 def read_image_bytes(root: str, rel_path: str) -> bytes:
@@ -117,21 +121,19 @@ def image_digest(data: bytes) -> str:
 
 
 def _decode(data: bytes, reduce_jpeg: bool = False) -> tuple[Image.Image, tuple[str, str, tuple[int, int]]]:
-    """(the fully decoded image, its header's (format, mode, size)); DecompressionBombWarning is raised as an
-    error. `reduce_jpeg`: a JPEG is decoded at 1/8 scale and in grey (no colour conversion), for half the CPU:
-    every byte of its compressed data is still read and checked (a truncated stream fails the same way)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
-        header = (img.format or "", img.mode, tuple(img.size))
-        if reduce_jpeg and img.format == "JPEG":
-            img.draft("L", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
-        img.load()
-    return img, header
+    """(the fully decoded image, its header's (format, mode, size)), through the image gate. `reduce_jpeg`: a
+    JPEG is decoded at 1/8 scale and in grey (no colour conversion), for half the CPU: every byte of its
+    compressed data is still read and checked (a truncated stream fails the same way)."""
+    img = image_gate.open_image(data)
+    header = (img.format or "", img.mode, tuple(img.size))
+    if reduce_jpeg and img.format == "JPEG":
+        img.draft("L", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+    return image_gate.load(img), header
 
 
 def inspect_image(root: str, rel_path: str, mode: str = "decode") -> tuple[str | None, ImageFacts | None]:
-    """(reason code or None, what the check learnt). Reasons: unsafe_image_path, missing_image,
+    """(reason code or None, what the check learnt). Reasons: unsafe_image_path, missing_image, and (mode
+    "decode", or "exists" under a local root) the image gate's: image_not_a_file, image_too_large,
     unreadable_image, decompression_bomb. Mode "none" checks only that the path stays inside the root; facts
     (digest, format, mode, size) come from mode "decode" only, from the bytes at the path that passed the check."""
     if mode not in CHECK_MODES:
@@ -142,24 +144,25 @@ def inspect_image(root: str, rel_path: str, mode: str = "decode") -> tuple[str |
         return reasons.UNSAFE_IMAGE_PATH, None
     if mode == "none":
         return None, None
-    fs = _fs()
+    local = is_local_root(root)
     try:
         if mode == "exists":
-            return (None if fs.exists(path) else reasons.MISSING_IMAGE), None
+            if local:
+                image_gate.stat_file(path)
+                return None, None
+            return (None if _fs().exists(path) else reasons.MISSING_IMAGE), None
         data = _read(root, path)
         _, (image_format, image_mode, size) = _decode(data, reduce_jpeg=True)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return reasons.DECOMPRESSION_BOMB, None
-    except FileNotFoundError:
-        return reasons.MISSING_IMAGE, None
-    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error ...)
-        return (reasons.UNREADABLE_IMAGE if fs.exists(path) else reasons.MISSING_IMAGE), None
+    except ImageRejected as e:
+        if e.reason == reasons.UNREADABLE_IMAGE and not local and not _fs().exists(path):
+            return reasons.MISSING_IMAGE, None  # an object store's "not found" comes in its own error type
+        return e.reason, None
     return None, ImageFacts(image_digest(data), image_format, image_mode, size)
 
 
 def check_image(root: str, rel_path: str, mode: str = "decode") -> str | None:
-    """A reason code (unsafe_image_path, missing_image, unreadable_image, decompression_bomb) or None if fine.
-    mode "none" checks only that the path stays inside the root."""
+    """A reason code (see inspect_image) or None if fine. Mode "none" checks only that the path stays inside
+    the root."""
     return inspect_image(root, rel_path, mode)[0]
 
 
