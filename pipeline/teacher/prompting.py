@@ -123,9 +123,9 @@ def estimate_tokens(request: TeacherRequest) -> int:
 
 def _reencoded_jpeg(data: bytes, max_side: int) -> bytes:
     """The image decoded, shrunk so its long side is at most max_side, and encoded as a JPEG (quality 90)."""
-    from PIL import Image
+    from pipeline.mbeir import image_gate
 
-    with Image.open(io.BytesIO(data)) as img:
+    with image_gate.open_image(data) as img:
         scale = min(1.0, max_side / max(img.size))
         # JPEG: libjpeg decodes straight at the largest 1/2^k scale still at least the target size.
         img.draft("RGB", (int(img.width * scale), int(img.height * scale)))
@@ -145,16 +145,16 @@ def jpeg_data_url(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> str:
     """JPEG data URL of an image whose long side is at most `max_side`. An RGB or greyscale JPEG already that
     small (most of M-BEIR: short side 256) is sent as it is; anything else is decoded, shrunk and re-encoded.
     Bad bytes -> ValueError."""
-    from PIL import Image, UnidentifiedImageError
+    from pipeline.mbeir import image_gate
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with image_gate.open_image(data, where="") as img:
             if img.format == "JPEG" and img.mode in ("RGB", "L") and max(img.size) <= max_side:
                 img.load()  # a truncated file fails here, as it would when re-encoded
                 return _data_url(data)
         return _data_url(_reencoded_jpeg(data, max_side))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot decode image: {e}") from e
+    except (OSError, ValueError) as e:
+        raise image_gate.ImageRejected(image_gate.reason_of(e), f"cannot decode image: {e}") from e
 
 
 class _EncodedImages:

@@ -28,10 +28,11 @@ def load_image(image: Any, where: str) -> Image.Image | None:
     if image is None or isinstance(image, Image.Image):
         return image
     if isinstance(image, (str, Path)):
+        from pipeline.mbeir import image_gate  # regular files within the byte and pixel caps (its docstring)
+
         try:
-            with Image.open(image) as f:
-                return f.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            return image_gate.load_rgb(image, where="")
+        except (OSError, ValueError) as err:
             raise ValueError(f"{where}: image {str(image)!r} cannot be read ({err})") from None
     raise ValueError(f"{where}: image must be a PIL image, a path or None, got {type(image).__name__}")
 

@@ -7,7 +7,6 @@ family's share of steps is proportional to its size. The sampler's position is s
 
 from __future__ import annotations
 
-import io
 import posixpath
 import sys
 from collections import Counter, OrderedDict
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from common.errors import ConfigError
-from pipeline.mbeir import images
+from pipeline.mbeir import image_gate, images
 from trainer.modeling.interface import CandidateInput, QueryInput
 from trainer.modeling.student import format_query_text
 
@@ -212,11 +211,9 @@ class ImageLoader:
                 raise FileNotFoundError("no image path")
             if self.root is None:
                 raise FileNotFoundError(f"image {rel_path!r} needs --mbeir_root")
-            with fsspec.open(images.image_path(self.root, rel_path, join=posixpath.join), "rb") as fh:
-                data = fh.read()
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img.convert("RGB")
+            data = image_gate.read_path(images.image_path(self.root, rel_path, join=posixpath.join),
+                                        open_remote=lambda path: fsspec.open(path, "rb"), where=rel_path)
+        return image_gate.decode(data, where=rel_path or "embedded image").convert("RGB")
 
 
 class RowDecoder:
@@ -238,8 +235,7 @@ class RowDecoder:
             if row.get("pos_img_path") or (row.get("pos_image") or {}).get("bytes"):
                 c_img = self.images(row.get("pos_image"), row.get("pos_img_path"))
         except (OSError, ValueError) as e:
-            self.skipped["missing_image" if isinstance(e, FileNotFoundError) else
-                         "unsafe_image_path" if isinstance(e, images.UnsafeImagePath) else "bad_image"] += 1
+            self.skipped[image_gate.reason_of(e)] += 1
             return None
         text = format_query_text(row.get("instruction") or "", row.get("query_txt"))
         if q_img is None and not text:

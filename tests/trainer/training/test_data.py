@@ -60,7 +60,7 @@ def test_bad_rows_are_skipped_and_counted(sample_cot, sample_root, tmp_path):
     data = TrainData(str(tmp_path), batch_size=12, seed=0, mbeir_root=sample_root)
     batch = next(iter(data))
     assert len(batch) == 9
-    assert data.decode.skipped == {"empty_target": 1, "missing_image": 1, "bad_image": 1}
+    assert data.decode.skipped == {"empty_target": 1, "missing_image": 1, "unreadable_image": 1}
 
 
 def test_embedded_image_structs_need_no_root(sample_cot, sample_root, tmp_path):
