@@ -1,0 +1,204 @@
+"""The server's side of the engine's one loop: every request's inputs wait in one bounded queue (a Feed), and the
+scheduler thread, the only thread that touches the model, runs the loop over it. So queries of all requests in
+flight share prefill batches and one decode batch, and candidates and direct queries wait only for the decode
+step in progress, never for a decode to end.
+
+Every input taken is prefilled at once; the rows that reason wait for a decode slot holding their KV cache, so
+the KV held is bounded by --max_queue (inputs accepted and not yet answered) plus one chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter, deque
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from trainer.inference.engine import Job, QueryEngine
+from trainer.modeling.interface import CandidateInput, QueryInput
+from trainer.serving.protocol import ApiError, Result
+
+log = logging.getLogger("trainer.serve")
+
+
+class QueueFull(Exception):
+    pass
+
+
+class QueueClosed(Exception):
+    pass
+
+
+class Ticket:
+    """One request's inputs on their way through the loop. `future`, of the event loop that made the ticket,
+    resolves to their Results in input order, or to an ApiError."""
+
+    def __init__(self, inputs: Sequence[QueryInput | CandidateInput], mode: str, want_text: bool,
+                 loop: asyncio.AbstractEventLoop):
+        self.jobs = [Job(item, mode if isinstance(item, QueryInput) else "direct", (self, i))
+                     for i, item in enumerate(inputs)]
+        self.results: list[Result | None] = [None] * len(self.jobs)
+        self.left, self.admitted, self.want_text = len(self.jobs), 0, want_text
+        self.loop = loop
+        self.future: asyncio.Future = loop.create_future()
+
+    def resolve(self, outcome: list[Result] | Exception) -> None:
+        """From any thread; nothing when the event loop is gone (the server stopped)."""
+        try:
+            self.loop.call_soon_threadsafe(self._set, outcome)
+        except RuntimeError:
+            pass
+
+    def _set(self, outcome: list[Result] | Exception) -> None:
+        if self.future.done():
+            return
+        if isinstance(outcome, Exception):
+            self.future.set_exception(outcome)
+        else:
+            self.future.set_result(outcome)
+
+
+class RequestQueue:
+    """The Feed the scheduler's loop drains: FIFO, at most batch_size jobs a chunk, blocking while idle."""
+
+    def __init__(self, batch_size: int, max_queue: int, tokenizer):
+        self.batch_size, self.max_queue, self.tokenizer = batch_size, max_queue, tokenizer
+        self._cond = threading.Condition()
+        self._pending: deque[Job] = deque()
+        self._tickets: set[Ticket] = set()  # submitted, not yet answered
+        self.waiting = 0  # inputs accepted and not yet answered: what --max_queue bounds
+        self.closed = False
+        self.stats: Counter = Counter()
+
+    # ---- the event loop's side ------------------------------------------------------------------------------
+    def submit(self, ticket: Ticket) -> None:
+        """Queue a request's inputs; QueueFull past max_queue waiting inputs, QueueClosed once draining."""
+        n = len(ticket.jobs)
+        with self._cond:
+            if self.closed:
+                raise QueueClosed
+            if self.waiting + n > self.max_queue:
+                self.stats["rejected_requests"] += 1
+                raise QueueFull
+            self._pending.extend(ticket.jobs)
+            self._tickets.add(ticket)
+            self.waiting += n
+            self.stats["requests"] += 1
+            self.stats["inputs"] += n
+            self._cond.notify()
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The client went away: its inputs leave the queue (and the decode batch, at the next step)."""
+        with self._cond:
+            if ticket in self._tickets:
+                self.stats["cancelled_inputs"] += ticket.left
+                self._drop(ticket)
+
+    def close(self) -> None:
+        """No more requests; the loop ends when what was accepted is answered."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def snapshot(self) -> dict:
+        with self._cond:
+            return {"waiting": self.waiting, "max_queue": self.max_queue, "in_queue": len(self._pending),
+                    **self.stats}
+
+    # ---- the scheduler's side (engine.Feed) ---------------------------------------------------------------
+    def take(self, in_decode: int) -> list[Job] | None:
+        with self._cond:
+            while not self._pending and in_decode == 0 and not self.closed:
+                self._cond.wait()
+            chunk: list[Job] = []
+            while self._pending and len(chunk) < self.batch_size:
+                job = self._pending.popleft()
+                if not job.cancelled:
+                    job.ref[0].admitted += 1
+                    chunk.append(job)
+            if not chunk and self.closed and not self._pending:
+                return None
+            return chunk
+
+    def finish(self, jobs: list[Job], h: torch.Tensor) -> None:
+        vectors = F.normalize(h.float(), dim=-1).cpu().numpy()
+        texts = self._texts(jobs)
+        with self._cond:
+            for job, vector, text in zip(jobs, vectors, texts, strict=True):
+                ticket, i = job.ref
+                if job.cancelled or ticket.results[i] is not None:
+                    continue
+                ticket.results[i] = Result(vector, len(job.tokens), job.prompt_tokens, text)
+                ticket.left -= 1
+                self.waiting -= 1
+                if not ticket.left:
+                    self._tickets.discard(ticket)
+                    ticket.resolve(ticket.results)
+
+    def fail(self, job: Job, error: Exception) -> None:
+        ticket, i = job.ref
+        log.warning("input %d of a request could not be encoded: %r", i, error)
+        self._fail(ticket, ApiError(400, f"input[{i}] could not be encoded: {error}", f"input[{i}]"))
+
+    def fail_admitted(self, error: Exception) -> None:
+        """The loop stopped with rows in it: the requests that had inputs taken fail, the others stay queued."""
+        with self._cond:
+            tickets = [t for t in self._tickets if t.admitted]
+        for ticket in tickets:
+            self._fail(ticket, ApiError(500, f"the model failed on this batch ({type(error).__name__}); retry"))
+
+    def _fail(self, ticket: Ticket, error: ApiError) -> None:
+        with self._cond:
+            if ticket in self._tickets:
+                self._drop(ticket)
+                ticket.resolve(error)
+
+    def _drop(self, ticket: Ticket) -> None:
+        for job in ticket.jobs:
+            job.cancelled = True
+        self.waiting -= ticket.left
+        ticket.left = 0
+        self._tickets.discard(ticket)
+
+    def _texts(self, jobs: list[Job]) -> list[str | None]:
+        """The reasoning text of the jobs whose request asked for it (decoded here: the tokenizer is not shared
+        across threads)."""
+        wanted = [k for k, job in enumerate(jobs) if job.ref[0].want_text]
+        texts: list[str | None] = [None] * len(jobs)
+        if wanted:
+            decoded = self.tokenizer.batch_decode([jobs[k].tokens for k in wanted], skip_special_tokens=False)
+            for k, text in zip(wanted, decoded, strict=True):
+                texts[k] = text
+        return texts
+
+
+class Scheduler:
+    """Owns the model: one thread runs the engine's loop over the request queue until the queue is closed and
+    empty. If the loop itself fails (a decode step), the requests with rows in it fail and the loop restarts."""
+
+    def __init__(self, embedder, batch_size: int, max_new_tokens: int, max_queue: int):
+        self.engine = QueryEngine(embedder, "adaptive", max_new_tokens, batch_size)
+        self.queue = RequestQueue(batch_size, max_queue, embedder.processor.tokenizer)
+        self._thread = threading.Thread(target=self._run, name="trace-scheduler", daemon=True)
+
+    def start(self) -> Scheduler:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Close the queue and wait for the loop to answer what it holds."""
+        self.queue.close()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.engine.loop(self.queue)
+                return
+            except Exception as error:
+                log.exception("the engine loop failed; failing the requests it held")
+                self.queue.fail_admitted(error)
