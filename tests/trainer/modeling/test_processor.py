@@ -1,5 +1,6 @@
-"""TraceProcessor builds sequences from template pieces and text (issue 22.2): ordinary inputs get the ids they had
-when the whole rendered string was tokenized with control tokens parsed; control token strings in text are text."""
+"""TraceProcessor builds sequences from template pieces and text (issue 22.2): ordinary inputs get the ids
+they had when the whole rendered string was tokenized with control tokens parsed; control token strings in
+text are text."""
 
 import json
 from importlib import resources
@@ -15,12 +16,14 @@ from trainer.modeling.tiny import build_image_processor, build_tokenizer
 
 TEXTS = ["Find a red circle.", " a leading space", "\n\nnewlines first", "", "tail newline\n", "a\nb  c\t d",
          "Ünïcode ☃ 12345 'll", "red " * 40]
-TARGETS = [None, EMB_TOKEN, "The target is red. a red circle<|emb|>", "no emb at the end", "long " * 50 + EMB_TOKEN]
+TARGETS = [None, EMB_TOKEN, "The target is red. a red circle<|emb|>", "no emb at the end",
+           "long " * 50 + EMB_TOKEN]
 
 
 @pytest.fixture(scope="module")
 def proc() -> TraceProcessor:
-    return TraceProcessor(build_tokenizer(), build_image_processor(), max_text_tokens=24, max_target_tokens=48)
+    return TraceProcessor(build_tokenizer(), build_image_processor(), max_text_tokens=24,
+                          max_target_tokens=48)
 
 
 def whole_string_ids(proc: TraceProcessor, item: Item, n_image: int) -> tuple[list[int], list[int]]:
@@ -68,15 +71,17 @@ def test_ordinary_inputs_keep_the_ids_of_the_whole_string(proc):
 
 
 def test_system_prompts_read_as_rendered_before():
-    table = json.loads(resources.files(prompts).joinpath("student_strategies.json").read_text(encoding="utf-8"))
+    table = json.loads(resources.files(prompts).joinpath("student_strategies.json").read_text("utf-8"))
+    fallback = "match the target the query describes."
     for dataset in [*table["datasets"], "my_own_set"]:
         for task_id in range(10):
-            info = table["datasets"].get(dataset, {"name": dataset, "strategy": "match the target the query describes."})
+            info = table["datasets"].get(dataset, {"name": dataset, "strategy": fallback})
             task = f"{info['name']} {table['tasks'].get(str(task_id), 'multimodal retrieval')}"
             want = prompts.load("student_query").render(task=task, strategy=info["strategy"]).strip()
             assert str(query_system_prompt(dataset, task_id)) == want
     for modality, name in (("text", "text"), ("image", "image"), ("image,text", "image-and-text")):
-        assert str(candidate_system_prompt(modality)) == prompts.load("student_candidate").render(modality=name).strip()
+        want = prompts.load("student_candidate").render(modality=name).strip()
+        assert str(candidate_system_prompt(modality)) == want
 
 
 def test_text_without_the_added_vocabulary_is_the_tokenizers_own(proc):
@@ -89,7 +94,8 @@ def test_a_non_special_added_token_in_text_is_text():
     tok.add_tokens(["<tool_call>"])  # Qwen2.5's tokenizers hold such tokens (special: false)
     proc = TraceProcessor(tok, build_image_processor())
     tool = tok.convert_tokens_to_ids("<tool_call>")
-    assert tok("a<tool_call>b", add_special_tokens=False, split_special_tokens=True)["input_ids"].count(tool) == 1
+    split = tok("a<tool_call>b", add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert split.count(tool) == 1  # what split_special_tokens alone leaves
     (ids,) = proc.text_ids(["a<tool_call>b"])
     assert proc.control_ids.isdisjoint(ids) and tok.decode(ids) == "a<tool_call>b"
     assert proc.template("x<tool_call>y") == ["x", [tool], "y"]
