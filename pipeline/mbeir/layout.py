@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # Dataset file stem -> M-BEIR dataset id.
 DATASET_IDS: dict[str, int] = {
     "visualnews": 0, "fashion200k": 1, "webqa": 2, "edis": 3, "nights": 4,
@@ -39,6 +41,11 @@ RECALL_AT_10_DATASETS = frozenset({"fashion200k", "fashioniq"})
 # Id hashing that UniIR relies on: qid "d:n" -> d*500_000+n, did "d:n" -> d*10_000_000+n.
 QID_STRIDE = 500_000
 DID_STRIDE = 10_000_000
+# A qid or did, whole: "{dataset id}:{n}" in plain decimal. No sign, space, newline or control character, and no
+# leading zero ("9:06" would be a second spelling of UniIR's integer for "9:6"); 9 digits at most, so int() on
+# either part is exact and cheap. The schemas' id patterns say the same (tests/pipeline/mbeir/test_ids.py).
+ID_PATTERN = r"(?:0|[1-9][0-9]{0,8}):(?:0|[1-9][0-9]{0,8})"
+_ID = re.compile(ID_PATTERN)
 
 UNION_TRAIN_POOL = "cand_pool/global/mbeir_union_train_cand_pool.jsonl"
 UNION_VAL_POOL = "cand_pool/global/mbeir_union_val_cand_pool.jsonl"
@@ -72,6 +79,11 @@ def qrels_file(split: str, dataset: str, task_id: int | None = None) -> str:
 
 def union_pool_file(split: str) -> str:
     return {"train": UNION_TRAIN_POOL, "val": UNION_VAL_POOL, "test": UNION_TEST_POOL}[split]
+
+
+def is_mbeir_id(value: object) -> bool:
+    """True when `value` is a string that is exactly an M-BEIR qid/did (ID_PATTERN, matched whole)."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 def dataset_of_id(qid_or_did: str) -> int:

@@ -1,7 +1,8 @@
 """Parse one M-BEIR JSONL line into a QueryRecord / CandidateRecord, or a Reject with a reason code.
 
 Checks: size (--max_line_bytes), UTF-8, strict JSON (RFC 8259: no NaN/Infinity, no lone surrogate escapes,
-nesting Python can parse), JSON object, the JSON Schemas in schemas/ (mbeir_query, mbeir_candidate), task id known
+nesting Python can parse), JSON object, the JSON Schemas in schemas/ (mbeir_query, mbeir_candidate), ids that are
+exactly M-BEIR ids (layout.is_mbeir_id, matched whole: no space, newline or control character), task id known
 and consistent with the query modality, text/image present where the modality needs it, safe image paths,
 non-empty positives. Never raises on bad input, whatever a line holds.
 """
@@ -16,7 +17,7 @@ from typing import Any
 import schemas
 from pipeline.mbeir import reasons
 from pipeline.mbeir.images import safe_image_path
-from pipeline.mbeir.layout import DATASET_IDS, DATASET_NAMES, DID_STRIDE, QID_STRIDE, TASKS
+from pipeline.mbeir.layout import DATASET_IDS, DATASET_NAMES, DID_STRIDE, QID_STRIDE, TASKS, is_mbeir_id
 from pipeline.mbeir.lines import DEFAULT_MAX_LINE_BYTES
 from pipeline.mbeir.records import CandidateRecord, QueryRecord, Reject
 
@@ -100,6 +101,18 @@ def _check_schema(obj: dict[str, Any], schema: str, modality_field: str) -> None
     raise _Bad(reasons.BAD_FIELD_TYPE, f"{field or '(line)'}: {e.message}")
 
 
+def _check_ids(obj: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Every id field (a string or a list of them) is exactly an M-BEIR id. The schema says so too, but a JSON
+    Schema `$` lets a final newline through under Python's re; this check matches whole."""
+    for name in (f for f in fields if f in obj):  # the schema has already required what is required
+        value = obj[name]
+        for i, one in enumerate(value if isinstance(value, list) else [value]):
+            if not is_mbeir_id(one):
+                at = f"{name}[{i}]" if isinstance(value, list) else name
+                raise _Bad(reasons.BAD_FIELD_TYPE, f"{at}: {one!r} is not an M-BEIR id "
+                           "('{dataset id}:{n}' in plain decimal, nothing before or after)")
+
+
 def _check_content(obj: dict[str, Any], modality: str, txt_field: str, img_field: str) -> None:
     img = obj.get(img_field)
     if "image" in modality.split(","):
@@ -125,6 +138,7 @@ def parse_query_line(raw: bytes, *, source_file: str, line_number: int, dataset:
         obj = _load(raw, complete, max_line_bytes)
         qid = obj.get("qid") if isinstance(obj.get("qid"), str) else ""
         _check_schema(obj, "mbeir_query", "query_modality")
+        _check_ids(obj, ("qid", "pos_cand_list", "neg_cand_list"))
         dataset_id, n = map(int, qid.split(":", 1))
         if n >= QID_STRIDE:
             raise _Bad(reasons.BAD_FIELD_TYPE, f"qid {qid!r}: number must be below {QID_STRIDE} (UniIR id hashing)")
@@ -159,6 +173,7 @@ def parse_candidate_line(raw: bytes, *, source_file: str, line_number: int, comp
     try:
         obj = _load(raw, complete, max_line_bytes)
         _check_schema(obj, "mbeir_candidate", "modality")
+        _check_ids(obj, ("did",))
         if int(obj["did"].split(":", 1)[1]) >= DID_STRIDE:
             raise _Bad(reasons.BAD_FIELD_TYPE, f"did {obj['did']!r}: number must be below {DID_STRIDE}")
         _check_content(obj, obj["modality"], "txt", "img_path")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from pipeline.mbeir.layout import is_mbeir_id
+
 
 def _rows(text: str) -> Iterator[tuple[str, str, int | None]]:
     for number, line in enumerate(text.splitlines(), start=1):
@@ -12,6 +14,8 @@ def _rows(text: str) -> Iterator[tuple[str, str, int | None]]:
             continue
         if len(cols) not in (4, 5):
             raise ValueError(f"qrels line {number}: expected 5 columns 'qid 0 did 1 task_id', got {line!r}")
+        if not (is_mbeir_id(cols[0]) and is_mbeir_id(cols[2])):
+            raise ValueError(f"qrels line {number}: qid {cols[0]!r} or did {cols[2]!r} is not an M-BEIR id")
         if cols[3] == "0":  # a zero relevance grade is not a positive
             continue
         yield cols[0], cols[2], int(cols[4]) if len(cols) == 5 else None

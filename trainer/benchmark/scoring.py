@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ConfigError
-from pipeline.mbeir.layout import DATASET_NAMES, RECALL_AT_10_DATASETS, dataset_of_id, pair_name
+from pipeline.mbeir.layout import DATASET_NAMES, RECALL_AT_10_DATASETS, dataset_of_id, is_mbeir_id, pair_name
 
 DEFAULT_KS = (1, 5, 10)
 # MBEIR.md "Scoring" / PAPER.md §4: headline Recall@5, Recall@10 for the Fashion200K and FashionIQ pairs.
@@ -91,6 +91,8 @@ def parse_qrels_file(path: Path, pair: str | None = None) -> dict[str, dict[str,
             raise ConfigError(f"{path}:{n}: a qrels line has 4 or 5 columns ({{qid}} 0 {{did}} {{rel}} [{{task_id}}]), "
                               f"got {len(cols)}")
         qid, _, did, rel = cols[:4]
+        if not (is_mbeir_id(qid) and is_mbeir_id(did)):
+            raise ConfigError(f"{path}:{n}: qid {qid!r} or did {did!r} is not an M-BEIR id ('{{dataset id}}:{{n}}')")
         try:
             relevant = int(rel) > 0
         except ValueError as e:
@@ -155,6 +157,8 @@ def _run_line(cols: list[str], qrels: Qrels | None) -> tuple[str, str, str, int]
         raise _BadLine("wrong_columns", f"a run line has {len(RUN_COLUMNS)} columns ({' '.join(RUN_COLUMNS)}), "
                                         f"got {len(cols)}")
     qid, _, did, rank, score, _run_id, task_id = cols
+    if not (is_mbeir_id(qid) and is_mbeir_id(did)):
+        raise _BadLine("bad_id", f"qid {qid!r} or did {did!r} is not an M-BEIR id ('{{dataset id}}:{{n}}')")
     try:
         rank_n = int(rank)
     except ValueError:
