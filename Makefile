@@ -10,7 +10,7 @@ BENCH_OUT ?= out/bench
 REPO ?=
 STAMP := $(VENV)/.installed-$(shell cat setup.py constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup dataset test lint train evaluate bench bench-teacher bench-pipeline chaos publish publish-model clean
+.PHONY: setup dataset test lint train evaluate bench bench-teacher bench-pipeline chaos publish publish-model serve clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ bench: $(STAMP)
 	for mix in bypass96 bypass38; do \
 	  $(PYTHON) -m trainer.bench --mbeir_root $(dir $(abspath $(OUT)))mbeir-sample --checkpoint $(CKPT) --mix $$mix --queries $(BENCH_QUERIES) --repeats 5 --output_dir $(BENCH_OUT)/mix-$$mix || exit 1; \
 	done
+
+## Serve the checkpoint CKPT (a folder or a Hub id) as an OpenAI-compatible embeddings endpoint on
+## 127.0.0.1:8000 (README, Serving); ARGS adds flags, e.g. ARGS="--port 9000 --api_key_env TRACE_API_KEY".
+serve: $(STAMP)
+	$(PYTHON) -m trainer.serve --checkpoint $(CKPT) $(ARGS)
 
 bench-teacher: $(STAMP)
 	$(PYTHON) scripts/bench_teacher.py --json $(BENCH_OUT)/teacher.json

@@ -26,6 +26,8 @@ TRAIN = ["torch>=2.4", "transformers>=5.20,<6", "peft>=0.21,<1", "pyarrow>=25", 
 # 6.x's InputModule (preprocess with prompt and task) are the interfaces the wrappers implement.
 ST = ["sentence-transformers>=6.0,<7"]
 MTEB = ["mteb>=2.26,<3"] + ST
+# trainer/serving/ (python -m trainer.serve): imported only there, so the trainer runs without it.
+SERVE = ["aiohttp>=3.9,<4"]
 
 setup(
     name="mbeir-cot",
@@ -43,7 +45,8 @@ setup(
         "faiss": ["faiss-cpu>=1.8"],
         "mteb": TRAIN + MTEB,
         "st": TRAIN + ST,
-        "dev": TRAIN + MTEB + ["pytest>=8", "ruff>=0.6", "cloudpickle>=3"],
+        "serve": TRAIN + SERVE,
+        "dev": TRAIN + MTEB + SERVE + ["pytest>=8", "ruff>=0.6", "cloudpickle>=3"],
     },
     entry_points={"console_scripts": ["mbeir-cot=pipeline.__main__:main"]},
 )
