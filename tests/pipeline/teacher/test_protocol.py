@@ -41,4 +41,4 @@ def test_the_in_process_client_encodes_images_at_submit_and_never_sends_a_lost_o
             ok, failed = (client.submit(r, loader).result(timeout=30) for r in (kept, lost))
         assert srv.stats()["calls"] == 1
     assert ok.ok and ok.attempts == 1
-    assert not failed.ok and failed.error == reasons.UNREADABLE_IMAGE and failed.attempts == 0
+    assert not failed.ok and failed.error == reasons.MISSING_IMAGE and failed.attempts == 0
