@@ -12,7 +12,7 @@ from PIL import Image
 import prompts
 from trainer.modeling.processor import IGNORE, Item, TraceProcessor
 from trainer.modeling.student import EMB_TOKEN, candidate_system_prompt, query_system_prompt
-from trainer.modeling.tiny import build_image_processor, build_tokenizer
+from trainer.modeling.tiny import SPECIAL_TOKENS, build_image_processor, build_tokenizer
 
 TEXTS = ["Find a red circle.", " a leading space", "\n\nnewlines first", "", "tail newline\n", "a\nb  c\t d",
          "Ünïcode ☃ 12345 'll", "red " * 40]
@@ -20,9 +20,28 @@ TARGETS = [None, EMB_TOKEN, "The target is red. a red circle<|emb|>", "no emb at
            "long " * 50 + EMB_TOKEN]
 
 
-@pytest.fixture(scope="module")
-def proc() -> TraceProcessor:
-    return TraceProcessor(build_tokenizer(), build_image_processor(), max_text_tokens=24,
+def qwen2_like_tokenizer():
+    """The tiny BPE's vocabulary and merges in Qwen2Tokenizer's own pipeline (NFC, Qwen2's split regex, byte
+    level) with Qwen2's "\\n\\n" token, the control tokens added after the vocabulary as a real Qwen2.5-VL
+    tokenizer holds them: the <|...|> ones special, <tool_call>, </tool_call> and <|fim_prefix|> not."""
+    from transformers import Qwen2Tokenizer
+
+    model = json.loads(build_tokenizer().backend_tokenizer.to_str())["model"]
+    words = sorted((i, t) for t, i in model["vocab"].items() if t not in SPECIAL_TOKENS)
+    vocab, merges = {t: k for k, (_, t) in enumerate(words)}, [tuple(m) for m in model["merges"]]
+    vocab["ĊĊ"], merges = len(vocab), [("Ċ", "Ċ"), *merges]  # as Qwen2's: where a text run splits shows
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                         unk_token=None, additional_special_tokens=SPECIAL_TOKENS[1:])
+    tok.add_tokens(["<tool_call>", "</tool_call>", "<|fim_prefix|>"])
+    return tok
+
+
+TOKENIZERS = {"tiny": build_tokenizer, "qwen2": qwen2_like_tokenizer}
+
+
+@pytest.fixture(scope="module", params=list(TOKENIZERS))
+def proc(request) -> TraceProcessor:
+    return TraceProcessor(TOKENIZERS[request.param](), build_image_processor(), max_text_tokens=24,
                           max_target_tokens=48)
 
 
@@ -90,8 +109,7 @@ def test_text_without_the_added_vocabulary_is_the_tokenizers_own(proc):
 
 
 def test_a_non_special_added_token_in_text_is_text():
-    tok = build_tokenizer()
-    tok.add_tokens(["<tool_call>"])  # Qwen2.5's tokenizers hold such tokens (special: false)
+    tok = qwen2_like_tokenizer()
     proc = TraceProcessor(tok, build_image_processor())
     tool = tok.convert_tokens_to_ids("<tool_call>")
     split = tok("a<tool_call>b", add_special_tokens=False, split_special_tokens=True)["input_ids"]
