@@ -16,7 +16,8 @@ from trainer.benchmark import paper_results
 PAPER = "TRACE: Task-Adaptive Reasoning and Representation Learning for Universal Multimodal Retrieval"
 PAPER_URL = "https://arxiv.org/abs/2603.02929"
 MBEIR_DATASET = "TIGER-Lab/M-BEIR"
-TAGS = ["TRACE", "multimodal-retrieval", "embeddings", "reasoning", "M-BEIR", "qwen2-vl"]
+TAGS = ["TRACE", "multimodal-retrieval", "embeddings", "reasoning", "M-BEIR", "qwen2-vl", "sentence-transformers",
+        "mteb"]
 # Training settings shown on the card, in this order (trainer/training/config.py TrainConfig field names).
 TRAIN_FIELDS = ("model", "lora_r", "lora_alpha", "lr", "epochs", "global_batch", "micro_batch", "temperature",
                 "ce_weight", "nce_weight", "route_weight", "max_text_tokens", "max_target_tokens", "train_vision",
@@ -95,6 +96,29 @@ print(q.reasoned, q.texts)                  # did each query reason, and what it
 A query's `dataset` (an M-BEIR dataset name) and `task_id` pick the task prompt the model was trained with;
 its text should carry the M-BEIR instruction. Queries are encoded route-then-batch: one prefill per query, and
 only the queries that choose to reason are decoded.
+
+### sentence-transformers
+
+```python
+from sentence_transformers import SentenceTransformer   # needs mbeir-cot installed with its [st] extra
+
+model = SentenceTransformer("{repo_id}", trust_remote_code=True)
+q = model.encode_query([{{"text": "Make the dress red.", "image": "dress.jpg"}}],
+                       prompt_name="fashioniq_task7")   # an M-BEIR pair name picks the task prompt; direct mode
+q = model.encode_query(["Find a picture of a red dress."], prompt_name="fashion200k_task0", mode="adaptive")
+c = model.encode_document(["a red dress", {{"image": "red_dress.jpg"}}, {{"text": "red dress", "image": "red_dress.jpg"}}])
+scores = model.similarity(q, c)
+```
+
+### mteb
+
+```bash
+pip install ".[mteb]"   # in a clone of mbeir-cot
+python -m trainer.evaluate mteb --checkpoint {repo_id} --tasks CIRRIT2IRetrieval,MSCOCOT2IRetrieval --output_dir out/mteb
+```
+
+mteb reports nDCG@10 as its main score; the results below are UniIR's Recall@k. `--mbeir_root PATH` builds the
+M-BEIR pairs from a local M-BEIR tree instead of downloading MIEB's copies.
 """
 
 

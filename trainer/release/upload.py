@@ -3,7 +3,9 @@
     HF_TOKEN=... python -m trainer.release --checkpoint out/trace --repo user/trace-2b [--results R] [--bench B]
 
 Uploads the weights (LoRA adapter/ or full model files), trace_config.json, train_config.json, tokenizer,
-image processor, the evaluation and bench results when found, and a model card (README.md, trainer/release/card.py).
+image processor, the evaluation and bench results when found, the sentence-transformers files (so the repo loads
+with SentenceTransformer(repo, trust_remote_code=True); trainer/integrations/st.py) and a model card (README.md,
+trainer/release/card.py).
 Resumable like the dataset upload (common/hub.py): blobs first, one commit at the end; a rerun sends only the
 blobs the Hub lacks. HF_TOKEN comes from the environment and is never printed or written.
 """
@@ -27,6 +29,7 @@ from common.hub import (
     upload_errors,
     verify_files,
 )
+from trainer.integrations.st import MODULE_CONFIG, st_files
 from trainer.modeling.model import ADAPTER_DIR, TRACE_CONFIG
 from trainer.release.card import CardInputs, render_card
 
@@ -99,6 +102,9 @@ def build_release(ckpt: str | Path, repo_id: str, *, results: str | None = None,
     files.update(collect_files(ckpt, base_dir))
     trace_cfg = {**trace_cfg, "base_model": base}
     files[TRACE_CONFIG] = (json.dumps(trace_cfg, indent=2) + "\n").encode()
+    module_cfg = _read_json(ckpt / MODULE_CONFIG, MODULE_CONFIG) if MODULE_CONFIG in files else {}
+    # Current sentence-transformers files; a local export keeps its settings.
+    files.update(st_files(module_cfg.get("mode", "direct"), module_cfg.get("max_new_tokens", 128)))
     train_cfg = _read_json(ckpt / "train_config.json", "train_config.json") if "train_config.json" in files else {}
     found = {name: find_result(ckpt, name, given) for name, given in (("results.json", results),
                                                                       ("bench.json", bench))}
