@@ -95,10 +95,12 @@ class TraceProcessor:
         return self._templates[text]
 
     def encode(self, sequences: list[list[Piece]]) -> list[list[int]]:
-        """Ids of each sequence of pieces; the text runs of all sequences go through one `text_ids` call."""
+        """Ids of each sequence of pieces; the distinct text runs of all sequences (a batch's system prompts
+        repeat) go through one `text_ids` call."""
         runs = [_runs(seq) for seq in sequences]
-        encoded = iter(self.text_ids([r for seq in runs for r in seq if isinstance(r, str)]))
-        return [[i for r in seq for i in (next(encoded) if isinstance(r, str) else r)] for seq in runs]
+        texts = list(dict.fromkeys(r for seq in runs for r in seq if isinstance(r, str)))
+        ids = dict(zip(texts, self.text_ids(texts), strict=True))
+        return [[i for r in seq for i in (ids[r] if isinstance(r, str) else r)] for seq in runs]
 
     def cut_texts(self, texts: list[str]) -> list[str]:
         """Each text cut to max_text_tokens tokens."""
