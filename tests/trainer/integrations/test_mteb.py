@@ -148,3 +148,16 @@ def test_flag_errors_are_one_line_exit_2(sample_root, trace_ckpt, tmp_path, caps
                "--output_dir", str(tmp_path / "o")]
     assert run_cli(mteb_run.main, missing, prog=mteb_run.PROG) == 2
     assert "nockpt" in capsys.readouterr().err
+
+
+def test_trainer_evaluate_dispatches_mteb(tmp_path):
+    """`python -m trainer.evaluate mteb ...` reaches this command: its flags, its error style."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    run = subprocess.run([sys.executable, "-m", "trainer.evaluate", "mteb", "--checkpoint", "c", "--taks", "x"],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip() == ("python -m trainer.evaluate mteb: error: unknown flag --taks (did you mean "
+                                  "--tasks?) (see python -m trainer.evaluate mteb --help)")
