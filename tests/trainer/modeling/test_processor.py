@@ -23,15 +23,17 @@ TARGETS = [None, EMB_TOKEN, "The target is red. a red circle<|emb|>", "no emb at
 def qwen2_like_tokenizer():
     """The tiny BPE's vocabulary and merges in Qwen2Tokenizer's own pipeline (NFC, Qwen2's split regex, byte
     level) with Qwen2's "\\n\\n" token, the control tokens added after the vocabulary as a real Qwen2.5-VL
-    tokenizer holds them: the <|...|> ones special, <tool_call>, </tool_call> and <|fim_prefix|> not."""
+    tokenizer holds them: the <|...|> ones special, <tool_call>, </tool_call> and <|fim_prefix|> not; no
+    <|emb|> (TraceProcessor adds it, as to a real checkpoint)."""
     from transformers import Qwen2Tokenizer
 
     model = json.loads(build_tokenizer().backend_tokenizer.to_str())["model"]
     words = sorted((i, t) for t, i in model["vocab"].items() if t not in SPECIAL_TOKENS)
     vocab, merges = {t: k for k, (_, t) in enumerate(words)}, [tuple(m) for m in model["merges"]]
     vocab["ĊĊ"], merges = len(vocab), [("Ċ", "Ċ"), *merges]  # as Qwen2's: where a text run splits shows
+    controls = [t for t in SPECIAL_TOKENS[1:] if t != EMB_TOKEN]
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                         unk_token=None, additional_special_tokens=SPECIAL_TOKENS[1:])
+                         unk_token=None, additional_special_tokens=controls)
     tok.add_tokens(["<tool_call>", "</tool_call>", "<|fim_prefix|>"])
     return tok
 
