@@ -21,7 +21,7 @@ PIPELINE = [
     "matplotlib>=3.8,<4",
 ]
 TRAIN = ["torch>=2.4", "transformers>=5.20,<6", "peft>=0.21,<1", "pyarrow>=25", "pillow>=12", "tokenizers",
-         "jsonschema>=4.20,<5", "fastjsonschema>=2.19,<3", "fsspec"]  # jsonschema: the M-BEIR line checks that evaluation reuses
+         "jsonschema>=4.20,<5", "fastjsonschema>=2.19,<3", "fsspec", "tqdm>=4.66,<5"]  # jsonschema: the M-BEIR line checks that evaluation reuses
 # trainer/integrations/: imported only when used. mteb 2.x's EncoderProtocol/AbsEncoder and sentence-transformers
 # 6.x's InputModule (preprocess with prompt and task) are the interfaces the wrappers implement.
 ST = ["sentence-transformers>=6.0,<7"]

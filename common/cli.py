@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.errors import ConfigError, OutputError
+from common.redact import redact
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MBEIR_DEBUG"
@@ -136,8 +137,8 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
 def _report(prog: str, kind: str, error: BaseException, status: int, debug: bool,
             cause: BaseException | None = None) -> int:
     if debug:
-        traceback.print_exception(cause or error)
-    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(redact("".join(traceback.format_exception(cause or error))), end="", file=sys.stderr)
+    text = "; ".join(line.strip() for line in redact(str(error)).splitlines() if line.strip())
     print(f"{prog}: {kind}: {text}", file=sys.stderr)
     return status
 
@@ -160,3 +161,11 @@ def int_at_least(low: int) -> Callable[[str], int]:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+def boolean(text: str) -> bool:
+    """argparse type: true/false, yes/no, 1/0 (any case)."""
+    value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use true or false")
+    return value

@@ -12,10 +12,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from common.errors import ConfigError
-from pipeline.mbeir import images, layout, reasons
+from pipeline.mbeir import image_gate, images, layout, reasons
 from pipeline.mbeir.instructions import Instructions, query_text
 from pipeline.mbeir.lines import iter_lines
 from pipeline.mbeir.parse import parse_candidate_line, parse_query_line
@@ -110,6 +111,13 @@ class ReadStats:
         return {"rejected": dict(self.rejected), "missing_images": self.missing_images,
                 "empty_inputs": self.empty_inputs}
 
+    def add(self, counts: dict) -> ReadStats:
+        """Add another reading's as_dict() (from a chunk record or a worker process)."""
+        self.rejected.update(counts.get("rejected", {}))
+        self.missing_images += counts.get("missing_images", 0)
+        self.empty_inputs += counts.get("empty_inputs", 0)
+        return self
+
 
 def read_queries(root: str | Path, pair: EvalPair, stats: ReadStats) -> list[QueryRecord]:
     """All parseable queries of a pair; rejects are counted (one still listed in qrels scores as a miss)."""
@@ -136,7 +144,8 @@ def read_instructions(root: str | Path) -> Instructions:
 
 
 def _image(root: Path, rel: str | None, max_side: int, stats: ReadStats) -> Image.Image | None:
-    """The image as RGB, longer side <= max_side; None (counted) when missing or unreadable.
+    """The image as RGB, longer side <= max_side, through the image gate; None when missing (missing_images)
+    or refused (rejected, by the gate's reason code).
 
     Local files only: the trainer runs where Beam's FileSystems is absent. A path whose real path leaves the
     root is never opened (counted as unsafe_image_path).
@@ -148,12 +157,14 @@ def _image(root: Path, rel: str | None, max_side: int, stats: ReadStats) -> Imag
         stats.rejected[reasons.UNSAFE_IMAGE_PATH] += 1
         return None
     try:
-        with Image.open(path) as f:
-            img = f.convert("RGB")
+        img = image_gate.load_rgb(path, where=rel)
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         return img
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        stats.missing_images += 1
+    except image_gate.ImageRejected as e:  # missing as before; a hostile file by the gate's reason code
+        if e.reason == reasons.MISSING_IMAGE:
+            stats.missing_images += 1
+        else:
+            stats.rejected[e.reason] += 1
         return None
 
 
@@ -171,13 +182,19 @@ def query_inputs(root: str | Path, records: Sequence[QueryRecord], instructions:
     return out
 
 
-def iter_candidates(root: str | Path, pool_file: str, stats: ReadStats) -> Iterator[CandidateRecord]:
-    """Stream a pool's candidates (constant memory); bad lines are counted, never raised."""
+def iter_candidates(root: str | Path, pool_file: str, stats: ReadStats, offset: int = 0, first_line: int = 1,
+                    max_lines: int | None = None) -> Iterator[CandidateRecord]:
+    """Stream a pool's candidates (constant memory); bad lines are counted, never raised. With `offset` (the byte
+    where line `first_line` starts, from line_offsets) and `max_lines`: only those lines (one chunk)."""
     with open(Path(root) / pool_file, "rb") as f:
+        f.seek(offset)
         for n, raw, complete in iter_lines(f):
+            if max_lines is not None and n > max_lines:
+                return
             if not raw.strip():
                 continue
-            rec = parse_candidate_line(raw, source_file=pool_file, line_number=n, complete=complete)
+            rec = parse_candidate_line(raw, source_file=pool_file, line_number=first_line + n - 1,
+                                       complete=complete)
             if isinstance(rec, Reject):
                 stats.rejected[rec.reason] += 1
             else:
@@ -203,3 +220,16 @@ def count_lines(path: str | Path) -> int:
             n += block.count(b"\n")
             last = block[-1:]
     return n + (last != b"\n")
+
+
+def line_offsets(path: str | Path, every: int) -> tuple[list[int], int]:
+    """(byte offsets where lines 1, every + 1, 2 * every + 1, ... start; the number of lines), lines counted as
+    count_lines and iter_lines count them. One pass over the file, constant memory."""
+    offsets, newlines, pos, last = [0], 0, 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+            following = newlines + 1 + np.arange(len(ends))  # 0-based number of the line after each newline
+            offsets += (pos + ends[following % every == 0] + 1).tolist()
+            newlines, pos, last = newlines + len(ends), pos + len(block), block[-1:]
+    return [o for o in offsets if o < pos], newlines + (last != b"\n")

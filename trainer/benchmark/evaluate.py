@@ -1,11 +1,15 @@
 """Evaluate an embedder on M-BEIR exactly as UniIR scores it (MBEIR.md "Scoring"), local and/or global pool.
 
     python -m trainer.evaluate --mbeir_root ROOT --checkpoint CKPT --pool both --output_dir DIR
+    torchrun --nproc_per_node N -m trainer.evaluate ...             # N ranks encode, rank 0 searches and scores
+    python -m trainer.evaluate ... --num_shards N --shard_index I   # one of N independent jobs: encode, exit
     python -m trainer.evaluate score --run RUNFILE --qrels QRELS_FILE_OR_DIR... [--k 1,5,10]
 
 Writes runs/mbeir_{pair}_{split}_{local|union}_run.txt (UniIR run format), results.tsv (UniIR columns, values
-in percent), results.json (fractions, routing, missing-image counts, timings) and prints the 16-pair table beside
-the paper's rows. Candidate embeddings are cached per (checkpoint, pool file) as memory-mapped float16 .npy.
+in percent), results.json (fractions, routing, read counts, chunk counts, timings) and prints the 16-pair table
+beside the paper's rows. Pool and query embeddings are cached in chunks (trainer/benchmark/chunks.py) keyed by
+the model and the input files: a killed run, rerun with the same command, encodes only the missing chunks; shard
+jobs (trainer/benchmark/sharding.py) fill the same cache and a final run without shard flags scores.
 """
 
 from __future__ import annotations
@@ -14,61 +18,35 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from common.cli import CliParser, non_negative_int, positive_int, run_cli, writable_folder
+from common.cli import CliParser, boolean, non_negative_int, positive_int, run_cli, writable_folder
 from common.errors import ConfigError
-from pipeline.mbeir import layout
 from trainer.benchmark import paper_results, retrieval, scoring
+from trainer.benchmark.chunks import Chunk, write_text_atomic
+from trainer.benchmark.config import POOLS, EvalConfig
+from trainer.benchmark.encode import JobRun, encode_all, encode_job, merge_ranks, summary, workers
 from trainer.benchmark.evalset import (
-    DEFAULT_IMAGE_MAX_SIDE,
     EvalPair,
     ReadStats,
-    candidate_input,
     check_root,
-    count_lines,
     eval_pairs,
-    iter_candidates,
-    query_inputs,
     read_instructions,
     read_pair_qrels,
-    read_queries,
 )
+from trainer.benchmark.jobs import PoolJob, QueryJob, plan
+from trainer.benchmark.prefetch import CandidateBatches
+from trainer.benchmark.report import format_table, results_tsv
+from trainer.benchmark.sharding import Sharding, from_environment, rank_device
 from trainer.modeling.interface import MODES, Embedder
 
-POOLS = ("local", "global")
-_TASK_NAMES = {0: "t→i", 1: "t→t", 2: "t→(i,t)", 3: "i→t", 4: "i→i", 6: "(i,t)→t", 7: "(i,t)→i", 8: "(i,t)→(i,t)"}
-
-
-@dataclass
-class EvalConfig:
-    mbeir_root: Path
-    output_dir: Path
-    split: str = "test"
-    pools: tuple[str, ...] = ("local",)
-    pairs: Sequence[str] | None = None
-    mode: str = "adaptive"
-    seed: int = 0  # fixes the per-query instruction choice (MBEIR.md "Instructions")
-    ks: tuple[int, ...] = scoring.DEFAULT_KS
-    top_k: int = 10  # results written per query to the run files
-    limit: int | None = None  # first N queries per pair (benchmarks)
-    cache_dir: Path | None = None  # default: output_dir/embedding_cache
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    chunk_size: int = retrieval.DEFAULT_CHUNK
-    query_batch: int = 8
-    cand_batch: int = 32
-    read_batch: int = 512  # inputs (with decoded images) held in memory at once
-    max_new_tokens: int = 128
-    image_max_side: int = DEFAULT_IMAGE_MAX_SIDE
-    run_id: str = "trace"
-
-    @property
-    def cache(self) -> retrieval.EmbeddingCache:
-        return retrieval.EmbeddingCache(self.cache_dir or Path(self.output_dir) / "embedding_cache")
+__all__ = ["POOLS", "EvalConfig", "evaluate", "format_table", "main", "results_tsv"]
+_POOL_FLAG = {"local": ("local",), "global": ("global",), "both": POOLS}
 
 
 @dataclass
@@ -83,6 +61,20 @@ class PairQueries:
     encode_seconds: float
     stats: ReadStats = field(default_factory=ReadStats)
 
+    @classmethod
+    def from_chunks(cls, job: QueryJob, chunks: Iterable[Chunk]) -> PairQueries:
+        pq = cls(job.pair, [], torch.zeros(0, 0), [], [], 0.0, ReadStats().add(job.read_stats.as_dict()))
+        embeddings = []
+        for chunk in chunks:
+            pq.qids += chunk.ids
+            embeddings += [torch.from_numpy(chunk.embeddings)] if chunk.ids else []
+            pq.reasoned += chunk.info.get("reasoned", [])
+            pq.generated_tokens += chunk.info.get("generated_tokens", [])
+            pq.encode_seconds += chunk.info["seconds"]
+            pq.stats.add(chunk.info["stats"])
+        pq.embeddings = torch.cat(embeddings) if embeddings else pq.embeddings
+        return pq
+
     def routing(self) -> dict:
         n = len(self.qids)
         return {"share_reasoned": round(sum(self.reasoned) / n, 4) if n and self.reasoned else 0.0,
@@ -90,74 +82,53 @@ class PairQueries:
                 if n and self.generated_tokens else 0.0}
 
 
-def _batched(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+class PoolReader:
+    """A pool's cached chunks read once, in order, as search blocks; ids and read counts gathered on the way."""
+
+    def __init__(self, job: PoolJob):
+        self.job, self.ids, self.stats, self.dim, self.embed_seconds = job, [], ReadStats(), 0, 0.0
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        for chunk in self.job.store.chunks():
+            self.ids += chunk.ids
+            self.stats.add(chunk.info["stats"])
+            self.embed_seconds += chunk.info["seconds"]
+            self.dim = chunk.embeddings.shape[1] if chunk.ids else self.dim
+            yield chunk.embeddings
+
+    def meta(self, run: JobRun) -> dict:
+        return {"pool_file": self.job.pool_file, **self.stats.as_dict(), "count": len(self.ids), "dim": self.dim,
+                "embed_seconds": round(self.embed_seconds, 3), **chunk_counts(self.job, run),
+                "from_cache": run.chunks_encoded == 0}
+
+
+def chunk_counts(job: PoolJob | QueryJob, run: JobRun) -> dict:
+    return {"chunks_total": job.store.total, **run.as_dict()}
 
 
 def encode_pair_queries(embedder: Embedder, pair: EvalPair, cfg: EvalConfig, instructions=None) -> PairQueries:
-    """Embed a pair's test queries (fixed-seed instruction, UniIR query text); missing images are counted."""
-    stats = ReadStats()
-    records = read_queries(cfg.mbeir_root, pair, stats)[: cfg.limit]
-    instructions = instructions or read_instructions(cfg.mbeir_root)
-    embs, reasoned, tokens, seconds = [], [], [], 0.0
-    for group in _batched(records, cfg.read_batch):
-        inputs = query_inputs(cfg.mbeir_root, group, instructions, cfg.seed, stats, cfg.image_max_side)
-        t0 = time.perf_counter()
-        res = embedder.encode_queries(inputs, mode=cfg.mode, max_new_tokens=cfg.max_new_tokens,
-                                      batch_size=cfg.query_batch)
-        seconds += time.perf_counter() - t0
-        embs.append(torch.as_tensor(res.embeddings).float().cpu())
-        reasoned += list(res.reasoned)
-        tokens += list(res.generated_tokens)
-    emb = torch.cat(embs) if embs else torch.zeros(0, 0)
-    return PairQueries(pair, [r.qid for r in records], emb, reasoned, tokens, seconds, stats)
+    """Embed a pair's test queries now, uncached (trainer.bench times them); missing images are counted."""
+    job = QueryJob(pair, cfg, "uncached", embedder, instructions or read_instructions(cfg.mbeir_root))
+    chunks: dict[int, Chunk] = {}
+    encode_job(job, range(job.store.total), cfg, show=False, sink=chunks.__setitem__)
+    return PairQueries.from_chunks(job, (chunks[i] for i in range(job.store.total)))
 
 
 def embed_pool(embedder: Embedder, model_fp: str, pool_file: str, cfg: EvalConfig) -> retrieval.StoredPool:
-    """The pool's embeddings from the cache, or embedded now (streamed, written to disk as float16)."""
-    path = Path(cfg.mbeir_root) / pool_file
-    pool_fp = f"{retrieval.file_fingerprint(path)}-s{cfg.image_max_side}"
-    cache = cfg.cache
-    if (stored := cache.load(model_fp, pool_fp)) is not None:
-        stored.meta["from_cache"] = True
-        return stored
-    stats = ReadStats()
-    t0 = time.perf_counter()
-
-    def batches():
-        batch: list = []
-        for rec in iter_candidates(cfg.mbeir_root, pool_file, stats):
-            if (inp := candidate_input(cfg.mbeir_root, rec, stats, cfg.image_max_side)) is not None:
-                batch.append((rec.did, inp))
-            if len(batch) == cfg.read_batch:
-                yield _encode_candidates(embedder, batch, cfg)
-                batch = []
-        if batch:
-            yield _encode_candidates(embedder, batch, cfg)
-
-    stored = cache.store(model_fp, pool_fp, count_lines(path), batches(), {"pool_file": pool_file})
-    stored.meta.update(stats.as_dict(), embed_seconds=round(time.perf_counter() - t0, 3), from_cache=False)
-    (cache.folder(model_fp, pool_fp) / "meta.json").write_text(json.dumps(stored.meta, indent=1))
-    return stored
+    """A whole pool in memory from the chunk cache, its missing chunks encoded first (trainer.bench's pools)."""
+    job = PoolJob(pool_file, pool_file, cfg, model_fp, CandidateBatches(embedder, cfg.cand_batch))
+    run = encode_all([job], Sharding(), cfg)[0]
+    reader = PoolReader(job)
+    blocks = [b for b in reader.blocks() if len(b)]
+    matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float16)
+    return retrieval.StoredPool(matrix, reader.ids, reader.meta(run))
 
 
-def _encode_candidates(embedder: Embedder, batch: list, cfg: EvalConfig) -> tuple[list[str], torch.Tensor]:
-    emb = embedder.encode_candidates([inp for _, inp in batch], batch_size=cfg.cand_batch)
-    return [did for did, _ in batch], torch.as_tensor(emb).float()
-
-
-def rank(pq: PairQueries, pool: retrieval.StoredPool, cfg: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    return retrieval.search(pq.embeddings, pool.embeddings, cfg.top_k, chunk_size=cfg.chunk_size,
-                            device=cfg.device)
-
-
-def ranked_lists(pq: PairQueries, pool: retrieval.StoredPool, indices: torch.Tensor) -> dict[str, list[str]]:
+def ranked_lists(pq: PairQueries, pool, indices: torch.Tensor) -> dict[str, list[str]]:
     return {qid: [pool.ids[i] for i in row] for qid, row in zip(pq.qids, indices.tolist(), strict=True)}
 
 
-def write_run(path: Path, pq: PairQueries, pool: retrieval.StoredPool, scores: torch.Tensor,
-              indices: torch.Tensor, run_id: str) -> None:
+def write_run(path: Path, pq: PairQueries, pool, scores: torch.Tensor, indices: torch.Tensor, run_id: str) -> None:
     """UniIR run file: `{qid} Q0 {did} {rank} {score} {run_id} {task_id}`, rank 1 = best."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -176,87 +147,93 @@ def score_pair(pq: PairQueries, ranked: dict[str, list[str]], qrels: scoring.Qre
     return {k: round(v, 4) for k, v in rates.items()}
 
 
-def evaluate(embedder: Embedder, model_fp: str, cfg: EvalConfig) -> dict:
-    """Run the evaluation; writes run files, results.tsv and results.json under cfg.output_dir."""
+def evaluate(embedder: Embedder, model_fp: str, cfg: EvalConfig, sharding: Sharding | None = None) -> dict:
+    """Encode this process's share of the missing chunks; the scoring process then writes run files,
+    results.tsv and results.json under cfg.output_dir and returns the results (a shard job: its counts)."""
+    sharding = sharding or Sharding()
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    jobs = plan(embedder, model_fp, cfg)
+    runs = merge_ranks(sharding.gather(encode_all(jobs, sharding, cfg)))
+    if sharding.kind == "shard jobs":
+        return _finish_shard(jobs, runs, cfg, sharding)
+    if not sharding.scores:
+        return {}
+    filled = encode_all(jobs, Sharding(), cfg)  # anything a rank left missing (normally nothing)
+    runs = [run.merge(more) for run, more in zip(runs, filled, strict=True)]
+    for job, run in zip(jobs, runs, strict=True):
+        run.chunks_reused = job.store.total - run.chunks_encoded
+        print(summary(job, run), flush=True)
+    return _score(jobs, runs, model_fp, cfg, sharding)
+
+
+def _finish_shard(jobs: Sequence[PoolJob | QueryJob], runs: Sequence[JobRun], cfg: EvalConfig,
+                  sharding: Sharding) -> dict:
+    for job, run in zip(jobs, runs, strict=True):
+        print(summary(job, run), flush=True)
+    report = {"shard_index": sharding.rank, "num_shards": sharding.world,
+              "jobs": {job.label: chunk_counts(job, run) for job, run in zip(jobs, runs, strict=True)}}
+    path = Path(cfg.output_dir) / "shards" / f"shard-{sharding.rank:04d}-of-{sharding.world:04d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(report, indent=1))
+    return report
+
+
+def _score(jobs: Sequence[PoolJob | QueryJob], runs: Sequence[JobRun], model_fp: str, cfg: EvalConfig,
+           sharding: Sharding) -> dict:
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pairs = eval_pairs(cfg.pairs, cfg.split)
-    instructions = read_instructions(cfg.mbeir_root)
-    global_pool = (embed_pool(embedder, model_fp, layout.union_pool_file(cfg.split), cfg)
-                   if "global" in cfg.pools else None)
     results: dict = {"model_fingerprint": model_fp, "split": cfg.split, "mode": cfg.mode, "seed": cfg.seed,
-                     "ks": list(cfg.ks), "device": cfg.device, "pairs": {}, "pools": {}}
-    if global_pool is not None:
-        results["pools"]["global"] = global_pool.meta
-    for pair in pairs:
-        pq = encode_pair_queries(embedder, pair, cfg, instructions)
-        qrels = read_pair_qrels(cfg.mbeir_root, pair)
-        entry = {"task_id": pair.task_id, "dataset": pair.dataset, "queries": len(pq.qids),
-                 "headline": f"Recall@{pair.headline_k}", "routing": pq.routing(),
-                 "query_encode_seconds": round(pq.encode_seconds, 3),
-                 "queries_per_second": round(len(pq.qids) / pq.encode_seconds, 3) if pq.encode_seconds else None,
-                 "query_read": pq.stats.as_dict()}
-        for pool_kind in cfg.pools:
-            if pool_kind == "local":
-                pool = embed_pool(embedder, model_fp, pair.pool_file, cfg)
-                results["pools"][pair.name] = pool.meta
-            else:
-                pool = global_pool
+                     "ks": list(cfg.ks), "device": cfg.device, "pairs": {}, "pools": {},
+                     "encoding": {**sharding.describe(), "num_workers": workers(cfg),
+                                  "encode_chunk": cfg.encode_chunk}}
+    queries, qrels = {}, {}
+    for job, run in zip(jobs, runs, strict=True):
+        if isinstance(job, QueryJob):
+            pq = queries[job.name] = PairQueries.from_chunks(job, job.store.chunks())
+            qrels[job.name] = read_pair_qrels(cfg.mbeir_root, job.pair)
+            results["pairs"][job.name] = _pair_entry(pq, chunk_counts(job, run))
+    for job, run in zip(jobs, runs, strict=True):
+        if isinstance(job, PoolJob):
+            kind = "global" if job.name == "global" else "local"
+            names = list(queries) if kind == "global" else [job.name]
             t0 = time.perf_counter()
-            scores, indices = rank(pq, pool, cfg)
-            tag = "union" if pool_kind == "global" else "local"
-            run_path = out / "runs" / f"mbeir_{pair.name}_{cfg.split}_{tag}_run.txt"
-            write_run(run_path, pq, pool, scores, indices, f"{cfg.run_id}_{tag}")
-            entry[pool_kind] = score_pair(pq, ranked_lists(pq, pool, indices), qrels, cfg.ks)
-            entry[f"{pool_kind}_search_seconds"] = round(time.perf_counter() - t0, 3)
-            entry[f"{pool_kind}_run_file"] = str(run_path.relative_to(out))
-        results["pairs"][pair.name] = entry
+            reader = PoolReader(job)
+            found = retrieval.search_blocks([queries[n].embeddings for n in names], reader.blocks(), cfg.top_k,
+                                            device=cfg.device)
+            results["pools"][job.name] = {**reader.meta(run), "search_seconds": round(time.perf_counter() - t0, 3)}
+            for name, (scores, indices) in zip(names, found, strict=True):
+                tag = "union" if kind == "global" else "local"
+                run_path = out / "runs" / f"mbeir_{name}_{cfg.split}_{tag}_run.txt"
+                write_run(run_path, queries[name], reader, scores, indices, f"{cfg.run_id}_{tag}")
+                entry = results["pairs"][name]
+                entry[kind] = score_pair(queries[name], ranked_lists(queries[name], reader, indices), qrels[name],
+                                         cfg.ks)
+                entry[f"{kind}_run_file"] = str(run_path.relative_to(out))
+    return _write_results(results, cfg)
+
+
+def _pair_entry(pq: PairQueries, counts: dict) -> dict:
+    return {"task_id": pq.pair.task_id, "dataset": pq.pair.dataset, "queries": len(pq.qids),
+            "headline": f"Recall@{pq.pair.headline_k}", "routing": pq.routing(),
+            "query_encode_seconds": round(pq.encode_seconds, 3),
+            "queries_per_second": round(len(pq.qids) / pq.encode_seconds, 3) if pq.encode_seconds else None,
+            "query_read": pq.stats.as_dict(), "query_chunks": counts}
+
+
+def _write_results(results: dict, cfg: EvalConfig) -> dict:
     for pool_kind in cfg.pools:
         vals = [e[pool_kind][e["headline"]] for e in results["pairs"].values()]
         results.setdefault("average", {})[pool_kind] = round(sum(vals) / len(vals), 4) if vals else None
     results["average_over_pairs"] = len(results["pairs"])
     results["paper"] = {"local": paper_results.LOCAL, "local_average": paper_results.LOCAL_AVERAGE}
     results["config"] = {k: str(v) for k, v in asdict(cfg).items()}
+    out = Path(cfg.output_dir)
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
     (out / "results.tsv").write_text(results_tsv(results, cfg.ks))
     return results
 
 
-def results_tsv(results: dict, ks: Sequence[int]) -> str:
-    """UniIR's results table; one row per (pair, Recall@k); Value/UnionValue in percent, 2 decimals."""
-    rows = ["TaskID\tTask\tDataset\tSplit\tMetric\tCandPool\tValue\tUnionPool\tUnionValue"]
-    for name, e in results["pairs"].items():
-        for k in sorted(set(ks) | {int(e["headline"].split("@")[1])}):
-            metric = f"Recall@{k}"
-            local = f"{100 * e['local'][metric]:.2f}" if "local" in e else ""
-            union = f"{100 * e['global'][metric]:.2f}" if "global" in e else ""
-            rows.append("\t".join([str(e["task_id"]), _TASK_NAMES[e["task_id"]],
-                                   layout.DISPLAY_NAMES[e["dataset"]], results["split"], metric, name, local,
-                                   "union" if "global" in e else "", union]))
-    return "\n".join(rows) + "\n"
-
-
-def format_table(results: dict) -> str:
-    """The 16-pair table (percent) with the paper's rows; '-' = pair not evaluated."""
-    pairs = paper_results.PAIRS
-    head = ["method"] + [f"{i}" for i in range(1, len(pairs) + 1)] + ["avg"]
-    lines = [" | ".join(head), "columns: " + ", ".join(f"{i}={p}" for i, p in enumerate(pairs, 1))]
-    for method, row in paper_results.LOCAL.items():
-        lines.append(" | ".join([f"{method} (paper)"] + [f"{row[p]:.1f}" for p in pairs]
-                                + [f"{paper_results.LOCAL_AVERAGE[method]:.1f}"]))
-    for pool_kind in POOLS:
-        if pool_kind not in results.get("average", {}):
-            continue
-        cells = [f"{100 * results['pairs'][p][pool_kind][results['pairs'][p]['headline']]:.1f}"
-                 if p in results["pairs"] else "-" for p in pairs]
-        n = results["average_over_pairs"]
-        avg = f"{100 * results['average'][pool_kind]:.1f}" + ("" if n == len(pairs) else f" ({n}/16 pairs)")
-        lines.append(" | ".join([f"this run ({pool_kind})"] + cells + [avg]))
-    return "\n".join(lines)
-
-
 def load_embedder(checkpoint: str, device: str | None = None) -> Embedder:
-    from trainer.modeling.model import TraceEmbedder  # the model is only needed when evaluating a checkpoint
+    from trainer import TraceEmbedder  # the model is only needed when evaluating a checkpoint
 
     return TraceEmbedder.load(checkpoint, device=device)
 
@@ -325,34 +302,47 @@ def score_main(argv: Sequence[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Flags named as EvalConfig's fields (but --pool, --k); every default is EvalConfig's."""
+    d = EvalConfig
     p = CliParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--mbeir_root", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--split", default="test", choices=("val", "test"))
-    p.add_argument("--pool", default="local", choices=("local", "global", "both"))
-    p.add_argument("--pairs", nargs="+", default=None, help="e.g. cirr_task7 mscoco_task0 (default: all 16)")
-    p.add_argument("--mode", default="adaptive", choices=MODES)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=_ks, default=scoring.DEFAULT_KS)
-    p.add_argument("--top_k", type=positive_int, default=10)
-    p.add_argument("--limit", type=positive_int, default=None)
-    p.add_argument("--cache_dir", default=None)
-    p.add_argument("--device", default=EvalConfig.device)
-    p.add_argument("--query_batch", type=positive_int, default=8)
-    p.add_argument("--cand_batch", type=positive_int, default=32)
-    p.add_argument("--max_new_tokens", type=non_negative_int, default=128)
-    p.add_argument("--image_max_side", type=positive_int, default=DEFAULT_IMAGE_MAX_SIDE)
+    p.add_argument("--split", default=d.split, choices=("val", "test"))
+    p.add_argument("--pool", default=next(k for k, v in _POOL_FLAG.items() if v == d.pools), choices=_POOL_FLAG)
+    p.add_argument("--pairs", nargs="+", default=d.pairs, help="e.g. cirr_task7 mscoco_task0 (default: all 16)")
+    p.add_argument("--mode", default=d.mode, choices=MODES)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--k", type=_ks, default=d.ks)
+    p.add_argument("--top_k", type=positive_int, default=d.top_k)
+    p.add_argument("--limit", type=positive_int, default=d.limit)
+    p.add_argument("--cache_dir", default=d.cache_dir, help="embedding cache (default: OUTPUT_DIR/embedding_cache; "
+                   "shard jobs on several machines share one on a shared filesystem)")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--query_batch", type=positive_int, default=d.query_batch)
+    p.add_argument("--cand_batch", type=positive_int, default=d.cand_batch)
+    p.add_argument("--max_new_tokens", type=non_negative_int, default=d.max_new_tokens)
+    p.add_argument("--image_max_side", type=positive_int, default=d.image_max_side)
+    p.add_argument("--encode_chunk", type=positive_int, default=d.encode_chunk,
+                   help="candidates (queries) per cached chunk, by line order; the unit of resume and sharding")
+    p.add_argument("--num_workers", type=non_negative_int, default=d.num_workers,
+                   help="data-preparation processes (reading, decoding, the processor); 0: in the model's "
+                        "thread (default: from the cores)")
+    p.add_argument("--num_shards", type=positive_int, default=d.num_shards,
+                   help="with --shard_index: this job encodes its share of N and exits (no scoring)")
+    p.add_argument("--shard_index", type=non_negative_int, default=d.shard_index)
+    p.add_argument("--progress", type=boolean, default=d.progress, help="progress bars (true/false)")
     return p
 
 
 def config_from_args(a: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
-        mbeir_root=Path(a.mbeir_root), output_dir=Path(a.output_dir), split=a.split,
-        pools=POOLS if a.pool == "both" else (a.pool,), pairs=a.pairs, mode=a.mode, seed=a.seed, ks=a.k,
-        top_k=max(a.top_k, *a.k), limit=a.limit, cache_dir=Path(a.cache_dir) if a.cache_dir else None,
-        device=a.device, query_batch=a.query_batch, cand_batch=a.cand_batch, max_new_tokens=a.max_new_tokens,
-        image_max_side=a.image_max_side)
+        mbeir_root=Path(a.mbeir_root), output_dir=Path(a.output_dir), split=a.split, pools=_POOL_FLAG[a.pool],
+        pairs=a.pairs, mode=a.mode, seed=a.seed, ks=a.k, top_k=max(a.top_k, *a.k), limit=a.limit,
+        cache_dir=Path(a.cache_dir) if a.cache_dir else None, device=a.device, query_batch=a.query_batch,
+        cand_batch=a.cand_batch, max_new_tokens=a.max_new_tokens, image_max_side=a.image_max_side,
+        encode_chunk=a.encode_chunk, num_workers=a.num_workers, num_shards=a.num_shards,
+        shard_index=a.shard_index, progress=a.progress)
 
 
 def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) -> dict:
@@ -365,9 +355,13 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     check_config(cfg)
     if embedder is None:
         check_checkpoint(a.checkpoint)
+    sharding = from_environment(cfg.num_shards, cfg.shard_index, cfg.device)
+    cfg.device = rank_device(cfg.device, sharding)
     model_fp = getattr(embedder, "fingerprint", None) or retrieval.dir_fingerprint(a.checkpoint)
-    results = evaluate(embedder or load_embedder(a.checkpoint, cfg.device), model_fp, cfg)
-    print(format_table(results))
+    results = evaluate(embedder or load_embedder(a.checkpoint, cfg.device), model_fp, cfg, sharding)
+    sharding.close()  # only after success: a rank that failed must not wait for the others at a barrier
+    if sharding.scores:
+        print(format_table(results))
     return results
 
 

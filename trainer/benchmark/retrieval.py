@@ -3,15 +3,13 @@
 Candidate embeddings live on disk as a float16 `.npy` and are memory-mapped; search walks the pool in chunks,
 keeps a running top-k per query and merges each chunk's top-k into it, so memory is
 O(chunk_size * dim + queries * k) whatever the pool size (5.6M for the M-BEIR global pool).
-An `EmbeddingCache` keys stored pools by (checkpoint fingerprint, pool file fingerprint).
+Search also takes a pool as consecutive blocks (the evaluation's cache chunks, trainer/benchmark/chunks.py),
+so a pool is read once for every query set that searches it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,27 +29,40 @@ def search(queries: torch.Tensor | np.ndarray, candidates: np.ndarray | torch.Te
     `candidates` may be a read-only memmap (float16); each chunk is copied to `device` as float32.
     backend "faiss" uses faiss.IndexFlatIP per chunk (exact), when faiss is installed.
     """
-    q = torch.as_tensor(np.asarray(queries, dtype=np.float32) if isinstance(queries, np.ndarray) else queries)
-    q = q.to(device=device, dtype=torch.float32)
-    n = len(candidates)
-    k = min(k, n)
-    best_s = torch.full((len(q), k), float("-inf"), device=device)
-    best_i = torch.full((len(q), k), -1, dtype=torch.int64, device=device)
-    if k == 0 or len(q) == 0:
-        return best_s.cpu(), best_i.cpu()
-    for start in range(0, n, chunk_size):
-        chunk = candidates[start:start + chunk_size]
-        if backend == "faiss":
-            s, i = _faiss_chunk(q, chunk, k)
-        else:
-            c = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.array(chunk))  # copy off the memmap
-            c = c.to(device=device, dtype=torch.float32)
-            s, i = _torch_chunk(q, c, k, query_block)
-        merged_s = torch.cat([best_s, s.to(device)], dim=1)
-        merged_i = torch.cat([best_i, i.to(device) + start], dim=1)
-        best_s, pos = merged_s.topk(k, dim=1)
-        best_i = merged_i.gather(1, pos)
-    return best_s.cpu(), best_i.cpu()
+    blocks = (candidates[s:s + chunk_size] for s in range(0, len(candidates), chunk_size))
+    return search_blocks([queries], blocks, k, query_block=query_block, device=device, backend=backend)[0]
+
+
+def search_blocks(query_sets: Sequence[torch.Tensor | np.ndarray], blocks: Iterable[np.ndarray | torch.Tensor],
+                  k: int, *, query_block: int = DEFAULT_QUERY_BLOCK, device: str | torch.device = "cpu",
+                  backend: str = "torch") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """search() for several query sets over one pass of a pool given as consecutive blocks (e.g. cache chunks,
+    read once however many sets search them). Indices count rows over all blocks; each set's result is what
+    search() gives it alone over the same blocks."""
+    qs = [torch.as_tensor(np.asarray(q, dtype=np.float32) if isinstance(q, np.ndarray) else q)
+          .to(device=device, dtype=torch.float32) for q in query_sets]
+    best = [(torch.full((len(q), k), float("-inf"), device=device),
+             torch.full((len(q), k), -1, dtype=torch.int64, device=device)) for q in qs]
+    start = 0
+    for block in blocks:
+        if len(block) == 0 or k == 0:
+            continue
+        if backend != "faiss":
+            block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.array(block))  # off the memmap
+            block = block.to(device=device, dtype=torch.float32)
+        for n, q in enumerate(qs):
+            if len(q):
+                s, i = _faiss_chunk(q, block, k) if backend == "faiss" else _torch_chunk(q, block, k, query_block)
+                best[n] = _merge(best[n], s.to(device), i.to(device) + start, k)
+        start += len(block)
+    kept = min(k, start)
+    return [(s[:, :kept].cpu(), i[:, :kept].cpu()) for s, i in best]
+
+
+def _merge(best: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor, i: torch.Tensor,
+           k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    scores, pos = torch.cat([best[0], s], dim=1).topk(k, dim=1)
+    return scores, torch.cat([best[1], i], dim=1).gather(1, pos)
 
 
 def _torch_chunk(q: torch.Tensor, c: torch.Tensor, k: int, query_block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,48 +133,8 @@ def dir_fingerprint(path: str | Path) -> str:
 
 @dataclass
 class StoredPool:
-    """A pool's embeddings (memmap, row i = ids[i]) plus what happened while embedding it."""
+    """A pool's embeddings (row i = ids[i]) plus what happened while embedding it."""
 
     embeddings: np.ndarray
     ids: list[str]
     meta: dict
-
-
-class EmbeddingCache:
-    """`{root}/{model_fp}/{pool_fp}/` holding embeddings.npy, ids.txt and meta.json (written last = complete)."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def folder(self, model_fp: str, pool_fp: str) -> Path:
-        return self.root / model_fp / pool_fp
-
-    def load(self, model_fp: str, pool_fp: str) -> StoredPool | None:
-        d = self.folder(model_fp, pool_fp)
-        if not (d / "meta.json").exists():
-            return None
-        meta = json.loads((d / "meta.json").read_text())
-        ids = (d / "ids.txt").read_text().split("\n")[: meta["count"]]
-        return StoredPool(open_embeddings(d / "embeddings.npy")[: meta["count"]], ids, meta)
-
-    def store(self, model_fp: str, pool_fp: str, n_max: int,
-              batches: Iterable[tuple[Sequence[str], torch.Tensor]], meta: dict) -> StoredPool:
-        """Write (ids, embeddings) batches, at most n_max rows in all; meta.json is written only on success."""
-        d = self.folder(model_fp, pool_fp)
-        tmp = d.with_name(d.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        writer = None
-        with open(tmp / "ids.txt", "w") as ids_file:
-            for ids, emb in batches:
-                writer = writer or EmbeddingWriter(tmp / "embeddings.npy", n_max, emb.shape[1])
-                writer.write(emb)
-                ids_file.write("".join(f"{i}\n" for i in ids))
-        if writer is None:
-            writer = EmbeddingWriter(tmp / "embeddings.npy", 0, 0)
-        count, dim = writer.filled, writer.dim
-        writer.close()
-        (tmp / "meta.json").write_text(json.dumps({**meta, "count": count, "dim": dim}, indent=1))
-        shutil.rmtree(d, ignore_errors=True)
-        tmp.rename(d)
-        return self.load(model_fp, pool_fp)

@@ -1,10 +1,10 @@
-"""Chunked exact top-k and the on-disk float16 embedding store."""
+"""Chunked exact top-k, over one matrix or over consecutive blocks, and the float16 embedding file."""
 
 import numpy as np
 import pytest
 import torch
 
-from trainer.benchmark.retrieval import EmbeddingCache, EmbeddingWriter, open_embeddings, search
+from trainer.benchmark.retrieval import EmbeddingWriter, open_embeddings, search, search_blocks
 
 
 def _normed(n, d, seed):
@@ -41,16 +41,16 @@ def test_k_larger_than_pool_and_empty_queries():
     assert search(q[:0], c, k=2)[1].shape == (0, 2)
 
 
-def test_cache_roundtrip(tmp_path):
-    cache = EmbeddingCache(tmp_path)
-    assert cache.load("m", "p") is None
-    c = _normed(10, 4, 6)
-    stored = cache.store("m", "p", 12, [(["a:1", "a:2"], c[:2]), ([f"a:{i}" for i in range(3, 11)], c[2:])],
-                         {"missing_images": 1})
-    again = cache.load("m", "p")
-    assert again.ids == stored.ids == [f"a:{i}" for i in range(1, 11)]
-    assert again.embeddings.shape == (10, 4) and again.meta["missing_images"] == 1
-    assert np.allclose(again.embeddings, c.numpy(), atol=1e-3)
+def test_blocks_search_several_query_sets_in_one_pass():
+    qa, qb, c = _normed(7, 8, 9), _normed(3, 8, 10), _normed(40, 8, 11)
+    blocks = [c[:16], c[16:16], c[16:33], c[33:]]  # an empty block (a chunk of rejected lines) is skipped
+    read = []
+    found = search_blocks([qa, qb, qa[:0]], (read.append(len(b)) or b for b in blocks), k=5)
+    assert read == [16, 0, 17, 7]  # one pass, however many sets
+    for q, (s, i) in zip([qa, qb], found[:2], strict=True):
+        full = (q @ c.T).topk(5, dim=1)
+        assert torch.equal(i, full.indices) and torch.allclose(s, full.values)
+    assert found[2][1].shape == (0, 5)
 
 
 def test_faiss_backend_matches_torch():

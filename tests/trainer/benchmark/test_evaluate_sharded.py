@@ -1,0 +1,180 @@
+"""Paper-scale evaluation machinery on the embedded sample with the tiny model: two torchrun ranks, two shard jobs
+plus a final run, a run killed after k chunks and rerun, and prefetch workers all give the run files of one
+in-thread process, byte for byte, on local and union pools."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.mbeir import layout
+from trainer.benchmark import evaluate
+
+PAIRS = ("webqa_task1", "cirr_task7")  # text candidates, and image candidates with (image, text) queries
+QUERIES, POOL_LINES = 4, 12
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+
+def small_root(sample: Path, root: Path) -> Path:
+    """The sample cut to PAIRS: their first QUERIES test queries, pools of their first POOL_LINES lines plus the
+    positives, the union pool as those pools sorted by id, the instructions and the images."""
+    union = {}
+    for dataset, task in (p.rsplit("_task", 1) for p in PAIRS):
+        files = {k: Path(f(*a)) for k, f, a in (("q", layout.query_file, ("test", dataset, int(task))),
+                                                ("r", layout.qrels_file, ("test", dataset, int(task))),
+                                                ("p", layout.local_pool_file, (dataset, int(task))))}
+        queries = _lines(sample / files["q"])[:QUERIES]
+        positives = {d for q in queries for d in json.loads(q)["pos_cand_list"]}
+        pool = [c for n, c in enumerate(_lines(sample / files["p"])) if n < POOL_LINES
+                or json.loads(c)["did"] in positives]
+        qids = {json.loads(q)["qid"] for q in queries}
+        qrels = [r for r in _lines(sample / files["r"]) if r.split()[0] in qids]
+        for rel, lines in ((files["q"], queries), (files["r"], qrels), (files["p"], pool)):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text("".join(lines), encoding="utf-8")
+        union.update({json.loads(c)["did"]: c for c in pool})
+        shutil.copytree(sample / f"mbeir_images/{dataset}_images", root / f"mbeir_images/{dataset}_images")
+    (root / layout.UNION_TEST_POOL).parent.mkdir(parents=True)
+    (root / layout.UNION_TEST_POOL).write_text("".join(union[d] for d in sorted(union, key=layout.did_to_int)))
+    (root / layout.INSTRUCTIONS).parent.mkdir(parents=True)
+    shutil.copy(sample / layout.INSTRUCTIONS, root / layout.INSTRUCTIONS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every torchrun rank runs (OMP_NUM_THREADS=1): the same kernels, the same bits
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(sample_root, tiny_base, tmp_path_factory, one_thread):
+    from trainer import TraceEmbedder
+
+    root = small_root(Path(sample_root), tmp_path_factory.mktemp("small_mbeir"))
+    ckpt = tmp_path_factory.mktemp("trace") / "ckpt"
+    shutil.copytree(tiny_base, ckpt)
+    (ckpt / "trace_config.json").write_text(json.dumps({"base_model": ".", "lora_r": 0}))
+    return root, ckpt, TraceEmbedder.load(ckpt, device="cpu")
+
+
+def argv(setup, out: Path, *extra: str) -> list[str]:
+    root, ckpt, _ = setup
+    return ["--mbeir_root", str(root), "--checkpoint", str(ckpt), "--output_dir", str(out), "--pairs", *PAIRS,
+            "--pool", "both", "--encode_chunk", "3", "--max_new_tokens", "2", "--device", "cpu",
+            "--progress", "false", "--num_workers", "0", *extra]
+
+
+def run_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "runs").iterdir())}
+
+
+def chunk_counts(results: dict) -> dict[str, tuple[int, int, int]]:
+    """(total, reused, encoded) per pool and per pair's queries."""
+    counts = {f"pool {name}": meta for name, meta in results["pools"].items()}
+    counts.update({f"queries {name}": e["query_chunks"] for name, e in results["pairs"].items()})
+    return {k: (c["chunks_total"], c["chunks_reused"], c["chunks_encoded"]) for k, c in counts.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(setup, tmp_path_factory):
+    """One process, data prepared in the model's thread."""
+    out = tmp_path_factory.mktemp("one_process")
+    results = evaluate.main(argv(setup, out), embedder=setup[2])
+    files = run_files(out)
+    assert len(files) == 2 * len(PAIRS) and all(files.values())
+    assert all(reused == 0 and encoded == total > 1 for total, reused, encoded in chunk_counts(results).values())
+    return files, results
+
+
+def _subprocess_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_two_torchrun_ranks_equal_one_process(setup, reference, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "trainer.evaluate",
+                           *argv(setup, tmp_path)], cwd=REPO, env=_subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_files(tmp_path) == reference[0]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["encoding"]["kind"] == "torchrun" and results["encoding"]["world_size"] == 2
+    assert chunk_counts(results) == chunk_counts(reference[1])  # every chunk encoded once, by one rank
+    assert proc.stdout.count("this run (local)") == 1  # rank 0 alone prints the table
+
+
+def test_two_shard_jobs_then_a_final_run_equal_one_process(setup, reference, tmp_path, capsys):
+    shards = [evaluate.main(argv(setup, tmp_path, "--num_shards", "2", "--shard_index", str(i)),
+                            embedder=setup[2]) for i in range(2)]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results.json").exists()
+    for label, (total, _, _) in chunk_counts(reference[1]).items():
+        encoded = [s["jobs"][label]["chunks_encoded"] for s in shards]
+        assert sum(encoded) == total and min(encoded) >= (total - 1) // 2  # the work was shared
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shard-0000-of-0002.json",
+                                                                       "shard-0001-of-0002.json"]
+    final = evaluate.main(argv(setup, tmp_path), embedder=setup[2])
+    assert run_files(tmp_path) == reference[0]
+    assert all(reused == total and encoded == 0 for total, reused, encoded in chunk_counts(final).values())
+    assert "pool global: " in capsys.readouterr().out  # the one-line summary per pool
+
+
+KILLER = """
+import os, signal, socket, sys
+from trainer.benchmark import chunks, evaluate
+
+kill_at, written, write = int(sys.argv[1]), [0], chunks.ChunkFolder.write
+
+def write_then_die(self, index, chunk):
+    if written[0] == kill_at:  # half-way through the next chunk's file: SIGKILL, no clean-up of any kind
+        tmp = self.folder / f".{self.path(index).name}.{socket.gethostname()}-{os.getpid()}.tmp"
+        tmp.write_bytes(b"PK half a chunk")
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(self, index, chunk)
+    written[0] += 1
+
+chunks.ChunkFolder.write = write_then_die
+evaluate.main(sys.argv[2:])
+"""
+
+
+def test_killed_mid_pool_rerun_encodes_only_the_missing_chunks(setup, reference, tmp_path):
+    kill_at = 4  # the union pool, the first job, has more chunks than that: the kill is in the middle of it
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(kill_at), *argv(setup, tmp_path)], cwd=REPO,
+                          env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    cache = tmp_path / "embedding_cache"
+    assert len(list(cache.rglob("*.chunk"))) == kill_at and len(list(cache.rglob(".*.tmp"))) == 1
+    again = evaluate.main(argv(setup, tmp_path), embedder=setup[2])
+    assert run_files(tmp_path) == reference[0]
+    counts = chunk_counts(again)
+    assert counts["pool global"][1:] == (kill_at, counts["pool global"][0] - kill_at)
+    assert all(reused == 0 and encoded == total for name, (total, reused, encoded) in counts.items()
+               if name != "pool global")
+    assert not list(cache.rglob(".*.tmp"))  # the dead run's temporary file is gone, nothing else was deleted
+
+
+def test_prefetch_workers_equal_the_model_thread(setup, reference, tmp_path):
+    results = evaluate.main(argv(setup, tmp_path, "--num_workers", "1"), embedder=setup[2])
+    assert run_files(tmp_path) == reference[0]
+    assert results["encoding"]["num_workers"] == 1
+    for name, pool in reference[1]["pools"].items():  # read counts came back from the worker process
+        assert {k: results["pools"][name][k] for k in ("count", "rejected", "missing_images", "empty_inputs")} == \
+            {k: pool[k] for k in ("count", "rejected", "missing_images", "empty_inputs")}
+    assert {p: e["routing"] for p, e in results["pairs"].items()} == \
+        {p: e["routing"] for p, e in reference[1]["pairs"].items()}
