@@ -98,7 +98,9 @@ def _metadata(root: Path, pair: EvalPair, revision: str) -> TaskMetadata:
         description=f"M-BEIR {layout.DISPLAY_NAMES[pair.dataset]} task {pair.task_id} ({query_mod} -> {cand_mod}), "
                     f"{pair.split} split, local pool, read from a local M-BEIR tree",
         dataset={"path": str(root), "revision": revision},
-        type="Any2AnyRetrieval", category=category(pair.task_id),
+        # No category: mteb would drop the text of an image query (category i2t), and UniIR's image queries carry
+        # their instruction as text; both columns reach the encoder, which reads what each item holds.
+        type="Any2AnyRetrieval", category=None,
         modalities=["text", "image"] if "image" in f"{query_mod},{cand_mod}" else ["text"],
         eval_splits=[pair.split], eval_langs=["eng-Latn"], main_score="ndcg_at_10", prompt=None,
         license="not specified", annotations_creators="derived", sample_creation="found", bibtex_citation="",

@@ -66,20 +66,26 @@ def test_adaptive_run_records_routing_and_keeps_modes_apart(sample_root, trace_c
     assert [p.parent.name for p in out.rglob("MBEIRLocal-cirr_task7.json")] == ["mode_adaptive"]
 
 
-def test_local_task_holds_what_trainer_evaluate_reads(sample_root):
-    (task,) = local_tasks(sample_root, ["cirr_task7"])
+@pytest.mark.parametrize("pair", ["cirr_task7", "mscoco_task3"])
+def test_local_task_holds_what_trainer_evaluate_reads(sample_root, pair):
+    (task,) = local_tasks(sample_root, [pair])
     task.load_data()
     split = task.dataset["default"]["test"]
-    pair = task.pair
     stats = evalset.ReadStats()
-    records = evalset.read_queries(sample_root, pair, stats)
+    records = evalset.read_queries(sample_root, task.pair, stats)
     inputs = evalset.query_inputs(sample_root, records, evalset.read_instructions(sample_root), 0, stats)
     assert split["queries"]["id"] == [r.qid for r in records]
     assert split["queries"]["text"] == [q.text for q in inputs]
     assert split["queries"]["image"] == [r.query_img_path for r in records]
-    pool = [c.did for c in evalset.iter_candidates(sample_root, pair.pool_file, stats)]
-    assert split["corpus"]["id"] == pool and set(split["corpus"]["modality"]) == {"image"}
-    assert task.metadata.category == "it2i" and task.metadata.adapted_from == ["CIRRIT2IRetrieval"]
+    pool = list(evalset.iter_candidates(sample_root, task.pair.pool_file, stats))
+    assert split["corpus"]["id"] == [c.did for c in pool]
+    assert split["corpus"]["modality"] == [c.modality for c in pool]
+    # What mteb's dataloader hands the encoder: an image query (mscoco_task3) keeps its instruction text.
+    loader = create_dataloader(split["queries"], task_metadata=task.metadata, prompt_type=PromptType.query,
+                               batch_size=len(records))
+    batch = next(iter(loader))
+    assert batch["text"] == [q.text for q in inputs] and batch["image"] == [r.query_img_path for r in records]
+    assert task.metadata.adapted_from == [{"cirr_task7": "CIRRIT2IRetrieval", "mscoco_task3": "MSCOCOI2TRetrieval"}[pair]]
 
 
 class Recorder:
