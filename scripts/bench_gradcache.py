@@ -54,15 +54,15 @@ def measure(tiny_base: str, global_batch: int, micro_batch: int, negatives: str,
     """One configuration, in this process; the baseline is one step of baseline_micro rows."""
     import torch
 
-    from trainer.modeling.model import TraceEmbedder
+    from trainer.modeling.model import TraceModel
     from trainer.training.config import TINY_DEFAULTS, TrainConfig
     from trainer.training.gradcache import train_step
-    from trainer.training.loop import TrainStep
+    from trainer.training.step import TrainStep
 
     torch.manual_seed(0)
     cfg = replace(TrainConfig(), **{**TINY_DEFAULTS, "micro_batch": micro_batch, "negatives": negatives})
-    emb = TraceEmbedder.from_base(tiny_base, device="cpu", lora_r=0, train_vision=True, max_text_tokens=96,
-                                  max_target_tokens=32).train()
+    emb = TraceModel.from_base(tiny_base, device="cpu", lora_r=0, train_vision=True, max_text_tokens=96,
+                               max_target_tokens=32).train()
     step = TrainStep(emb)
     rows = synthetic_rows(global_batch)
     train_step(step, emb, rows[:baseline_micro], replace(cfg, micro_batch=baseline_micro))  # the baseline

@@ -26,12 +26,12 @@ import torch
 
 from common.cli import CliParser, non_negative_int, positive_int, run_cli
 from common.errors import ConfigError
-from trainer.modeling.model import ModelConfig, TraceEmbedder
+from trainer.modeling.model import ModelConfig, TraceModel
 from trainer.modeling.processor import IGNORE, TraceProcessor
 from trainer.modeling.tiny import build_config, build_image_processor, build_tokenizer
 from trainer.training.config import TrainConfig
 from trainer.training.gradcache import Chunk, step_over_parts
-from trainer.training.loop import TrainStep
+from trainer.training.step import TrainStep
 
 _KEYS = itertools.count()
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, vendor datasheets
@@ -133,8 +133,8 @@ def _main(argv: list[str]) -> None:
     with torch.device(device):
         model = Qwen2VLForConditionalGeneration(config).to(dtype)
     processor = TraceProcessor(tokenizer, build_image_processor())
-    embedder = TraceEmbedder.from_model(model, processor, ModelConfig(base_model="random", lora_r=r, lora_alpha=2 * r),
-                                        device)
+    embedder = TraceModel.from_model(model, processor, ModelConfig(base_model="random", lora_r=r, lora_alpha=2 * r),
+                                     device)
     embedder.train()
     params = [p for p in embedder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4)

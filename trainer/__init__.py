@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["CandidateInput", "EncodeResult", "QueryInput", "TraceEmbedder"]
 
 if TYPE_CHECKING:
+    from trainer.inference.api import TraceEmbedder
     from trainer.modeling.interface import CandidateInput, EncodeResult, QueryInput
-    from trainer.modeling.model import TraceEmbedder
 
 
 def __getattr__(name: str) -> Any:
     """Lazy: `import trainer.benchmark.evaluate` must not pay for importing torch models until one is asked for."""
     if name == "TraceEmbedder":
-        from trainer.modeling.model import TraceEmbedder
+        from trainer.inference.api import TraceEmbedder
 
         return TraceEmbedder
     if name in ("CandidateInput", "EncodeResult", "QueryInput"):

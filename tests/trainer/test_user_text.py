@@ -26,14 +26,14 @@ from trainer.benchmark.evalset import (
     query_inputs,
     read_queries,
 )
+from trainer.inference.api import TraceEmbedder
 from trainer.modeling.interface import CandidateInput, QueryInput
-from trainer.modeling.model import TraceEmbedder
 from trainer.modeling.processor import IGNORE, TraceProcessor
 from trainer.modeling.student import EMB_TOKEN, format_query_text
 from trainer.training.config import TINY_DEFAULTS, TrainConfig
 from trainer.training.data import TrainData
 from trainer.training.gradcache import make_chunk, train_step
-from trainer.training.loop import TrainStep
+from trainer.training.step import TrainStep
 
 TEMPLATE_EMBS = {prompts.load(p).text.count(EMB_TOKEN) for p in ("student_query", "student_candidate")}
 

@@ -1,126 +1,44 @@
-"""What the three-line API accepts: queries and candidates as plain dicts, and a checkpoint as a local folder or
-a Hub model id.
+"""TraceEmbedder, the three-line API: a TraceModel (trainer/modeling/model.py) that encodes queries and candidates,
+given as dataclasses or plain dicts (trainer/modeling/interface.py), through the route-then-batch engine
+(trainer/inference/engine.py). Implements trainer.modeling.interface.Embedder.
 
     from trainer import TraceEmbedder
-    model = TraceEmbedder.from_pretrained("user/trace-2b")
+    model = TraceEmbedder.from_pretrained("user/trace-2b")   # a Hub model id or a local checkpoint folder
     q = model.encode_queries([{"text": "...", "image": "cat.jpg", "dataset": "cirr", "task_id": 7}])
     c = model.encode_candidates([{"text": "...", "image": None, "modality": "text"}])   # q.embeddings @ c.T
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
 
-from PIL import Image
+import torch
 
-from trainer.modeling.interface import CandidateInput, QueryInput
+from trainer.inference.engine import QueryEngine, encode_candidates
+from trainer.modeling.interface import (
+    CandidateInput,
+    EncodeResult,
+    QueryInput,
+    candidate_input,
+    candidate_inputs,
+    query_input,
+    query_inputs,
+)
+from trainer.modeling.model import TraceModel
 
-QUERY_KEYS = ("text", "image", "dataset", "task_id")
-CANDIDATE_KEYS = ("text", "image", "modality")
-_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
-
-
-def load_image(image: Any, where: str) -> Image.Image | None:
-    """A PIL image (as given), a path (opened, RGB) or None."""
-    if image is None or isinstance(image, Image.Image):
-        return image
-    if isinstance(image, (str, Path)):
-        from pipeline.mbeir import image_gate  # regular files within the byte and pixel caps (its docstring)
-
-        try:
-            return image_gate.load_rgb(image, where="")
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{where}: image {str(image)!r} cannot be read ({err})") from None
-    raise ValueError(f"{where}: image must be a PIL image, a path or None, got {type(image).__name__}")
+# The dict-to-input coercion lives beside the input types (trainer/modeling/interface.py); its names stay here too.
+__all__ = ["TraceEmbedder", "candidate_input", "candidate_inputs", "query_input", "query_inputs"]
 
 
-def _check_keys(item: Mapping, allowed: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(item) - set(allowed))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {list(allowed)}")
+class TraceEmbedder(TraceModel):
+    def encode_candidates(self, candidates: Sequence[CandidateInput | Mapping], batch_size: int = 32) -> torch.Tensor:
+        """(n, d) L2-normalised candidate embeddings, in input order (trainer/inference/engine.py). Candidates are
+        CandidateInput or dicts {"text", "image" (PIL image, path or None), "modality"}."""
+        return encode_candidates(self, candidate_inputs(candidates), batch_size)
 
-
-def _text(item: Mapping, where: str) -> str | None:
-    text = item.get("text")
-    if text is not None and not isinstance(text, str):
-        raise ValueError(f"{where}: text must be a string or None, got {type(text).__name__}")
-    return text if text and text.strip() else None
-
-
-def query_input(item: QueryInput | Mapping, where: str = "query") -> QueryInput:
-    if isinstance(item, QueryInput):
-        return item
-    from pipeline.mbeir.layout import (
-        TASKS,  # only here: importing trainer.modeling.model must not import pipeline
-    )
-
-    if not isinstance(item, Mapping):
-        raise ValueError(f"{where}: a query is a dict or QueryInput, got {type(item).__name__}")
-    _check_keys(item, QUERY_KEYS, where)
-    missing = [k for k in ("dataset", "task_id") if k not in item]
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}; dataset and task_id pick the query's prompt "
-                         "(e.g. 'cirr', 7)")
-    task_id = item["task_id"]
-    if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id not in TASKS:
-        raise ValueError(f"{where}: task_id {task_id!r} is not an M-BEIR task; choose from {sorted(TASKS)}")
-    dataset = item["dataset"]
-    if not isinstance(dataset, str) or not dataset.strip():
-        raise ValueError(f"{where}: dataset must be a non-empty string such as 'cirr', got {dataset!r}")
-    text, image = _text(item, where), load_image(item.get("image"), where)
-    if text is None and image is None:
-        raise ValueError(f"{where}: needs a text or an image")
-    return QueryInput(text=text, image=image, dataset=dataset, task_id=task_id)
-
-
-def candidate_input(item: CandidateInput | Mapping, where: str = "candidate") -> CandidateInput:
-    """A CandidateInput; a dict's modality, when absent, is what it holds (text, image or both)."""
-    if isinstance(item, CandidateInput):
-        return item
-    from pipeline.mbeir.layout import MODALITIES
-
-    if not isinstance(item, Mapping):
-        raise ValueError(f"{where}: a candidate is a dict or CandidateInput, got {type(item).__name__}")
-    _check_keys(item, CANDIDATE_KEYS, where)
-    text, image = _text(item, where), load_image(item.get("image"), where)
-    held = ",".join(k for k, v in (("image", image), ("text", text)) if v is not None)
-    modality = item.get("modality") or held
-    if modality not in MODALITIES:
-        raise ValueError(f"{where}: modality {modality!r} is not one of {list(MODALITIES)}"
-                         if modality else f"{where}: needs a text or an image")
-    if held != modality:
-        raise ValueError(f"{where}: modality {modality!r} does not match what it holds "
-                         f"({held or 'nothing'}); give {' and '.join(modality.split(','))}")
-    return CandidateInput(text=text, image=image, modality=modality)
-
-
-def query_inputs(items: Iterable[QueryInput | Mapping]) -> list[QueryInput]:
-    return [query_input(q, f"query {i}") for i, q in enumerate(items)]
-
-
-def candidate_inputs(items: Iterable[CandidateInput | Mapping]) -> list[CandidateInput]:
-    return [candidate_input(c, f"candidate {i}") for i, c in enumerate(items)]
-
-
-def checkpoint_folder(name_or_path: str | Path, revision: str | None = None, token: str | None = None) -> Path:
-    """A local checkpoint folder as it is, or a Hub model repo downloaded (cached) by huggingface_hub."""
-    from trainer.modeling.model import TRACE_CONFIG
-
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        if not _REPO_ID.fullmatch(str(name_or_path)):
-            raise ValueError(f"{str(name_or_path)!r} is neither a checkpoint folder nor a Hub model id (user/name)")
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-        try:
-            path = Path(snapshot_download(str(name_or_path), revision=revision, token=token))
-        except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-            raise ValueError(f"{name_or_path!r} is not a local folder, and the Hub has no such model repo"
-                             f"{f' at revision {revision!r}' if revision else ''} ({type(err).__name__})") from None
-    if not (path / TRACE_CONFIG).is_file():
-        raise ValueError(f"{path} is not a TRACE checkpoint: it has no {TRACE_CONFIG}")
-    return path
+    def encode_queries(self, queries: Sequence[QueryInput | Mapping], mode: str = "adaptive",
+                       max_new_tokens: int = 128, batch_size: int = 8) -> EncodeResult:
+        """Route, then batch (trainer/inference/engine.py). Queries are QueryInput or dicts {"text", "image"
+        (PIL image, path or None), "dataset", "task_id"}."""
+        engine = QueryEngine(self, mode, max_new_tokens, batch_size)
+        return engine.run(query_inputs(queries))

@@ -30,7 +30,7 @@ from common.hub import (
     verify_files,
 )
 from trainer.integrations.st import MODULE_CONFIG, st_files
-from trainer.modeling.model import ADAPTER_DIR, TRACE_CONFIG
+from trainer.modeling.checkpoint import ADAPTER_DIR, TRACE_CONFIG
 from trainer.release.card import CardInputs, render_card
 
 REPO_TYPE = "model"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from common.errors import ConfigError
+from trainer.modeling.checkpoint import ModelConfig
 
 NEGATIVES = ("global", "micro")  # global: the gradient cache (PAPER.md §3 batch); micro: the ablation
 
@@ -32,15 +33,15 @@ class TrainConfig:
     ce_weight: float = 1.0  # PAPER.md §3: L = 1.0·CE + 1.0·InfoNCE
     nce_weight: float = 1.0
     route_weight: float = 0.0  # extra CE on each row's first target token; not in the paper (0), tiny mode only
-    # model
-    lora_r: int = 128  # PAPER.md §3: LoRA r=128, alpha=256
-    lora_alpha: int = 256
-    lora_dropout: float = 0.05  # LamRA default
-    gradient_checkpointing: bool = False
-    max_text_tokens: int = 480  # PAPER.md §3: LamRA default, text cut at 480 tokens
-    max_target_tokens: int = 512
-    image_max_pixels: int = 0  # 0: the checkpoint's image processor setting
-    train_vision: bool = False  # PAPER.md §3: vision encoder frozen; tiny mode trains its random one
+    # model: the paper's numbers are ModelConfig's (trainer/modeling/checkpoint.py)
+    lora_r: int = ModelConfig.lora_r
+    lora_alpha: int = ModelConfig.lora_alpha
+    lora_dropout: float = ModelConfig.lora_dropout
+    gradient_checkpointing: bool = ModelConfig.gradient_checkpointing
+    max_text_tokens: int = ModelConfig.max_text_tokens
+    max_target_tokens: int = ModelConfig.max_target_tokens
+    image_max_pixels: int = 0  # 0: the checkpoint's image processor setting (ModelConfig's None)
+    train_vision: bool = ModelConfig.train_vision
     # bookkeeping
     seed: int = 0
     save_every: int = 0  # optimizer steps between checkpoints (0: only the final one)

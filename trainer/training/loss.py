@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from trainer.modeling.processor import IGNORE
+from trainer.training.config import TrainConfig
 
 
 @dataclass
@@ -91,9 +92,9 @@ def info_nce(q: torch.Tensor, c: torch.Tensor, temperature: float,
 
 
 def trace_loss(q_emb: torch.Tensor, c_emb: torch.Tensor, q_hidden: torch.Tensor, q_labels: torch.Tensor,
-               lm_head: torch.nn.Module, temperature: float = 0.05, ce_weight: float = 1.0,
-               nce_weight: float = 1.0) -> LossParts:
-    """L = ce_weight·CE + nce_weight·InfoNCE (defaults 1.0 / 1.0, temperature 0.05: PAPER.md §3)."""
+               lm_head: torch.nn.Module, temperature: float = TrainConfig.temperature,
+               ce_weight: float = TrainConfig.ce_weight, nce_weight: float = TrainConfig.nce_weight) -> LossParts:
+    """L = ce_weight·CE + nce_weight·InfoNCE (defaults: TrainConfig's, PAPER.md §3)."""
     ce, n = target_ce(q_hidden, q_labels, lm_head)
     nce = info_nce(q_emb, c_emb, temperature)
     return LossParts(ce_weight * ce + nce_weight * nce, ce.detach(), nce.detach(), n)

@@ -9,7 +9,7 @@ from trainer.modeling.interface import CandidateInput, QueryInput
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_base, tmp_path_factory):
-    from trainer.modeling.model import TraceEmbedder
+    from trainer.inference.api import TraceEmbedder
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("api") / "ckpt"

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from tests.trainer.modeling.test_model import _manual_greedy
+from trainer.inference.api import TraceEmbedder
 from trainer.inference.engine import Job, QueryEngine
 from trainer.modeling.interface import CandidateInput, QueryInput
-from trainer.modeling.model import TraceEmbedder
 
 MAX_NEW = 6
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from PIL import Image
 
+from trainer.inference.api import TraceEmbedder
 from trainer.modeling.interface import CandidateInput, QueryInput
-from trainer.modeling.model import TraceEmbedder
 
 
 @pytest.fixture(scope="module")

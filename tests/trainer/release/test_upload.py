@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from tests.hub_server import HUB_TOKEN
 from tests.trainer.benchmark.test_evaluate import BagOfWordsEmbedder, build_root
 from trainer.benchmark import evaluate
-from trainer.modeling.model import TraceEmbedder
+from trainer.inference.api import TraceEmbedder
 from trainer.release import upload
 
 TOKEN = HUB_TOKEN

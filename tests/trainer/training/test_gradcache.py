@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from tests.trainer.conftest import run_two_gloo_ranks
-from trainer.modeling.model import TraceEmbedder
+from trainer.modeling.model import TraceModel
 from trainer.training.config import TINY_DEFAULTS, TrainConfig
 from trainer.training.data import TrainData
 from trainer.training.gradcache import make_chunk, train_step
-from trainer.training.loop import TrainStep
 from trainer.training.loss import contrastive_ce, info_nce, same_candidate_mask
+from trainer.training.step import TrainStep
 
 GLOBAL = 16
 MAX_REL = 1e-4  # the issue's bound, float32 on CPU
@@ -30,12 +30,12 @@ def global_batch(data_dir: str, root: str):
     return examples
 
 
-def embedder(tiny_base: str, **kw) -> TraceEmbedder:
+def embedder(tiny_base: str, **kw) -> TraceModel:
     args = {"lora_r": 0, "train_vision": True, "max_text_tokens": 96, "max_target_tokens": 32, **kw}
-    return TraceEmbedder.from_base(tiny_base, device="cpu", **args).train()
+    return TraceModel.from_base(tiny_base, device="cpu", **args).train()
 
 
-def plain_step(emb: TraceEmbedder, examples, cfg: TrainConfig) -> dict:
+def plain_step(emb: TraceModel, examples, cfg: TrainConfig) -> dict:
     """The reference: one forward and backward over the whole global batch."""
     ch = make_chunk(emb, examples)
     q, c, ce, route = TrainStep(emb)(ch.q, ch.c)
@@ -45,7 +45,7 @@ def plain_step(emb: TraceEmbedder, examples, cfg: TrainConfig) -> dict:
     return {k: float(v.detach()) for k, v in (("loss", loss), ("ce", ce), ("nce", nce), ("route", route))}
 
 
-def grads(emb: TraceEmbedder) -> dict[str, torch.Tensor]:
+def grads(emb: TraceModel) -> dict[str, torch.Tensor]:
     out = {n: p.grad.clone() for n, p in emb.named_parameters() if p.grad is not None}
     emb.zero_grad(set_to_none=True)
     return out
@@ -132,7 +132,7 @@ RANK_SCRIPT = textwrap.dedent("""
     from tests.trainer.training.test_gradcache import CFG, GLOBAL, embedder, global_batch
     from trainer.training.data import rank_share
     from trainer.training.gradcache import train_step
-    from trainer.training.loop import TrainStep
+    from trainer.training.step import TrainStep
     out, tiny_base, data_dir, root, r = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="file://" + out + "/rendezvous", rank=r, world_size=2)

@@ -7,8 +7,9 @@ import torch
 
 from tests.trainer.conftest import DIRECT_DATASETS, REASONING_DATASETS
 from tests.trainer.sample_eval import evaluate, load_pair
-from trainer.modeling.model import TraceEmbedder
-from trainer.training.loop import TINY_BASE, main
+from trainer.inference.api import TraceEmbedder
+from trainer.training.cli import main
+from trainer.training.run import TINY_BASE
 
 TEST_PAIRS = [("visualnews", 0), ("visualnews", 3), ("mscoco", 0), ("mscoco", 3), ("fashion200k", 0),
               ("fashion200k", 3), ("webqa", 1), ("webqa", 2), ("edis", 2), ("nights", 4), ("oven", 6), ("oven", 8),

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from common.cli import run_cli
-from trainer.modeling.model import TraceEmbedder
+from trainer.inference.api import TraceEmbedder
+from trainer.training.checkpoint import latest_checkpoint
+from trainer.training.cli import PROG, check_inputs, main, parse_args
 from trainer.training.config import TrainConfig
-from trainer.training.loop import PROG, check_inputs, latest_checkpoint, main, parse_args
 
 
 def test_cli_applies_tiny_defaults_and_paper_defaults():
@@ -23,7 +24,7 @@ def test_cli_applies_tiny_defaults_and_paper_defaults():
 
 def test_trainer_imports_neither_beam_nor_openai():
     # Of the pipeline, training may use only its Beam-free M-BEIR package (format, images, errors, CLI helper).
-    code = ("import sys, trainer.training.loop, trainer.modeling.model, trainer.training.data; "
+    code = ("import sys, trainer.training.cli, trainer.inference.api, trainer.training.data; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('apache_beam', 'openai') "
             "or (m.startswith('pipeline.') and not m.startswith('pipeline.mbeir'))]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
