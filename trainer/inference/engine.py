@@ -16,6 +16,7 @@ of KV) or a server's request queue (trainer/serving), whose jobs carry their own
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import reduce
@@ -194,17 +195,29 @@ class QueryEngine:
         """Until the feed has nothing more and no row decodes: prefill what the feed gives, then one decode step
         of at most batch_size rows; finished (or cancelled) rows leave, waiting rows take their slots."""
         active: Rows | None = None
-        waiting: Rows | None = None
+        waiting: deque[Rows] = deque()  # prefilled chunks' reasoning rows, oldest first, each its own cache
         while True:
-            while chunk := feed.take(len(active or ()) + len(waiting or ())):
-                waiting = join(waiting, self._admit(chunk, feed))
-            active, waiting = live(active), live(waiting)
-            if chunk is None and active is None and waiting is None:
+            while chunk := feed.take(len(active or ()) + sum(map(len, waiting))):
+                if (rows := self._admit(chunk, feed)) is not None:
+                    waiting.append(rows)
+            active, waiting = live(active), deque(g for g in map(live, waiting) if g is not None)
+            if chunk is None and active is None and not waiting:
                 break
-            take, waiting = split(waiting, self.batch_size - len(active or ()))
-            active = join(active, take)
+            active = self._fill(active, waiting)
             if active is not None:
                 active = self._step(active, feed)
+
+    def _fill(self, active: Rows | None, waiting: deque[Rows]) -> Rows | None:
+        """Free slots of the decode batch taken by waiting rows, oldest first; only the chunk that is split is
+        copied, however many rows wait."""
+        while waiting and len(active or ()) < self.batch_size:
+            take, rest = split(waiting[0], self.batch_size - len(active or ()))
+            active = join(active, take)
+            if rest is None:
+                waiting.popleft()
+            else:
+                waiting[0] = rest
+        return active
 
     def _admit(self, jobs: list[Job], feed: Feed) -> Rows | None:
         """_prefill; when a chunk fails, each job alone, so that a bad input fails only itself."""

@@ -34,6 +34,8 @@ def parser() -> CliParser:
     p.add_argument("--max_new_tokens", type=non_negative_int, default=128)
     p.add_argument("--max_queue", type=positive_int, default=1024,
                    help="inputs accepted and not yet answered; past it a request gets 429 (also bounds the KV held)")
+    p.add_argument("--max_batch_wait_ms", type=non_negative_int, default=50,
+                   help="while the decoder has a full batch waiting, how long inputs may wait for a full prefill chunk")
     for f in fields(Limits):
         p.add_argument(f"--{f.name}", type=positive_int, default=f.default)
     p.add_argument("--api_key_env", default=None,
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedder = load(a)
     limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
     config = ServeConfig(a.model_name or a.checkpoint, limits, api_key)
-    scheduler = Scheduler(embedder, a.batch_size, a.max_new_tokens, a.max_queue).start()
+    scheduler = Scheduler(embedder, a.batch_size, a.max_new_tokens, a.max_queue, a.max_batch_wait_ms / 1000).start()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def ready(url: str) -> None:

@@ -3,8 +3,10 @@ scheduler thread, the only thread that touches the model, runs the loop over it.
 flight share prefill batches and one decode batch, and candidates and direct queries wait only for the decode
 step in progress, never for a decode to end.
 
-Every input taken is prefilled at once; the rows that reason wait for a decode slot holding their KV cache, so
-the KV held is bounded by --max_queue (inputs accepted and not yet answered) plus one chunk.
+Pending inputs are prefilled at the next step, unless the decoder already has a full batch waiting behind the
+active one: then they wait for a full chunk, at most --max_batch_wait_ms (RequestQueue._due). Rows that reason
+wait for a decode slot holding their KV cache: the KV held is bounded by --max_queue (inputs accepted and not yet
+answered).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 
@@ -43,17 +46,12 @@ class Ticket:
                      for i, item in enumerate(inputs)]
         self.results: list[Result | None] = [None] * len(self.jobs)
         self.left, self.admitted, self.want_text = len(self.jobs), 0, want_text
+        self.queued_at = 0.0
         self.loop = loop
         self.future: asyncio.Future = loop.create_future()
 
-    def resolve(self, outcome: list[Result] | Exception) -> None:
-        """From any thread; nothing when the event loop is gone (the server stopped)."""
-        try:
-            self.loop.call_soon_threadsafe(self._set, outcome)
-        except RuntimeError:
-            pass
-
-    def _set(self, outcome: list[Result] | Exception) -> None:
+    def set(self, outcome: list[Result] | Exception) -> None:
+        """On the ticket's event loop."""
         if self.future.done():
             return
         if isinstance(outcome, Exception):
@@ -62,11 +60,30 @@ class Ticket:
             self.future.set_result(outcome)
 
 
+def resolve(answers: list[tuple[Ticket, list[Result] | Exception]]) -> None:
+    """Hand answers to their event loops from any thread, one wake-up per loop (not per request); nothing for a
+    loop that is gone (the server stopped)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for ticket, outcome in answers:
+        by_loop.setdefault(ticket.loop, []).append((ticket, outcome))
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, batch)
+        except RuntimeError:
+            pass
+
+
+def _set_all(batch: list[tuple[Ticket, list[Result] | Exception]]) -> None:
+    for ticket, outcome in batch:
+        ticket.set(outcome)
+
+
 class RequestQueue:
     """The Feed the scheduler's loop drains: FIFO, at most batch_size jobs a chunk, blocking while idle."""
 
-    def __init__(self, batch_size: int, max_queue: int, tokenizer):
+    def __init__(self, batch_size: int, max_queue: int, tokenizer, max_wait: float = 0.05):
         self.batch_size, self.max_queue, self.tokenizer = batch_size, max_queue, tokenizer
+        self.max_wait = max_wait  # seconds an input may wait for its prefill chunk to fill (see _due)
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._tickets: set[Ticket] = set()  # submitted, not yet answered
@@ -84,6 +101,7 @@ class RequestQueue:
             if self.waiting + n > self.max_queue:
                 self.stats["rejected_requests"] += 1
                 raise QueueFull
+            ticket.queued_at = time.monotonic()
             self._pending.extend(ticket.jobs)
             self._tickets.add(ticket)
             self.waiting += n
@@ -114,6 +132,8 @@ class RequestQueue:
         with self._cond:
             while not self._pending and in_decode == 0 and not self.closed:
                 self._cond.wait()
+            if self._pending and not self._due(in_decode):
+                return []
             chunk: list[Job] = []
             while self._pending and len(chunk) < self.batch_size:
                 job = self._pending.popleft()
@@ -122,11 +142,23 @@ class RequestQueue:
                     chunk.append(job)
             if not chunk and self.closed and not self._pending:
                 return None
+            if chunk:
+                self.stats["prefill_chunks"] += 1
+                self.stats["prefilled_inputs"] += len(chunk)
             return chunk
+
+    def _due(self, in_decode: int) -> bool:
+        """Prefill the pending inputs now, or let their chunk fill? Now when the decoder has less than a full
+        batch waiting behind the active one (what is prefilled now decodes soon; nothing may decode at all), when
+        a full chunk is pending, or when the oldest input has waited max_wait. Otherwise a part-full chunk would
+        pay a prefill's fixed cost for fewer rows, only for its reasoning rows to wait for a slot anyway."""
+        return (self.closed or in_decode < 2 * self.batch_size or len(self._pending) >= self.batch_size
+                or time.monotonic() - self._pending[0].ref[0].queued_at >= self.max_wait)
 
     def finish(self, jobs: list[Job], h: torch.Tensor) -> None:
         vectors = F.normalize(h.float(), dim=-1).cpu().numpy()
         texts = self._texts(jobs)
+        answered = []
         with self._cond:
             for job, vector, text in zip(jobs, vectors, texts, strict=True):
                 ticket, i = job.ref
@@ -137,7 +169,8 @@ class RequestQueue:
                 self.waiting -= 1
                 if not ticket.left:
                     self._tickets.discard(ticket)
-                    ticket.resolve(ticket.results)
+                    answered.append((ticket, ticket.results))
+        resolve(answered)
 
     def fail(self, job: Job, error: Exception) -> None:
         ticket, i = job.ref
@@ -153,9 +186,10 @@ class RequestQueue:
 
     def _fail(self, ticket: Ticket, error: ApiError) -> None:
         with self._cond:
-            if ticket in self._tickets:
-                self._drop(ticket)
-                ticket.resolve(error)
+            if ticket not in self._tickets:
+                return
+            self._drop(ticket)
+        resolve([(ticket, error)])
 
     def _drop(self, ticket: Ticket) -> None:
         for job in ticket.jobs:
@@ -180,9 +214,9 @@ class Scheduler:
     """Owns the model: one thread runs the engine's loop over the request queue until the queue is closed and
     empty. If the loop itself fails (a decode step), the requests with rows in it fail and the loop restarts."""
 
-    def __init__(self, embedder, batch_size: int, max_new_tokens: int, max_queue: int):
+    def __init__(self, embedder, batch_size: int, max_new_tokens: int, max_queue: int, max_wait: float = 0.05):
         self.engine = QueryEngine(embedder, "adaptive", max_new_tokens, batch_size)
-        self.queue = RequestQueue(batch_size, max_queue, embedder.processor.tokenizer)
+        self.queue = RequestQueue(batch_size, max_queue, embedder.processor.tokenizer, max_wait)
         self._thread = threading.Thread(target=self._run, name="trace-scheduler", daemon=True)
 
     def start(self) -> Scheduler:

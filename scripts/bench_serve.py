@@ -1,0 +1,315 @@
+"""Serving throughput: `python -m trainer.serve` (its own process) answering C concurrent openai clients (one query
+per request by default) against the same queries encoded in-process by one encode_queries call at the same batch
+size, on the workloads of `trainer.bench --mix bypass96|bypass38` (built by trainer/benchmark/mix.py). Reports per
+mix and C: queries/s, the ratio to in-process, p50/p99 request latency, the lowest cosine between a served and an
+in-process embedding; then one easy query's p50 latency while clients keep reasoning queries in flight, against
+the same on an idle server; and, for every measurement, how busy the machine's CPUs were with work not ours.
+
+    .venv/bin/python scripts/bench_serve.py [--checkpoint out/trace-tiny] [--mbeir_root out/mbeir-sample]
+        [--queries 1000] [--clients 1 8 64] [--repeats 2] [--json out/bench/serve.json]
+
+The checkpoint and sample are `make train`'s. Targets: >= 0.85x in-process at 64 clients on both mixes; the easy
+query's p50 under load within 2x its p50 on an idle server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common.cli import CliParser, non_negative_int, positive_int, run_cli  # noqa: E402
+from common.errors import ConfigError  # noqa: E402
+
+MODEL = "bench"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _cpu_seconds(path: str) -> float:
+    """utime + stime of a /proc/.../stat file."""
+    return sum(int(x) for x in Path(path).read_text().rsplit(")", 1)[1].split()[11:13]) / _TICK
+
+
+class CpuMeter:
+    """CPU seconds over a `with` block: the whole machine's busy time (/proc/stat), each named process's (threads
+    included) and its main thread's (the server's event loop), and "others": the machine's minus ours, what
+    other work took from the cores meanwhile. Rates in cores are the seconds over the wall time."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids, self.result = pids, {}
+
+    def _read(self) -> dict[str, float]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        out = {"wall": time.perf_counter(), "machine": (sum(fields) - fields[3] - fields[4]) / _TICK}
+        for name, pid in self.pids.items():
+            out[name] = _cpu_seconds(f"/proc/{pid}/stat")
+            out[f"{name}_main_thread"] = _cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
+        return out
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._read()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._read()
+        spent = {k: end[k] - self.start[k] for k in end}
+        wall = spent.pop("wall")
+        others = spent["machine"] - sum(spent[name] for name in self.pids)
+        self.result = {"seconds": {k: round(v, 3) for k, v in spent.items()},
+                       "cores_others": round(max(0.0, others) / wall, 2),
+                       "cores_machine": round(spent["machine"] / wall, 2)}
+
+
+def payload(query) -> dict:
+    """A QueryInput as the request item the server takes (its image as a PNG data URL: the same pixels)."""
+    item = {"text": query.text, "dataset": query.dataset, "task_id": query.task_id}
+    if query.image is not None:
+        buf = io.BytesIO()
+        query.image.save(buf, format="PNG")
+        item["image"] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return {k: v for k, v in item.items() if v is not None}
+
+
+@contextmanager
+def server(a: argparse.Namespace) -> Iterator[tuple[str, int]]:
+    cmd = [sys.executable, "-m", "trainer.serve", "--checkpoint", a.checkpoint, "--port", "0", "--model_name",
+           MODEL, "--batch_size", str(a.batch_size), "--max_new_tokens", str(a.max_new_tokens),
+           "--max_queue", str(max(4096, a.queries)), "--threads", str(a.threads),
+           "--max_batch_wait_ms", str(a.max_batch_wait_ms)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        found = re.search(r" on (http://\S+) ", proc.stdout.readline())
+        if not found:
+            raise ConfigError(f"the server did not start (exit {proc.wait()}); run {' '.join(cmd[1:])} to see why")
+        yield found.group(1), proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def _client(url: str):
+    import openai
+
+    return openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+
+
+async def drive(url: str, items: list[dict], clients: int, per_request: int) -> dict:
+    """Every item sent, per_request a request, by `clients` tasks that each send their next request as soon as
+    the last is answered: wall seconds, each request's latency, the embeddings in item order."""
+    client = _client(url)
+    batches = [items[i:i + per_request] for i in range(0, len(items), per_request)]
+    order = iter(range(len(batches)))
+    latency, vectors = [0.0] * len(batches), [None] * len(batches)
+
+    async def worker() -> None:
+        for i in order:
+            t0 = time.perf_counter()
+            res = await client.embeddings.create(model=MODEL, input=batches[i])
+            latency[i] = time.perf_counter() - t0
+            vectors[i] = [d.embedding for d in res.data]
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    seconds = time.perf_counter() - t0
+    await client.close()
+    return {"seconds": seconds, "latency": latency, "embeddings": [v for batch in vectors for v in batch]}
+
+
+async def easy_latency(url: str, easy: list[dict], load: list[dict], load_clients: int) -> dict:
+    """Latencies of the easy queries sent one at a time while `load_clients` tasks keep sending reasoning
+    queries (0: an idle server)."""
+    client, stop = _client(url), asyncio.Event()
+
+    async def loader(start: int) -> int:
+        k = start
+        while not stop.is_set():
+            await client.embeddings.create(model=MODEL, input=[load[k % len(load)]])
+            k += 1
+        return k - start
+
+    tasks = [asyncio.create_task(loader(i * 7)) for i in range(load_clients)]
+    await asyncio.sleep(1.0 if load_clients else 0)  # the decode batch fills
+    latency = []
+    for item in easy:
+        t0 = time.perf_counter()
+        await client.embeddings.create(model=MODEL, input=[item])
+        latency.append(time.perf_counter() - t0)
+    stop.set()
+    sent = sum(await asyncio.gather(*tasks))
+    await client.close()
+    return {"load_clients": load_clients, "p50_ms": round(1000 * percentile(latency, 0.5), 2),
+            "p99_ms": round(1000 * percentile(latency, 0.99), 2), "reasoning_queries_sent": sent}
+
+
+def min_cosine(served: list, reference) -> float:
+    import torch
+
+    got = torch.nn.functional.normalize(torch.tensor(served, dtype=torch.float32), dim=-1)
+    return round(float((got * reference).sum(-1).min()), 6)
+
+
+def health(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/health", timeout=60) as res:
+        return json.load(res)
+
+
+def served_run(url: str, pids: dict[str, int], items: list[dict], reference, clients: int, per_request: int) -> dict:
+    before = health(url)
+    with CpuMeter(pids) as cpu:
+        r = asyncio.run(drive(url, items, clients, per_request))
+    after = health(url)
+    chunks = after["prefill_chunks"] - before["prefill_chunks"]
+    spent = cpu.result["seconds"]
+    return {"qps": round(len(items) / r["seconds"], 2), "p50_ms": round(1000 * percentile(r["latency"], 0.5), 2),
+            "p99_ms": round(1000 * percentile(r["latency"], 0.99), 2),
+            "min_cosine": min_cosine(r["embeddings"], reference), "cpu": cpu.result,
+            "server_cpu_ms_per_query": round(1000 * spent["server"] / len(items), 3),
+            "server_loop_cpu_ms_per_query": round(1000 * spent["server_main_thread"] / len(items), 3),
+            "client_cpu_ms_per_query": round(1000 * spent["client"] / len(items), 3),
+            "mean_prefill_chunk": round((after["prefilled_inputs"] - before["prefilled_inputs"]) / chunks, 2)}
+
+
+def in_process_run(embedder, queries, a: argparse.Namespace) -> dict:
+    from trainer.benchmark import mix
+
+    with CpuMeter({"client": os.getpid()}) as cpu:
+        run, _ = mix.run_mode(embedder, queries, "adaptive", a.batch_size, a.max_new_tokens)
+    return {**run, "cpu": cpu.result, "cpu_ms_per_query": round(1000 * run["cpu_seconds"] / len(queries), 3)}
+
+
+def _keep_best(best: dict, key: str, run: dict) -> None:
+    if key not in best or run["qps"] > best[key]["qps"]:
+        best[key] = run
+
+
+@dataclass
+class Workload:
+    queries: list  # QueryInput
+    items: list[dict]  # the same queries as request items
+    reference: object  # EncodeResult of one in-process adaptive run: embeddings and routes
+
+
+def bench_mixes(a: argparse.Namespace, embedder, workloads: dict[str, Workload], url: str,
+                pids: dict[str, int]) -> dict:
+    """Per mix: the in-process run and the served run at each C, best of a.repeats rounds (a round runs them
+    all, in-process first), so drift of the shared machine hits both alike."""
+    out = {}
+    for name, w in workloads.items():
+        best: dict[str, dict] = {}
+        for _ in range(a.repeats):
+            _keep_best(best, "in_process", in_process_run(embedder, w.queries, a))
+            for c in a.clients:
+                _keep_best(best, f"c{c}", served_run(url, pids, w.items, w.reference.embeddings, c, a.per_request))
+        for c in a.clients:
+            best[f"c{c}"]["ratio_to_in_process"] = round(best[f"c{c}"]["qps"] / best["in_process"]["qps"], 3)
+        out[name] = {"share_reasoned": round(sum(w.reference.reasoned) / len(w.queries), 4), **best}
+    return out
+
+
+def bench_easy(a: argparse.Namespace, workloads: dict[str, Workload], url: str) -> dict:
+    """Easy: queries adaptive encodes without reasoning; the load: queries that reason (both from the mixes)."""
+    routed = [(item, reasoned) for w in workloads.values()
+              for item, reasoned in zip(w.items, w.reference.reasoned, strict=True)]
+    easy = [item for item, reasoned in routed if not reasoned][:a.easy_queries]
+    load = [item for item, reasoned in routed if reasoned]
+    idle = asyncio.run(easy_latency(url, easy, load, 0))
+    loaded = [asyncio.run(easy_latency(url, easy, load, n)) for n in a.load_clients]
+    return {"idle": idle, "loaded": loaded, "ratio_to_idle": [round(r["p50_ms"] / idle["p50_ms"], 3) for r in loaded]}
+
+
+def table(result: dict) -> str:
+    lines = [f"batch {result['batch_size']}, {result['queries']} queries a mix, {result['per_request']} a request, "
+             f"torch threads {result['threads']}, max_batch_wait_ms {result['max_batch_wait_ms']}; others = cores "
+             "busy with work not ours during the run",
+             "mix | reasoned % | clients | q/s | in-process q/s | x in-process | p50 ms | p99 ms | min cos | chunk | "
+             "CPU ms/query: server (its event loop) / client / in-process | others"]
+    for name, m in result["mixes"].items():
+        base = m["in_process"]
+        for key in (k for k in m if k.startswith("c")):
+            r = m[key]
+            lines.append(" | ".join([
+                name, f"{100 * m['share_reasoned']:.1f}", key[1:], f"{r['qps']:.1f}", f"{base['qps']:.1f}",
+                f"{r['ratio_to_in_process']:.3f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                f"{r['min_cosine']:.5f}", f"{r['mean_prefill_chunk']:.1f}", f"{r['server_cpu_ms_per_query']:.2f} ({r['server_loop_cpu_ms_per_query']:.2f})"
+                f" / {r['client_cpu_ms_per_query']:.2f} / {base['cpu_ms_per_query']:.2f}",
+                f"{r['cpu']['cores_others']:.2f} (in-process run {base['cpu']['cores_others']:.2f})"]))
+    easy = result["easy"]
+    lines.append(f"easy query p50: idle {easy['idle']['p50_ms']} ms; " + "; ".join(
+        f"{r['load_clients']} reasoning clients {r['p50_ms']} ms ({x}x idle)"
+        for r, x in zip(easy["loaded"], easy["ratio_to_idle"], strict=True)))
+    return "\n".join(lines)
+
+
+def parser() -> CliParser:
+    p = CliParser(prog="scripts/bench_serve.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default="out/trace-tiny")
+    p.add_argument("--mbeir_root", default="out/mbeir-sample")
+    p.add_argument("--mixes", nargs="+", default=["bypass96", "bypass38"])
+    p.add_argument("--queries", type=positive_int, default=1000)
+    p.add_argument("--clients", type=positive_int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--per_request", type=positive_int, default=1, help="queries in one request")
+    p.add_argument("--repeats", type=positive_int, default=2)
+    p.add_argument("--batch_size", type=positive_int, default=8)
+    p.add_argument("--max_new_tokens", type=non_negative_int, default=128)
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads, server and in-process alike")
+    p.add_argument("--max_batch_wait_ms", type=non_negative_int, default=50, help="the server's flag")
+    p.add_argument("--easy_queries", type=positive_int, default=100)
+    p.add_argument("--load_clients", type=positive_int, nargs="+", default=[8, 64])
+    p.add_argument("--json", default=None, help="write the result here too")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    a = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    for flag, path in (("--checkpoint", a.checkpoint), ("--mbeir_root", a.mbeir_root)):
+        if not Path(path).is_dir():
+            raise ConfigError(f"{flag} {path} is not a folder: run `make train` first, or point {flag} elsewhere")
+    import torch
+
+    from trainer import TraceEmbedder
+    from trainer.benchmark import mix
+
+    torch.set_num_threads(a.threads)
+    embedder = TraceEmbedder.from_pretrained(a.checkpoint, device="cpu")
+    workloads = {}
+    for name in a.mixes:
+        queries, _ = mix.workload(Path(a.mbeir_root), mix.parse_mix(name), a.queries)
+        ref = embedder.encode_queries(queries, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size)
+        workloads[name] = Workload(queries, [payload(q) for q in queries], ref)
+    result = {k: getattr(a, k) for k in ("queries", "per_request", "batch_size", "max_new_tokens", "threads",
+                                         "max_batch_wait_ms")}
+    with server(a) as (url, pid):
+        asyncio.run(drive(url, next(iter(workloads.values())).items[:64], 8, 1))  # warm-up
+        result["mixes"] = bench_mixes(a, embedder, workloads, url, {"client": os.getpid(), "server": pid})
+        result["easy"] = bench_easy(a, workloads, url)
+    print(table(result))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="scripts/bench_serve.py"))
