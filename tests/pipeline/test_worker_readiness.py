@@ -24,7 +24,7 @@ from tests.pipeline import testfs
 from tests.pipeline.conftest import run_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SOURCES = ("setup.py", "pyproject.toml", "pipeline", "validators", "trainer", "prompts", "schemas")
+SOURCES = ("setup.py", "pyproject.toml", "common", "pipeline", "validators", "trainer", "prompts", "schemas")
 
 
 @pytest.fixture(scope="module")
