@@ -11,51 +11,26 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import shards
+from pipeline.mbeir.images import ImageLoader
+from pipeline.outputs import WORK
+from pipeline.plan import RunPlan
 from pipeline.rows import record_dict, to_row
 from pipeline.stages.emit import WriteShards
 from pipeline.stages.join import JoinPositives
 from pipeline.stages.read import CheckQueryImages, DropDuplicateQids, ReadPool, ReadQueries
 from pipeline.stages.route import Route
-from pipeline.stages.teacher import (
-    COMPLETION_ESTIMATES,
-    AskTeacher,
-    BuildRequests,
-    ImageLoader,
-    TeacherPolicy,
-)
+from pipeline.stages.teacher import COMPLETION_ESTIMATES, AskTeacher, BuildRequests
 from pipeline.stages.validate import ApplyRules, DropDuplicateAnswers, KeepVerified
 from pipeline.stats import Event, merge
-from pipeline.teacher.client import TeacherConfig
 from pipeline.teacher.prompting import build_cot_request, build_judge_request, build_verifier_request
-from validators.defaults import RuleConfig
 
-WORK = "_work"  # scratch folder inside the output dir, read by the driver and then removed
 CARD_SAMPLE_ROWS = 2_000  # rows kept (deterministically) for the card's plots and examples
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What the driver resolved from the options before building the graph."""
-
-    root: str  # M-BEIR root as a Beam FileSystems path (local after an hf:// download)
-    query_files: list[str]
-    pool_files: list[str]
-    output_dir: str
-    journal_dir: str
-    teacher: TeacherConfig | None
-    rules: RuleConfig
-    verifier_threshold: float
-    dry_run: bool = False
-    policy: TeacherPolicy = TeacherPolicy()
-    query_lines: dict[str, Any] | None = None  # one partition of a local run: query file -> its line numbers
-    report_pool: bool = True  # False in all but the first partition, so pool counts and rejects add up
 
 
 def _image_loader(opts, plan: RunPlan) -> ImageLoader | None:
@@ -96,10 +71,30 @@ def _write_json(obj, path: str) -> None:
     shards.write_bytes(path, json.dumps(obj, sort_keys=True).encode("utf-8"))
 
 
-def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
-    root, out = plan.root, plan.output_dir
-    rejects, failed, events = [], [], []
+@dataclass
+class _Records:
+    """What every stage adds to besides its main output: rejects, failures and events."""
 
+    rejects: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    events: list = field(default_factory=list)
+
+
+def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
+    records = _Records()
+    examples, pool_rejects = _read_and_join(p, opts, plan, records)
+    direct, reasoning = _route(examples, opts, plan, records)
+    if plan.dry_run:
+        _plan_calls(examples, reasoning, opts, plan, records)
+        files = []
+    else:
+        files = [_reason_and_write(direct, reasoning, opts, plan, records)]
+    _write_records(p, plan.output_dir, files, pool_rejects, records)
+
+
+def _read_and_join(p: beam.Pipeline, opts, plan: RunPlan, records: _Records):
+    """(examples whose query image passed, pool rejects) from the query and pool files."""
+    root, rejects, events = plan.root, records.rejects, records.events
     queries, r, e = p | "ReadQueries" >> ReadQueries(root, plan.query_files, opts.tasks, opts.limit,
                                                      plan.query_lines, opts.max_line_bytes)
     rejects.append(r), events.append(e)
@@ -119,65 +114,88 @@ def build(p: beam.Pipeline, opts, plan: RunPlan) -> None:
             lambda x: Event("pool_rejected", code=x.reason)))
     else:
         pool_rejects = p | "NoPoolRejects" >> beam.Create([])
+    return examples, pool_rejects
 
+
+def _route(examples, opts, plan: RunPlan, records: _Records):
+    """(direct, reasoning) examples."""
     judge = None
     if opts.routing == "judge" and not plan.dry_run:
         judge = AskTeacher(_builder(build_judge_request, opts, plan), "judge", plan.teacher, plan.journal_dir,
                            plan.policy, _image_loader(opts, plan))
     routing = "dataset" if opts.routing == "judge" and plan.dry_run else opts.routing  # dry run: no judge calls
     routed, r, f, e = examples | "Route" >> Route(routing, judge=judge, judge_min_confidence=opts.judge_min_confidence)
-    rejects.append(r), failed.append(f), events.append(e)
-    events.append(routed | "RoutedEvents" >> beam.Map(lambda x: Event("routed", x.query.dataset, x.route)))
+    records.rejects.append(r), records.failed.append(f), records.events.append(e)
+    records.events.append(routed | "RoutedEvents" >> beam.Map(lambda x: Event("routed", x.query.dataset, x.route)))
     direct = routed | "Direct" >> beam.Filter(lambda x: x.route == "direct")
     reasoning = routed | "Reasoning" >> beam.Filter(lambda x: x.route == "reasoning")
+    return direct, reasoning
 
-    if plan.dry_run:
-        # A request that cannot be built is only planned here; a full run rejects it (it is already routed).
-        requests, unsendable = reasoning | "PlanCot" >> BuildRequests(_builder(build_cot_request, opts, plan), "cot")
-        events.append(requests | "PlanEvents" >> beam.FlatMap(_plan_events, "cot"))
-        events.append(unsendable | "PlanRejectEvents" >> beam.Map(_plan_reject_event))
-        if opts.verifier == "on":  # one verifier call per CoT that passes the rules (at most one per CoT)
-            events.append(requests | "PlanVerifierEvents" >> beam.FlatMap(_plan_events, "verifier"))
-        if opts.routing == "judge":
-            judged, unsendable = examples | "PlanJudge" >> BuildRequests(_builder(build_judge_request, opts, plan),
-                                                                         "judge")
-            events.append(judged | "PlanJudgeEvents" >> beam.FlatMap(_plan_events, "judge"))
-            events.append(unsendable | "PlanJudgeRejectEvents" >> beam.Map(_plan_reject_event))
-    else:
-        cot, r, f, e = reasoning | "Teacher" >> AskTeacher(_builder(build_cot_request, opts, plan), "cot",
-                                                           plan.teacher, plan.journal_dir, plan.policy,
-                                                           _image_loader(opts, plan))
+
+def _plan_calls(examples, reasoning, opts, plan: RunPlan, records: _Records) -> None:
+    """The dry run's plan events: the calls a full run would make, and the requests it would reject unsent."""
+    events = records.events
+    # A request that cannot be built is only planned here; a full run rejects it (it is already routed).
+    requests, unsendable = reasoning | "PlanCot" >> BuildRequests(_builder(build_cot_request, opts, plan), "cot")
+    events.append(requests | "PlanEvents" >> beam.FlatMap(_plan_events, "cot"))
+    events.append(unsendable | "PlanRejectEvents" >> beam.Map(_plan_reject_event))
+    if opts.verifier == "on":  # one verifier call per CoT that passes the rules (at most one per CoT)
+        events.append(requests | "PlanVerifierEvents" >> beam.FlatMap(_plan_events, "verifier"))
+    if opts.routing == "judge":
+        judged, unsendable = examples | "PlanJudge" >> BuildRequests(_builder(build_judge_request, opts, plan),
+                                                                     "judge")
+        events.append(judged | "PlanJudgeEvents" >> beam.FlatMap(_plan_events, "judge"))
+        events.append(unsendable | "PlanJudgeRejectEvents" >> beam.Map(_plan_reject_event))
+
+
+def _reason_and_write(direct, reasoning, opts, plan: RunPlan, records: _Records):
+    """Teacher CoT, rules, verifier and answer dedupe, then the data shards and the card sample; the shards'
+    file entries."""
+    rejects, failed, events = records.rejects, records.failed, records.events
+    cot, r, f, e = reasoning | "Teacher" >> AskTeacher(_builder(build_cot_request, opts, plan), "cot",
+                                                       plan.teacher, plan.journal_dir, plan.policy,
+                                                       _image_loader(opts, plan))
+    rejects.append(r), failed.append(f), events.append(e)
+    kept, r, e = cot | "Rules" >> ApplyRules(plan.rules)
+    rejects.append(r), events.append(e)
+    if opts.verifier == "on":
+        verify = functools.partial(_verifier_builder, build=_builder(build_verifier_request, opts, plan))
+        kept, r, f, e = kept | "Verifier" >> AskTeacher(verify, "verifier", plan.teacher, plan.journal_dir,
+                                                        plan.policy, _image_loader(opts, plan))
         rejects.append(r), failed.append(f), events.append(e)
-        kept, r, e = cot | "Rules" >> ApplyRules(plan.rules)
-        rejects.append(r), events.append(e)
-        if opts.verifier == "on":
-            verify = functools.partial(_verifier_builder, build=_builder(build_verifier_request, opts, plan))
-            kept, r, f, e = kept | "Verifier" >> AskTeacher(verify, "verifier", plan.teacher, plan.journal_dir,
-                                                            plan.policy, _image_loader(opts, plan))
-            rejects.append(r), failed.append(f), events.append(e)
-            kept, r = kept | "KeepVerified" >> KeepVerified(plan.verifier_threshold)
-            rejects.append(r)
-        kept, r = kept | "DedupAnswers" >> DropDuplicateAnswers()
+        kept, r = kept | "KeepVerified" >> KeepVerified(plan.verifier_threshold)
         rejects.append(r)
-        accepted = (direct, kept) | "Accepted" >> beam.Flatten()
-        events.append(accepted | "AcceptedEvents" >> beam.Map(lambda x: Event("accepted", x.query.dataset, x.route)))
-        embed_root = root if opts.embed_images else None
-        rows = accepted | "ToRows" >> beam.Map(to_row, embed_images_root=embed_root)
-        files = [rows | "WriteData" >> WriteShards(
-            out, "data", "train", functools.partial(shards.row_arrow_schema, opts.embed_images), _row_sort_key,
-            num_shards=opts.num_shards,
-            target_rows=shards.TARGET_ROWS_WITH_IMAGES if opts.embed_images else shards.TARGET_ROWS)]
-        (rows
-         | "CardSample" >> beam.combiners.Top.Of(CARD_SAMPLE_ROWS, key=sample_rank, reverse=True)
-         | "NoImageBytes" >> beam.Map(lambda rs: [_strip_images(x) for x in rs])
-         | "WriteCardSample" >> beam.Map(_write_json, FileSystems.join(out, WORK, "card_rows.json")))
+    kept, r = kept | "DedupAnswers" >> DropDuplicateAnswers()
+    rejects.append(r)
+    accepted = (direct, kept) | "Accepted" >> beam.Flatten()
+    events.append(accepted | "AcceptedEvents" >> beam.Map(lambda x: Event("accepted", x.query.dataset, x.route)))
+    return _write_rows(accepted, opts, plan)
 
-    query_rejects = flatten(p, rejects, "QueryRejects")
+
+def _write_rows(accepted, opts, plan: RunPlan):
+    out = plan.output_dir
+    embed_root = plan.root if opts.embed_images else None
+    rows = accepted | "ToRows" >> beam.Map(to_row, embed_images_root=embed_root)
+    files = rows | "WriteData" >> WriteShards(
+        out, "data", "train", functools.partial(shards.row_arrow_schema, opts.embed_images), _row_sort_key,
+        num_shards=opts.num_shards,
+        target_rows=shards.TARGET_ROWS_WITH_IMAGES if opts.embed_images else shards.TARGET_ROWS)
+    (rows
+     | "CardSample" >> beam.combiners.Top.Of(CARD_SAMPLE_ROWS, key=sample_rank, reverse=True)
+     | "NoImageBytes" >> beam.Map(lambda rs: [_strip_images(x) for x in rs])
+     | "WriteCardSample" >> beam.Map(_write_json, FileSystems.join(out, WORK, "card_rows.json")))
+    return files
+
+
+def _write_records(p: beam.Pipeline, out: str, files: list, pool_rejects, records: _Records) -> None:
+    """The reject and failed shards, then the file list and the merged events into _work/ for the driver."""
+    events = records.events
+    query_rejects = flatten(p, records.rejects, "QueryRejects")
     events.append(query_rejects | "RejectEvents" >> beam.Map(lambda x: Event("rejected", x.dataset, x.reason)))
-    failures = flatten(p, failed, "Failures")
+    failures = flatten(p, records.failed, "Failures")
     events.append(failures | "FailedEvents" >> beam.Map(lambda x: Event("failed", x.dataset, x.error)))
     all_rejects = (query_rejects, pool_rejects) | "AllRejects" >> beam.Flatten()
-    files = (files if not plan.dry_run else []) + [
+    files = files + [
         all_rejects | "RejectRows" >> beam.Map(record_dict) | "WriteRejects" >> WriteShards(
             out, "rejects", "rejects", shards.reject_arrow_schema, _record_sort_key),
         failures | "FailedRows" >> beam.Map(record_dict) | "WriteFailed" >> WriteShards(

@@ -49,7 +49,7 @@ def _main(argv: list[str]) -> int:
             if not model:
                 raise ConfigError("TEACHER_BASE_URL is set but TEACHER_MODEL is not: export TEACHER_MODEL too")
         else:
-            from pipeline.teacher.reference_server import ReferenceServer
+            from pipeline.teacher.reference.server import ReferenceServer
 
             server = stack.enter_context(ReferenceServer())
             base_url, model = server.base_url, REFERENCE_MODEL

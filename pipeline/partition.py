@@ -26,14 +26,12 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import shards
-from pipeline.build import WORK
 from pipeline.mbeir.lines import DEFAULT_MAX_LINE_BYTES
 from pipeline.mbeir.read import select_queries
 from pipeline.mbeir.records import QueryRecord
+from pipeline.outputs import OUTPUT_SUBFOLDERS, PARTS, WORK  # noqa: F401 - PARTS: named here before outputs.py
 from validators.dedup import query_content_key
 
-PARTS = "_parts"  # scratch folder inside the output dir: one sub-output per partition, removed after the merge
-OUTPUT_SUBFOLDERS = ("data", "rejects", "failed")
 _SHARD = re.compile(r"/(?P<split>[^/]+)-\d{5}-of-\d{5}\.parquet$")
 
 

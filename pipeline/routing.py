@@ -37,6 +37,10 @@ def route_by_heuristic(example: Example) -> tuple[str, float | None]:
     return DIRECT, None
 
 
+# Choice (PAPER.md names a judge without a threshold): a 'complex' label below this confidence routes direct.
+JUDGE_MIN_CONFIDENCE = 0.5
+
+
 def route_from_judge(verdict: dict, min_confidence: float) -> tuple[str, float | None]:
     """A judge verdict (schemas/judge_output) -> route; an unsure 'complex' goes direct (it costs a CoT call)."""
     confidence = float(verdict["confidence"])

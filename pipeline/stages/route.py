@@ -11,7 +11,7 @@ import dataclasses
 import apache_beam as beam
 
 from pipeline.mbeir.records import Example
-from pipeline.routing import RULE_ROUTERS, route_from_judge
+from pipeline.routing import JUDGE_MIN_CONFIDENCE, RULE_ROUTERS, route_from_judge
 from pipeline.stages.teacher import AskTeacher
 
 
@@ -32,7 +32,8 @@ def _by_judge(example: Example, min_confidence: float) -> Example:
 class Route(beam.PTransform):
     """Returns (examples, rejects, failed, events); the last three are empty unless routing is 'judge'."""
 
-    def __init__(self, routing: str, *, judge: AskTeacher | None = None, judge_min_confidence: float = 0.5):
+    def __init__(self, routing: str, *, judge: AskTeacher | None = None,
+                 judge_min_confidence: float = JUDGE_MIN_CONFIDENCE):
         super().__init__()
         if routing == "judge" and judge is None:
             raise ValueError("--routing judge needs a teacher (--teacher_base_url/--teacher_model)")

@@ -6,7 +6,7 @@ import pytest
 
 from common.errors import ConfigError
 from pipeline.options import AUTO_WORKERS_MIN_QUERIES
-from pipeline.run import local_workers, teacher_process
+from pipeline.local import local_workers, teacher_process
 from tests.pipeline.conftest import output_files, run_pipeline
 from tests.pipeline.test_partition import _table, _with_duplicates
 
@@ -19,16 +19,55 @@ def test_auto_uses_every_core_for_big_runs_and_one_process_for_small_ones():
     assert local_workers("3", 10, cores=1) == 3  # an explicit count wins
 
 
-def test_auto_counts_only_the_cores_other_work_leaves_idle(monkeypatch):
-    import pipeline.run as run
+def _sampler(*samples: tuple[float, float]):
+    """A cpu_times stand-in answering (idle, total) ticks from `samples`, one per call."""
+    answers = iter(samples)
+    return lambda: next(answers)
 
-    monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
-    monkeypatch.setattr(run.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
-    assert local_workers("auto", None) == 8
-    monkeypatch.setattr(run.os, "getloadavg", lambda: (5.0, 0.0, 0.0))
-    assert local_workers("auto", None) == 3
-    monkeypatch.setattr(run.os, "getloadavg", lambda: (12.0, 0.0, 0.0))  # a machine busy with other work
-    assert local_workers("auto", None) == 1
+
+def test_auto_counts_the_cores_idle_now_from_a_sample_of_cpu_time(monkeypatch):
+    import pipeline.local as local
+
+    monkeypatch.setattr(local.os, "getloadavg", lambda: (12.0, 12.0, 12.0))  # a job that ended a minute ago
+    slept = []
+    # 8 cores over the interval: 800 ticks, of which 780 idle -> 7.8 idle cores -> 8
+    assert local.idle_cores(8, _sampler((1000, 5000), (1780, 5800)), 0.3, slept.append) == 8
+    assert slept == [0.3]
+    assert local.idle_cores(8, _sampler((0, 0), (500, 800)), 0, slept.append) == 5  # 3 cores busy elsewhere
+    assert local.idle_cores(8, _sampler((0, 0), (10, 800)), 0, slept.append) == 1  # busy: never below 1
+    assert local.idle_cores(2, _sampler((0, 0), (100, 200)), 0, slept.append) == 1  # one of two busy
+    monkeypatch.setattr(local, "idle_cores", lambda: 3)
+    assert local_workers("auto", None) == 3 and teacher_process("auto", True, None)
+
+
+def test_without_proc_stat_the_load_average_decides(monkeypatch, tmp_path):
+    import pipeline.local as local
+
+    assert local.cpu_times(str(tmp_path / "no-stat")) is None
+    monkeypatch.setattr(local.os, "getloadavg", lambda: (5.0, 0.0, 0.0))
+    assert local.idle_cores(8, lambda: None) == 3
+    (tmp_path / "stat").write_text("cpu  100 5 20 300 7 1 2 3 40 0\ncpu0 ...\n")
+    assert local.cpu_times(str(tmp_path / "stat")) == (307, 438)  # idle + iowait; guest is already in user
+
+
+def test_both_autos_of_a_run_share_one_sample(monkeypatch, capsys):
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    import pipeline.local as local
+    from pipeline.plan import RunPlan, parse_options
+    from pipeline.teacher.config import TeacherConfig
+    from validators.defaults import RuleConfig
+
+    calls = []
+    monkeypatch.setattr(local, "idle_cores", lambda: calls.append(1) or 4)
+    opts, _ = parse_options(["--output_dir", "o"])
+    plan = RunPlan(root="r", query_files=[], pool_files=[], output_dir="o", journal_dir="j",
+                   teacher=TeacherConfig(base_url="http://127.0.0.1:1/v1", model="m"), rules=RuleConfig(),
+                   verifier_threshold=0.7)
+    assert local.apply(opts, plan, [], None).teacher.own_process  # 4 idle cores: a teacher process ...
+    assert opts.view_as(DirectOptions).direct_num_workers == 3  # ... and the graph on the 3 others
+    assert calls == [1]
+    assert "3 graph worker processes" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "many", "1.5"])
