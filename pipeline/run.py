@@ -20,6 +20,8 @@ from pipeline.batch_run import BatchRun
 from pipeline.build import CARD_SAMPLE_ROWS, build, sample_rank
 from pipeline.finalize import REFERENCE_OWNER, finalize, is_reference_teacher
 from pipeline.local import idle_cores, local_workers, teacher_process
+from pipeline.loopback import loopback_grpc
+from pipeline.options import is_local
 from pipeline.outputs import (
     BATCH_STATE_DIR,
     OUTPUT_FOLDERS,
@@ -82,7 +84,8 @@ def execute(opts, plan: RunPlan, argv: list[str]) -> dict:
 
 
 def _run_graph(opts, plan: RunPlan) -> None:
-    with beam.Pipeline(options=opts) as p:
+    listen = loopback_grpc() if is_local(opts) else contextlib.nullcontext()  # worker processes: pipeline.loopback
+    with listen, beam.Pipeline(options=opts) as p:
         build(p, opts, plan)
 
 
