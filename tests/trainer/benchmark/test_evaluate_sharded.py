@@ -36,19 +36,31 @@ def small_root(sample: Path, root: Path) -> Path:
         queries = _lines(sample / files["q"])[:QUERIES]
         positives = {d for q in queries for d in json.loads(q)["pos_cand_list"]}
         pool = [c for n, c in enumerate(_lines(sample / files["p"])) if n < POOL_LINES
-                or json.loads(c)["did"] in positives]
+                or json.loads(c)["did"] in positives] + _unreadable(root, dataset)
         qids = {json.loads(q)["qid"] for q in queries}
         qrels = [r for r in _lines(sample / files["r"]) if r.split()[0] in qids]
         for rel, lines in ((files["q"], queries), (files["r"], qrels), (files["p"], pool)):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_text("".join(lines), encoding="utf-8")
         union.update({json.loads(c)["did"]: c for c in pool})
-        shutil.copytree(sample / f"mbeir_images/{dataset}_images", root / f"mbeir_images/{dataset}_images")
+        shutil.copytree(sample / f"mbeir_images/{dataset}_images", root / f"mbeir_images/{dataset}_images",
+                        dirs_exist_ok=True)
     (root / layout.UNION_TEST_POOL).parent.mkdir(parents=True)
     (root / layout.UNION_TEST_POOL).write_text("".join(union[d] for d in sorted(union, key=layout.did_to_int)))
     (root / layout.INSTRUCTIONS).parent.mkdir(parents=True)
     shutil.copy(sample / layout.INSTRUCTIONS, root / layout.INSTRUCTIONS)
     return root
+
+
+def _unreadable(root: Path, dataset: str) -> list[str]:
+    """Image candidates whose image is missing or is not an image: counted, whichever process reads them."""
+    if dataset != "cirr":
+        return []
+    (root / "mbeir_images/cirr_images").mkdir(parents=True, exist_ok=True)
+    (root / "mbeir_images/cirr_images/garbage.jpg").write_bytes(b"not a JPEG at all")
+    return [json.dumps({"did": f"8:{900_000 + i}", "txt": None, "img_path": f"mbeir_images/cirr_images/{name}",
+                        "modality": "image", "src_content": None}) + "\n"
+            for i, name in enumerate(("gone.jpg", "garbage.jpg"))]
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +185,8 @@ def test_prefetch_workers_equal_the_model_thread(setup, reference, tmp_path):
     results = evaluate.main(argv(setup, tmp_path, "--num_workers", "1"), embedder=setup[2])
     assert run_files(tmp_path) == reference[0]
     assert results["encoding"]["num_workers"] == 1
+    assert reference[1]["pools"]["cirr_task7"]["missing_images"] == 1
+    assert reference[1]["pools"]["global"]["rejected"] == {"unreadable_image": 1}
     for name, pool in reference[1]["pools"].items():  # read counts came back from the worker process
         assert {k: results["pools"][name][k] for k in ("count", "rejected", "missing_images", "empty_inputs")} == \
             {k: pool[k] for k in ("count", "rejected", "missing_images", "empty_inputs")}
