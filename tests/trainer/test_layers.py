@@ -4,6 +4,8 @@ back through others. Every import statement counts, also those inside functions 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,3 +68,12 @@ def test_the_check_sees_a_circle_and_a_nested_import(tmp_path):
     (tmp_path / "a.py").write_text("def f():\n    from pkg import b\n")
     assert imports(tmp_path / "a.py", {"pkg.b"}) == {"pkg.b"}
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_trainer_imports_neither_beam_nor_openai():
+    # Of the pipeline, the trainer may use only its Beam-free M-BEIR package (format, images, ids).
+    code = ("import sys, trainer.training.cli, trainer.inference.api, trainer.training.data; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('apache_beam', 'openai') "
+            "or (m.startswith('pipeline.') and not m.startswith('pipeline.mbeir'))]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+

@@ -16,6 +16,9 @@ import torch
 
 from trainer.inference.engine import QueryEngine, encode_candidates
 from trainer.modeling.interface import (
+    CANDIDATE_BATCH,
+    MAX_NEW_TOKENS,
+    QUERY_BATCH,
     CandidateInput,
     EncodeResult,
     QueryInput,
@@ -31,13 +34,14 @@ __all__ = ["TraceEmbedder", "candidate_input", "candidate_inputs", "query_input"
 
 
 class TraceEmbedder(TraceModel):
-    def encode_candidates(self, candidates: Sequence[CandidateInput | Mapping], batch_size: int = 32) -> torch.Tensor:
+    def encode_candidates(self, candidates: Sequence[CandidateInput | Mapping],
+                          batch_size: int = CANDIDATE_BATCH) -> torch.Tensor:
         """(n, d) L2-normalised candidate embeddings, in input order (trainer/inference/engine.py). Candidates are
         CandidateInput or dicts {"text", "image" (PIL image, path or None), "modality"}."""
         return encode_candidates(self, candidate_inputs(candidates), batch_size)
 
     def encode_queries(self, queries: Sequence[QueryInput | Mapping], mode: str = "adaptive",
-                       max_new_tokens: int = 128, batch_size: int = 8) -> EncodeResult:
+                       max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = QUERY_BATCH) -> EncodeResult:
         """Route, then batch (trainer/inference/engine.py). Queries are QueryInput or dicts {"text", "image"
         (PIL image, path or None), "dataset", "task_id"}."""
         engine = QueryEngine(self, mode, max_new_tokens, batch_size)

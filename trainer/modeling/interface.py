@@ -19,6 +19,8 @@ from PIL import Image
 MODES = ("adaptive", "direct", "always")  # PAPER.md §4 throughput table: TRACE adaptive / direct / always reason
 QUERY_KEYS = ("text", "image", "dataset", "task_id")
 CANDIDATE_KEYS = ("text", "image", "modality")
+MAX_NEW_TOKENS = 128  # a query's reasoning tokens before <|emb|> is forced
+QUERY_BATCH, CANDIDATE_BATCH = 8, 32  # rows per forward
 
 
 @dataclass
@@ -45,10 +47,10 @@ class EncodeResult:
 
 
 class Embedder(Protocol):
-    def encode_queries(self, queries: list[QueryInput], mode: str = "adaptive", max_new_tokens: int = 128,
-                       batch_size: int = 8) -> EncodeResult: ...
+    def encode_queries(self, queries: list[QueryInput], mode: str = "adaptive",
+                       max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = QUERY_BATCH) -> EncodeResult: ...
 
-    def encode_candidates(self, candidates: list[CandidateInput], batch_size: int = 32) -> Any: ...
+    def encode_candidates(self, candidates: list[CandidateInput], batch_size: int = CANDIDATE_BATCH) -> Any: ...
 
 
 # ---- plain dicts into inputs ----------------------------------------------------------------------------------
