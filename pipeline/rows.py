@@ -6,6 +6,7 @@ import dataclasses
 import json
 from typing import Any
 
+from common.redact import redact
 from pipeline.mbeir import images
 from pipeline.mbeir.records import Example
 
@@ -56,5 +57,10 @@ def _image_struct(root: str, rel_path: str | None) -> dict | None:
 
 
 def record_dict(record) -> dict[str, Any]:
-    """A Reject or Failure as a row of rejects/ or failed/."""
-    return dataclasses.asdict(record)
+    """A Reject or Failure as a row of rejects/ or failed/, its error detail and text redacted (common.redact):
+    a teacher may echo the key in an error body, and --include_rejects publishes these rows."""
+    row = dataclasses.asdict(record)
+    for name in ("detail", "text"):
+        if isinstance(row.get(name), str):
+            row[name] = redact(row[name])
+    return row

@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from huggingface_hub import DatasetCardData
 
 from common.hub import markdown_table
+from common.redact import redact
 from pipeline import shards
 from pipeline.card import plots
 from pipeline.mbeir import reasons as input_reasons
@@ -98,11 +99,11 @@ def _build_section(run_info: Mapping[str, Any]) -> str:
     params = run_info.get("generation_params") or {}
     filters = run_info.get("filters") or {}
     rows = [
-        ["teacher model", f"`{run_info.get('teacher_model', 'unknown')}`"],
+        ["teacher model", f"`{redact(str(run_info.get('teacher_model', 'unknown')))}`"],
         ["offline reference teacher", "yes" if run_info.get("teacher_is_reference") else "no"],
         ["routing mode", run_info.get("routing_mode", "unknown")],
         ["pipeline version", run_info.get("pipeline_version", shards.package_version())],
-        ["command line", f"`{run_info.get('command', 'unknown')}`"],
+        ["command line", f"`{redact(str(run_info.get('command', 'unknown')))}`"],  # a URL's password, a key
         ["images embedded", "yes" if run_info.get("embed_images") else "no (paths relative to the M-BEIR root)"],
     ]
     out = ["## How it was built", "", markdown_table(["setting", "value"], rows), ""]

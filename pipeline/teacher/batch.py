@@ -37,6 +37,8 @@ import openai
 from apache_beam.io.filesystems import FileSystems
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from common.errors import ConfigError
+from common.redact import display_url, redact
 from pipeline.teacher.budget import Budget
 from pipeline.teacher.config import TeacherConfig
 from pipeline.teacher.cost import BATCH_DISCOUNT
@@ -90,8 +92,7 @@ class BatchJobs:
             raise ValueError("batch mode needs TeacherConfig.journal_dir: collected answers go to the journal")
         self.config, self.state_dir = config, state_dir
         self.max_requests, self.max_bytes, self.delete_files = max_requests, max_bytes, delete_files
-        self.api = openai.OpenAI(api_key=config.resolve_api_key(), base_url=config.base_url, max_retries=0,
-                                 timeout=config.timeout_s)
+        self.api = openai.OpenAI(**config.client_args(), max_retries=0, timeout=config.timeout_s)
         if _is_local(state_dir):
             os.makedirs(state_dir, exist_ok=True)
         self._state_path = FileSystems.join(state_dir, "state.json")
@@ -130,11 +131,17 @@ class BatchJobs:
 
     # ---- API calls with retries ----------------------------------------------------------------------
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn() with retries; a refused key is a ConfigError (exit 2) naming the URL without its credentials."""
         cfg = self.config
         retrying = Retrying(retry=retry_if_exception(retryable), reraise=True,
                             wait=wait_random_exponential(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s),
                             stop=stop_after_attempt(cfg.max_retries + 1))
-        return retrying(fn, *args, **kwargs)
+        try:
+            return retrying(fn, *args, **kwargs)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise ConfigError(f"the Batch API at {display_url(cfg.base_url)} refused the API key (HTTP "
+                              f"{e.status_code}): put a valid key in the environment variable {cfg.api_key_env} "
+                              "(or name another with --api_key_env / --api_key_secret)") from None
 
     def _find_batch(self, input_file_id: str, since: float) -> Any | None:
         """The account's batch made from `input_file_id` (created after `since`), if any."""
@@ -183,7 +190,7 @@ class BatchJobs:
             try:
                 self._call(self.api.files.delete, file_id)
             except openai.OpenAIError as e:  # storage clean-up only
-                log.warning("could not delete file %s: %s", file_id, e)
+                log.warning("could not delete file %s: %s", file_id, redact(str(e)))
 
     # ---- submit --------------------------------------------------------------------------------------
     def submit_pending(self, pending_glob: str, budget: Budget | None = None) -> dict[str, int]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from common.redact import redact
 from pipeline.teacher.config import AUTO_TRANSPORT as AUTO_TRANSPORT
 from pipeline.teacher.config import TRANSPORTS as TRANSPORTS
 from pipeline.teacher.config import TeacherConfig
@@ -66,7 +67,7 @@ class TeacherClient:
 
     def __init__(self, config: TeacherConfig):
         self.config = config
-        api_key = config.resolve_api_key()
+        connection = config.client_args()
         check_transport(config.transport)
         self._counts = dict.fromkeys(
             ("requests", "calls", "ok", "retries", "reasks", "failures", "prompt_tokens", "completion_tokens",
@@ -81,10 +82,10 @@ class TeacherClient:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-loop", daemon=True)
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._setup(api_key), self._loop).result()
+        asyncio.run_coroutine_threadsafe(self._setup(connection), self._loop).result()
 
-    async def _setup(self, api_key: str) -> None:
-        self._transport = Transport(self.config, api_key)
+    async def _setup(self, connection: dict[str, Any]) -> None:
+        self._transport = Transport(self.config, connection)
         self._sem = asyncio.Semaphore(self.config.max_in_flight)
         self._limiter = RateLimiter(self.config.rpm, self.config.tpm)
 
@@ -200,7 +201,7 @@ class TeacherClient:
                 result = await self._answer(req)
             except Exception as e:  # noqa: BLE001 - a result, never an exception, reaches the caller
                 log.exception("teacher request %s failed unexpectedly", req.key[:12])
-                result = TeacherResult(key=req.key, ok=False, error="internal", detail=repr(e)[:500],
+                result = TeacherResult(key=req.key, ok=False, error="internal", detail=redact(repr(e))[:500],
                                        kind=req.kind)
             finally:
                 self._counts["in_flight"] -= 1
@@ -235,7 +236,7 @@ class TeacherClient:
             detail = f"{IMAGE_HINT} {detail}"
         return TeacherResult(key=req.key, ok=False, content=state.content, model=state.model or req.model,
                              prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens,
-                             attempts=state.calls, error=code, detail=detail[:500], kind=req.kind)
+                             attempts=state.calls, error=code, detail=redact(detail)[:500], kind=req.kind)
 
     async def _call_with_retries(self, req: TeacherRequest, state: _Call, reask: int):
         cfg = self.config

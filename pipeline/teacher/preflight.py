@@ -15,6 +15,7 @@ import time
 import openai
 
 from common.errors import ConfigError
+from common.redact import display_url, redact
 from pipeline.teacher.client import TeacherConfig
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,15 @@ def _reachable(call, config: TeacherConfig):
     except openai.APIConnectionError as e:
         cause = e.__cause__ or e
         raise ConfigError(
-            f"nothing answers at --teacher_base_url {config.base_url} ({type(cause).__name__}: {cause}); "
+            f"nothing answers at --teacher_base_url {display_url(config.base_url)} "
+            f"({redact(f'{type(cause).__name__}: {cause}')}); "
             "start the teacher server or fix the URL (OpenAI-compatible, usually ending in /v1)") from None
 
 
 def _refused(config: TeacherConfig, status: int) -> ConfigError:
     what = "the API key" if status == 401 else "the API key or its permissions for this model"
     return ConfigError(
-        f"the teacher at {config.base_url} refused {what} (HTTP {status}): put a valid key in the environment "
+        f"the teacher at {display_url(config.base_url)} refused {what} (HTTP {status}): put a valid key in the environment "
         f"variable {config.api_key_env} (or name another with --api_key_env / --api_key_secret)")
 
 
@@ -56,15 +58,14 @@ def _listed_models(client: openai.OpenAI, config: TeacherConfig) -> list[str] | 
         raise _refused(config, e.status_code) from None
     except openai.APIStatusError as e:
         log.info("teacher preflight: GET %s/models answered HTTP %s; trying one minimal request",
-                 config.base_url, e.status_code)
+                 display_url(config.base_url), e.status_code)
         return None
 
 
 def preflight(config: TeacherConfig) -> str:
     """Check that the teacher answers, accepts the key and knows the model. Returns how that was established;
     raises ConfigError (exit status 2) for an unreachable server, a refused key or an unknown model."""
-    client = openai.OpenAI(api_key=config.resolve_api_key(), base_url=config.base_url, max_retries=0,
-                           timeout=TIMEOUT_S)
+    client = openai.OpenAI(**config.client_args(), max_retries=0, timeout=TIMEOUT_S)
     try:
         listed = _listed_models(client, config)
         if listed is not None and config.model in listed:
@@ -76,7 +77,7 @@ def preflight(config: TeacherConfig) -> str:
         except openai.NotFoundError:
             known = f"; it lists: {', '.join(sorted(listed)[:10])}" if listed else ""
             where = "" if listed else " (or no chat completions there: does --teacher_base_url end in /v1?)"
-            raise ConfigError(f"the teacher at {config.base_url} has no model {config.model!r} (HTTP 404){where}"
+            raise ConfigError(f"the teacher at {display_url(config.base_url)} has no model {config.model!r} (HTTP 404){where}"
                               f"{known}; fix --teacher_model") from None
         except openai.APIStatusError as e:  # 400, 429, 5xx: not a wrong configuration; the run handles these
             log.warning("teacher preflight inconclusive: a minimal request answered HTTP %s; going on",

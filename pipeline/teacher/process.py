@@ -28,6 +28,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from common.redact import redact
 from pipeline.teacher.client import TeacherClient
 from pipeline.teacher.config import TeacherConfig
 from pipeline.teacher.outputs import TeacherResult
@@ -97,7 +98,7 @@ class ProcessClient:
                         return
                     except Exception as e:  # noqa: BLE001 - it fails its caller alone
                         log.exception("could not send a message to the teacher process")
-                        self._fail([message[1]], f"{type(e).__name__}: {e}"[:500])
+                        self._fail([message[1]], redact(f"{type(e).__name__}: {e}")[:500])
             if any(op == CLOSE for op, _, _ in batch):
                 return
 
@@ -233,7 +234,7 @@ def serve(recv: Connection, send: Connection) -> None:
     try:
         client = TeacherClient(config)
     except Exception as e:  # noqa: BLE001 - any set-up error goes back to the parent as text
-        send.send([(rid, f"{type(e).__name__}: {e}")])
+        send.send([(rid, redact(f"{type(e).__name__}: {e}"))])
         return
     server = _Server(client, recv, send)
     client.loop.call_soon_threadsafe(client.loop.add_reader, recv.fileno(), server.on_readable)

@@ -13,10 +13,12 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 import httpx2
 import openai
 
+from common.redact import redact
 from pipeline.teacher.config import AUTO_TRANSPORT, TRANSPORTS, TeacherConfig, is_loopback
 
 CallError = openai.OpenAIError  # what a failed call raises (after the transport's own mapping)
@@ -42,22 +44,22 @@ def check_transport(name: str) -> None:
 class Transport:
     """The HTTP side of one client: a connection pool on the client's event loop (create and use it there)."""
 
-    def __init__(self, config: TeacherConfig, api_key: str):
+    def __init__(self, config: TeacherConfig, connection: Mapping[str, Any]):
+        """`connection`: config.client_args() (resolved once by the caller)."""
         limits = httpx2.Limits(max_connections=config.max_in_flight + 8,
                                max_keepalive_connections=config.max_in_flight)
         if config.transport == "aiohttp":
             http = openai.DefaultAioHttpClient(limits=limits)
         else:
             http = openai.DefaultAsyncHttpxClient(limits=limits)
-        self._api = openai.AsyncOpenAI(api_key=api_key, base_url=config.base_url, max_retries=0,
-                                       timeout=config.timeout_s, http_client=http)
+        self._api = openai.AsyncOpenAI(**connection, max_retries=0, timeout=config.timeout_s, http_client=http)
         # openai draws a uuid4 for every POST's Idempotency-Key (an os.urandom call, a tenth of its CPU per request
         # here); a per-client counter is as unique for the server and costs nothing.
         keys = itertools.count()
         prefix = f"mbeir-cot-{uuid.uuid4().hex}"
         self._api._idempotency_key = lambda: f"{prefix}-{next(keys)}"  # noqa: SLF001
-        self._session = self._direct_session(config, api_key) if config.transport == "direct" else None
-        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._session = self._direct_session(config, connection["api_key"]) if config.transport == "direct" else None
+        self._url = str(self._api.base_url).rstrip("/") + "/chat/completions"
 
     def _direct_session(self, config: TeacherConfig, api_key: str):
         import aiohttp
@@ -67,8 +69,8 @@ class Transport:
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=config.max_in_flight + 8), trust_env=proxied,
             timeout=aiohttp.ClientTimeout(total=config.timeout_s),
-            headers={**{k: v for k, v in self._api.default_headers.items() if isinstance(v, str)},
-                     "Authorization": f"Bearer {api_key}"})
+            headers={"Authorization": f"Bearer {api_key}",  # unless the URL's credentials replace it
+                     **{k: v for k, v in self._api.default_headers.items() if isinstance(v, str)}})
 
     async def post(self, body: dict) -> tuple[Mapping[str, str], bytes]:
         """One chat completion call -> (response headers, response body); failures raise CallError subclasses.
@@ -155,8 +157,8 @@ def error_code(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for TeacherResult.detail."""
+    """One line for TeacherResult.detail, redacted (a server may echo the key in its error body)."""
     status = status_of(exc)
     text = f"{type(exc).__name__}: {exc}"
-    return f"HTTP {status} {text}" if status else text
+    return redact(f"HTTP {status} {text}" if status else text)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
 import math
@@ -81,24 +82,34 @@ def _rate_headers(state: ServerState) -> tuple[dict[str, str], float | None]:
             "x-ratelimit-reset-requests": f"{reset:.3f}s"}, (reset if over else None)
 
 
+def _authorization(cfg: ServerConfig) -> str | None:
+    """The one Authorization header the server accepts; None when it takes any."""
+    if cfg.basic_auth is not None:
+        return "Basic " + base64.b64encode(cfg.basic_auth.encode()).decode("ascii")
+    return None if cfg.api_key is None else f"Bearer {cfg.api_key}"
+
+
 class _Routes:
     """/v1/chat/completions and /v1/models of one server."""
 
     def __init__(self, state: ServerState):
         self.state, self.cfg = state, state.config
+        self.authorization = _authorization(state.config)
 
     def refusal(self, request: web.Request, model: str | None = None) -> web.Response | None:
         """401 for a wrong key, 404 for a model not served; None when the request may go on."""
         cfg = self.cfg
-        if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
-            return error_response(401, "invalid_api_key", "reference server: incorrect API key provided")
+        offered = request.headers.get("Authorization", "")
+        if self.authorization is not None and offered != self.authorization:
+            echo = f": {offered}" if cfg.echo_key else ""
+            return error_response(401, "invalid_api_key", f"reference server: incorrect API key provided{echo}")
         if model is not None and cfg.models is not None and model not in cfg.models:
             return error_response(404, "model_not_found", f"reference server: the model `{model}` does not exist")
         return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        if self.cfg.api_key is not None or self.cfg.models is not None:
+        if self.authorization is not None or self.cfg.models is not None:
             refused = self.refusal(request, _model_of(body) if self.cfg.models is not None else None)
             if refused is not None:
                 return refused
@@ -251,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", type=lambda v: [m for m in v.split(",") if m], default=None,
                    help="comma-separated model ids served; others get 404 (default: answer any model)")
     p.add_argument("--api_key", default=None, help="accept only this bearer token (others get 401)")
+    p.add_argument("--basic_auth", default=None, help="USER:PASSWORD: accept only HTTP Basic with these")
+    p.add_argument("--echo_key", action="store_true", help="a 401 quotes the Authorization header it refused")
     for name in ("batch_speed", "batch_pfail", "batch_pexpire"):
         p.add_argument(f"--{name}", type=float, default=0.0)
     a = p.parse_args(argv)

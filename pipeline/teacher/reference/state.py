@@ -29,6 +29,8 @@ class ServerConfig:
     forced: Sequence[str] = ()  # outcomes for the first calls, in arrival order (tests); then random draws
     models: Sequence[str] | None = None  # served model ids: others get 404 model_not_found (None: answer any)
     api_key: str | None = None  # when set, any other bearer token gets 401 (as a real API answers a wrong key)
+    basic_auth: str | None = None  # "user:password": only HTTP Basic with these is accepted (a proxy's login)
+    echo_key: bool = False  # the 401 quotes the Authorization header it refused (as careless servers do)
     # Files/Batch API knobs (pipeline/teacher/reference/batches.py documents them)
     batch_speed: float = 0.0
     batch_pfail: float = 0.0
