@@ -4,7 +4,8 @@ and of the model release (trainer/release/), so the trainer can use it without B
 Large files are uploaded first with `HfApi.preupload_lfs_files`; the Hub's LFS batch endpoint (or Xet's
 deduplication) answers "already stored" for every blob an interrupted run sent, so a rerun sends only the
 missing blobs. Nothing is visible on the Hub until the single `create_commit`. HF_TOKEN is read from the
-environment and never printed.
+environment, registered with common.redact and never printed: error messages are redacted, and the commit and PR
+URLs are shown without credentials (an HF_ENDPOINT may carry `user:password@`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from common.errors import ConfigError, OutputError, network_errors
+from common.redact import display_url, redact, register_secret
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
@@ -39,6 +41,7 @@ def hub_token() -> str:
     token = os.environ.get("HF_TOKEN", "").strip()
     if not token:
         raise PublishError("HF_TOKEN is not set: export a Hugging Face write token as HF_TOKEN")
+    register_secret(token)
     return token
 
 
@@ -69,7 +72,7 @@ def upload_errors(repo_id: str) -> Iterator[None]:
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return redact((str(err).strip().splitlines() or [type(err).__name__])[0])
 
 
 def _upload_failed(err: BaseException) -> OutputError:
@@ -112,7 +115,7 @@ def commit_once(api, repo_id: str, repo_type: str, files: Mapping[str, str | byt
     info = api.create_commit(repo_id, operations=[*deletions, *additions], repo_type=repo_type, revision=revision,
                              create_pr=create_pr, commit_message=commit_message,
                              commit_description=commit_description)
-    return PublishResult(info.oid, info.commit_url, info.pr_url, len(files), len(deletions))
+    return PublishResult(info.oid, display_url(info.commit_url), display_url(info.pr_url), len(files), len(deletions))
 
 
 def verify_files(api, repo_id: str, revision: str, repo_type: str, expected: Mapping[str, tuple[str, int]],
