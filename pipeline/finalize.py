@@ -70,7 +70,7 @@ def is_reference_teacher(config: TeacherConfig) -> bool:
     import openai
 
     try:
-        client = openai.OpenAI(api_key=config.resolve_api_key(), base_url=config.base_url, max_retries=0, timeout=5)
+        client = openai.OpenAI(**config.client_args(), max_retries=0, timeout=5)
         return any(getattr(m, "owned_by", "") == REFERENCE_OWNER for m in client.models.list())
     except Exception:  # noqa: BLE001 - a server without /models is simply not the reference teacher
         return False

@@ -15,6 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from common.errors import OutputError
+from common.redact import display_url
 from pipeline import local
 from pipeline.batch_run import BatchRun
 from pipeline.build import CARD_SAMPLE_ROWS, build, sample_rank
@@ -51,7 +52,7 @@ def run(argv: list[str] | None = None) -> dict:
     opts, dry_run = parse_options(argv)
     plan = resolve_plan(opts, dry_run)
     if plan.teacher is not None and not plan.dry_run and not opts.skip_preflight:
-        log.info("teacher preflight at %s: %s", plan.teacher.base_url, preflight(plan.teacher))
+        log.info("teacher preflight at %s: %s", display_url(plan.teacher.base_url), preflight(plan.teacher))
     batch = BatchRun.start(plan)
     if plan.policy.budgeted and not plan.dry_run:
         _preview_spend(opts, plan, argv)
