@@ -5,10 +5,11 @@
 
 Tasks are mteb task names (MIEB's M-BEIR tasks, or any other: mteb downloads their data from the Hub), or, with
 --mbeir_root, M-BEIR pairs built from the local tree (pair names such as cirr_task7, or MIEB's names for them; no
-download). mteb writes D/results/<model>/<revision>/mode_<mode>/<task>.json (its own format: nDCG@10 as the main
-score, recall@k, MAP, MRR ...) and skips tasks whose result files are already there (--overwrite reruns them);
-this command adds D/trace_mteb.json (routing shares, unreadable images, the read counts of local tasks) and
-prints one line per task.
+download). mteb writes D/results/<model>/<revision>/experiments/mode_<mode>/<task>.json (its own format: nDCG@10
+as the main score, recall@k, hit rate, MAP, MRR ...) and skips tasks whose result files are already there (--rerun
+reruns them); this command adds D/trace_mteb.json (routing shares, unreadable images, the read counts of local
+tasks) and prints one line per task. D follows the output-folder contract (common/outdir.py): empty or this
+command's, locked while written.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from typing import Any
 
 from common.cli import CliParser, non_negative_int, positive_int, run_cli, writable_folder
 from common.errors import ConfigError
+from common.outdir import claim_output_dir
 from trainer.benchmark.evalset import DEFAULT_IMAGE_MAX_SIDE
 from trainer.modeling.interface import MODES
 
 PROG = "python -m trainer.evaluate mteb"
+COMMAND = "trainer.evaluate mteb"
 REPORT = "trace_mteb.json"
+OUTPUTS = ("results/*", REPORT)
 SHOWN_SCORES = ("ndcg_at_10", "recall_at_1", "recall_at_5", "recall_at_10")
 
 
@@ -52,7 +56,9 @@ def build_parser() -> CliParser:
     p.add_argument("--cand_batch", type=positive_int, default=32)
     p.add_argument("--max_new_tokens", type=non_negative_int, default=128)
     p.add_argument("--image_max_side", type=positive_int, default=DEFAULT_IMAGE_MAX_SIDE)
-    p.add_argument("--overwrite", action="store_true", help="rerun tasks whose result files already exist")
+    p.add_argument("--rerun", action="store_true", help="rerun tasks whose result files already exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --output_dir holding other files (they are never deleted or replaced)")
     return p
 
 
@@ -100,24 +106,23 @@ def _scores(result: Any) -> dict[str, dict]:
     return out
 
 
-def run(a: argparse.Namespace, embedder: Any = None) -> dict:
+def run(a: argparse.Namespace, tasks: list, embedder: Any = None) -> dict:
+    """mteb's evaluation of `tasks` into a claimed --output_dir; the report it writes beside mteb's files."""
     import mteb
 
-    from trainer.integrations.mteb_model import TraceMtebEncoder
+    from trainer.integrations.mteb_model import TraceMtebEncoder, display_name
 
-    out = writable_folder(a.output_dir)
-    tasks = build_tasks(a.tasks, a.mbeir_root, a.split, a.seed)
-    check_device(a.device)
-    if embedder is None:
-        check_checkpoint(a.checkpoint)
+    out = Path(a.output_dir)
+    folder, revision = (a.checkpoint, None) if embedder is not None else resolve_checkpoint(a.checkpoint)
     try:
-        encoder = TraceMtebEncoder(a.checkpoint, device=a.device, mode=a.mode, max_new_tokens=a.max_new_tokens,
+        encoder = TraceMtebEncoder(folder, revision, device=a.device, mode=a.mode, max_new_tokens=a.max_new_tokens,
                                    query_batch=a.query_batch, cand_batch=a.cand_batch,
-                                   image_max_side=a.image_max_side, embedder=embedder, revision=_revision(a.checkpoint))
+                                   image_max_side=a.image_max_side, embedder=embedder,
+                                   meta_name=display_name(a.checkpoint))
     except ValueError as e:  # neither a checkpoint folder nor a Hub model repo (trainer.inference.api)
         raise ConfigError(f"--checkpoint {a.checkpoint}: {e}") from None
     result = mteb.evaluate(encoder, tasks, cache=mteb.ResultCache(out),
-                           overwrite_strategy="always" if a.overwrite else "only-missing",
+                           overwrite_strategy="always" if a.rerun else "only-missing",
                            encode_kwargs={"batch_size": a.batch_size, "show_progress_bar": False},
                            show_progress_bar=False)
     report = {"model": encoder.mteb_model_meta.name, "revision": encoder.mteb_model_meta.revision, "mode": a.mode,
@@ -140,14 +145,26 @@ def check_device(device: str | None) -> None:
         raise ConfigError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
 
 
-def _revision(checkpoint: str) -> str | None:
-    """A local folder's content fingerprint (a changed checkpoint is a new mteb revision); None for a Hub id."""
-    path = Path(checkpoint).expanduser()
-    if not path.is_dir():
-        return None
+def resolve_checkpoint(checkpoint: str) -> tuple[str, str]:
+    """(local folder, mteb revision): a folder and its content fingerprint, or a Hub id's downloaded snapshot and
+    its commit hash; so a changed checkpoint is a new revision and mteb never reuses a stale result for it."""
     from trainer.benchmark.retrieval import dir_fingerprint
 
-    return dir_fingerprint(path)
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return str(path), dir_fingerprint(path)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(checkpoint))  # the snapshot folder is named by the commit hash
+    except (HFValidationError, RepositoryNotFoundError) as e:
+        raise ConfigError(f"--checkpoint {checkpoint} is neither a checkpoint folder nor a Hub model repo "
+                          f"({type(e).__name__})") from None
+    except OSError as e:  # offline and not cached, or the Hub not reachable
+        raise ConfigError(f"--checkpoint {checkpoint}: cannot download it from the Hub ({type(e).__name__}); "
+                          "give a local checkpoint folder") from None
+    return str(folder), folder.name
 
 
 def main(argv: Sequence[str] | None = None, embedder: Any = None) -> dict:
@@ -157,7 +174,13 @@ def main(argv: Sequence[str] | None = None, embedder: Any = None) -> dict:
         import mteb  # noqa: F401
     except ImportError:
         raise ConfigError("mteb is not installed: pip install '.[mteb]' (or mbeir-cot[mteb])") from None
-    report = run(a, embedder)
+    tasks = build_tasks(a.tasks, a.mbeir_root, a.split, a.seed)
+    check_device(a.device)
+    if embedder is None:
+        check_checkpoint(a.checkpoint)
+    writable_folder(a.output_dir)
+    with claim_output_dir(a.output_dir, command=COMMAND, patterns=OUTPUTS, overwrite=a.overwrite):
+        report = run(a, tasks, embedder)
     for task, scores in report["scores"].items():
         print(task + "  " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     print(f"mteb result files under {Path(a.output_dir) / 'results'}; {REPORT} beside them")

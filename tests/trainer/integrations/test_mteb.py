@@ -167,3 +167,46 @@ def test_trainer_evaluate_dispatches_mteb(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip() == ("python -m trainer.evaluate mteb: error: unknown flag --taks (did you mean "
                                   "--tasks?) (see python -m trainer.evaluate mteb --help)")
+
+
+def test_reruns_skip_finished_tasks_and_the_output_folder_is_claimed(sample_root, tmp_path, capsys):
+    out = tmp_path / "mteb"
+    args = ["--checkpoint", "trace/recorder", "--tasks", "cirr_task7", "--mbeir_root", sample_root,
+            "--output_dir", str(out), "--mode", "direct"]
+    first = Recorder()
+    mteb_run.main(args, embedder=first)
+    assert (len(first.queries), len(first.candidates)) == (20, 108)
+    again = Recorder()
+    mteb_run.main(args, embedder=again)
+    assert again.queries == again.candidates == []  # its result file is there: mteb skips the task
+    mteb_run.main([*args, "--rerun"], embedder=again)
+    assert len(again.queries) == 20
+    assert json.loads((out / ".mbeir-cot.json").read_text())["command"] == mteb_run.COMMAND
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    code = run_cli(lambda argv: mteb_run.main(argv, embedder=Recorder()),
+                   [*args[:-4], "--output_dir", str(foreign)], prog=mteb_run.PROG)
+    assert code == 2 and "choose an empty folder, or pass --overwrite" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "mine" and not (foreign / "results").exists()
+
+
+def test_a_hub_checkpoint_is_its_snapshot_at_its_commit(trace_ckpt, hub):
+    """A Hub id resolves to its downloaded snapshot, the mteb revision being the commit hash; a local folder's
+    revision is its content fingerprint, so an edited checkpoint never reuses an earlier result."""
+    import subprocess
+    import sys
+
+    from tests.hub_server import HUB_TOKEN
+    from trainer.release import upload
+
+    commit = upload.publish_model(trace_ckpt, "tester/trace-mteb").commit_oid
+    root = Path(__file__).resolve().parents[3]
+    code = "import sys; from trainer.integrations.mteb_run import resolve_checkpoint as r; print(*r(sys.argv[1]))"
+    run = subprocess.run([sys.executable, "-c", code, "tester/trace-mteb"], cwd=root, capture_output=True, text=True,
+                         env=hub.env(HF_TOKEN=HUB_TOKEN, PYTHONPATH=str(root)), timeout=120)
+    assert run.returncode == 0, run.stderr
+    folder, revision = run.stdout.split()
+    assert revision == commit and (Path(folder) / "trace_config.json").is_file()
+    local, fingerprint = mteb_run.resolve_checkpoint(str(trace_ckpt))
+    assert local == str(trace_ckpt) and len(fingerprint) == 16
