@@ -40,7 +40,6 @@ from pipeline.teacher.outputs import TeacherResult, result_from_record
 from pipeline.teacher.pending import pending_line
 from pipeline.teacher.prompting import PromptTooLong, TeacherRequest
 from pipeline.teacher.protocol import encode_images
-from pipeline.teacher.registry import close_clients as close_clients  # its old path, for pipeline/run.py
 from pipeline.teacher.registry import shared_budget, shared_client, shared_index
 
 EVENTS, REJECTS, FAILED = "events", "rejects", "failed"

@@ -5,8 +5,6 @@ resolves to a TeacherResult (never an exception).
 
 The rooms around it: config.py (settings, the API key), transport.py (the HTTP calls and their errors),
 outputs.py (results, parsing, schema checks), protocol.py (the interface it shares with process.py).
-TeacherConfig, AUTO_TRANSPORT, TRANSPORTS and choose_transport are still imported from here (their old path) by
-pipeline/options.py, run.py and build.py.
 """
 
 from __future__ import annotations
@@ -22,8 +20,6 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from common.redact import redact
-from pipeline.teacher.config import AUTO_TRANSPORT as AUTO_TRANSPORT
-from pipeline.teacher.config import TRANSPORTS as TRANSPORTS
 from pipeline.teacher.config import TeacherConfig
 from pipeline.teacher.journal import JournalWriter
 from pipeline.teacher.limits import RateLimiter, retry_after_s
@@ -40,7 +36,6 @@ from pipeline.teacher.transport import (
     retryable,
     status_of,
 )
-from pipeline.teacher.transport import choose_transport as choose_transport
 
 log = logging.getLogger(__name__)
 

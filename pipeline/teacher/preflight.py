@@ -16,7 +16,7 @@ import openai
 
 from common.errors import ConfigError
 from common.redact import display_url, redact
-from pipeline.teacher.client import TeacherConfig
+from pipeline.teacher.config import TeacherConfig
 
 log = logging.getLogger(__name__)
 
