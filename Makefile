@@ -10,7 +10,7 @@ BENCH_OUT ?= out/bench
 REPO ?=
 STAMP := $(VENV)/.installed-$(shell cat setup.py constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup dataset test lint train evaluate bench bench-teacher bench-pipeline chaos publish publish-model serve clean
+.PHONY: setup dataset test lint train evaluate bench bench-eval bench-teacher bench-pipeline chaos publish publish-model serve clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,13 @@ bench: $(STAMP)
 ## 127.0.0.1:8000 (README, Serving); ARGS adds flags, e.g. ARGS="--port 9000 --api_key_env TRACE_API_KEY".
 serve: $(STAMP)
 	$(PYTHON) -m trainer.serve --checkpoint $(CKPT) $(ARGS)
+
+## Evaluation benchmark: a synthetic M-BEIR-format pool of EVAL_CANDIDATES M-BEIR-sized images, tiny model, CPU;
+## candidates/s with 1 and 2 ranks (torchrun, gloo, 1 thread each) and --num_workers 0 vs 1, data wait, peak RSS.
+EVAL_CANDIDATES ?= 2048
+bench-eval: $(STAMP)
+	mkdir -p $(BENCH_OUT)
+	$(PYTHON) scripts/bench_eval.py --candidates $(EVAL_CANDIDATES) --repeats 2 --json $(BENCH_OUT)/eval.json
 
 bench-teacher: $(STAMP)
 	$(PYTHON) scripts/bench_teacher.py --json $(BENCH_OUT)/teacher.json

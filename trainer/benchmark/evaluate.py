@@ -42,7 +42,7 @@ from trainer.benchmark.evalset import (
 from trainer.benchmark.jobs import PoolJob, QueryJob, plan
 from trainer.benchmark.prefetch import CandidateBatches
 from trainer.benchmark.report import format_table, results_tsv
-from trainer.benchmark.sharding import Sharding, from_environment, rank_device
+from trainer.benchmark.sharding import Sharding, check_flags, from_environment, rank_device
 from trainer.modeling.interface import MODES, Embedder
 
 __all__ = ["POOLS", "EvalConfig", "evaluate", "format_table", "main", "results_tsv"]
@@ -264,8 +264,10 @@ def check_device(device: str) -> str:
 
 
 def check_config(cfg: EvalConfig) -> None:
-    """Every check of an evaluation or benchmark run that needs no model: device, pairs, M-BEIR root, output."""
+    """Every check of an evaluation or benchmark run that needs no model: device, shard flags, pairs, M-BEIR
+    root, output."""
     check_device(cfg.device)
+    check_flags(cfg.num_shards, cfg.shard_index)
     check_root(cfg.mbeir_root, eval_pairs(cfg.pairs, cfg.split), cfg.pools)
     writable_folder(cfg.output_dir)
 

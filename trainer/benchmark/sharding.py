@@ -70,21 +70,26 @@ class Sharding:
                 "backend": dist.get_backend() if self.distributed else None}
 
 
-def from_environment(num_shards: int | None, shard_index: int | None, device: str) -> Sharding:
-    """The sharding this process runs under; under torchrun the process group is created here (or reused)."""
+def check_flags(num_shards: int | None, shard_index: int | None) -> None:
+    """ConfigError unless the shard flags make sense here (both or neither, the index in range, not torchrun)."""
     if (num_shards is None) != (shard_index is None):
         raise ConfigError("--num_shards and --shard_index go together: give both (e.g. --num_shards 4 "
                           "--shard_index 0 for the first of four jobs), or neither")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if num_shards is None:
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--num_shards/--shard_index are for independent jobs; under torchrun the ranks already "
+                          "share the work: drop the shard flags")
+    if not 0 <= shard_index < num_shards:
+        raise ConfigError(f"--shard_index {shard_index}: must be in 0..{num_shards - 1} for --num_shards {num_shards}")
+
+
+def from_environment(num_shards: int | None, shard_index: int | None, device: str) -> Sharding:
+    """The sharding this process runs under; under torchrun the process group is created here (or reused)."""
+    check_flags(num_shards, shard_index)
     if num_shards is not None:
-        if world > 1:
-            raise ConfigError("--num_shards/--shard_index are for independent jobs; under torchrun the ranks "
-                              "already share the work: drop the shard flags")
-        if not 0 <= shard_index < num_shards:
-            raise ConfigError(f"--shard_index {shard_index}: must be in 0..{num_shards - 1} for --num_shards "
-                              f"{num_shards}")
         return Sharding(shard_index, num_shards, kind="shard jobs")
-    if world <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Sharding()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     owns = not dist.is_initialized()

@@ -287,6 +287,11 @@ def test_bad_flags_paths_and_devices(mini_root, tmp_path, capsys):
         ([*base, "--k", "1,x"], 2, "argument --k: '1,x': give comma-separated whole numbers"),
         ([*base, "--max_new_tokens", "-1"], 2, "argument --max_new_tokens: -1 is below the minimum 0"),
         ([*base, "--query-batch", "4"], 2, "unknown flag --query-batch (did you mean --query_batch?)"),
+        ([*base, "--encode_chunk", "0"], 2, "argument --encode_chunk: 0 is below the minimum 1"),
+        ([*base, "--num_workers", "-1"], 2, "argument --num_workers: -1 is below the minimum 0"),
+        ([*base, "--progress", "maybe"], 2, "argument --progress: 'maybe' is not a boolean: use true or false"),
+        ([*base, "--num_shards", "2"], 2, "--num_shards and --shard_index go together"),
+        ([*base, "--num_shards", "2", "--shard_index", "2"], 2, "--shard_index 2: must be in 0..1"),
         ([*base, "--output_dir", str(blocker / "out")], 3, f"--output_dir {blocker / 'out'}: cannot write there"),
     ]
     if torch.cuda.is_available():
@@ -294,6 +299,18 @@ def test_bad_flags_paths_and_devices(mini_root, tmp_path, capsys):
     for argv, want, message in cases:
         status, line = eval_cli(capsys, argv)
         assert status == want and message in line, (argv, line)
+
+
+def test_shard_flags_under_torchrun_are_one_line(mini_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    status, line = eval_cli(capsys, ["--mbeir_root", str(mini_root), "--checkpoint", "x", "--pairs", "webqa_task1",
+                                     "--output_dir", str(tmp_path), "--num_shards", "2", "--shard_index", "0"])
+    assert status == 2 and "under torchrun the ranks already share the work: drop the shard flags" in line
+
+
+def test_flag_defaults_are_evalconfigs():
+    a = evaluate.build_parser().parse_args(["--mbeir_root", "r", "--checkpoint", "c", "--output_dir", "o"])
+    assert evaluate.config_from_args(a) == evaluate.EvalConfig(mbeir_root=Path("r"), output_dir=Path("o"))
 
 
 def test_checkpoint_that_is_not_one(mini_root, tmp_path, capsys):
