@@ -108,8 +108,10 @@ class TraceMtebEncoder(AbsEncoder):
         return res.embeddings
 
     def _image(self, item: Any, meta: TaskMetadata) -> Image.Image | None:
-        if item is None or isinstance(item, Image.Image):
-            return _shrink(item, self.image_max_side) if item is not None else None
+        if item is None:
+            return None
+        if isinstance(item, Image.Image):
+            return _shrink(item, self.image_max_side)
         root = local_root(meta)
         if not isinstance(item, str) or root is None:
             raise ValueError(f"{meta.name}: an image must be a PIL image, got {type(item).__name__}")

@@ -90,7 +90,7 @@ def build_tasks(names: Sequence[str], mbeir_root: str | None, split: str, seed: 
 def check_checkpoint(checkpoint: str) -> None:
     """A local folder must be a TRACE checkpoint; anything else is taken as a Hub id (checked when loaded)."""
     if Path(checkpoint).expanduser().exists():
-        from trainer.modeling.model import read_checkpoint
+        from trainer.modeling.checkpoint import read_checkpoint
 
         read_checkpoint(checkpoint)
 

@@ -62,7 +62,7 @@ def st_files(mode: str = "direct", max_new_tokens: int = 128) -> dict[str, bytes
 
 def export(checkpoint: str | Path, mode: str = "direct") -> list[Path]:
     """Write st_files() into a local checkpoint folder; returns the paths written."""
-    from trainer.modeling.model import read_checkpoint
+    from trainer.modeling.checkpoint import read_checkpoint
 
     read_checkpoint(checkpoint, flag="export")
     written = []
