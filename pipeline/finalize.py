@@ -14,8 +14,7 @@ from pipeline.outputs import WORK
 from pipeline.plan import RunPlan
 from pipeline.stats import to_stats
 from pipeline.teacher.config import TeacherConfig
-
-REFERENCE_OWNER = "offline-reference"  # the /v1/models owner of the bundled reference teacher
+from pipeline.teacher.reference.state import OWNER as REFERENCE_OWNER
 
 
 def finalize(opts, plan: RunPlan, argv: list[str], partitions: int = 1) -> dict:

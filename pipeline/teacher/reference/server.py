@@ -30,6 +30,7 @@ from pipeline.teacher.reference.batches import add_batch_routes
 from pipeline.teacher.reference.state import (
     DEFAULT_MODEL,
     NOT_A_MODEL,
+    OWNER,
     ServerConfig,
     ServerState,
     error_response,
@@ -168,7 +169,7 @@ class _Routes:
         if refused is not None:
             return refused
         return web.json_response({"object": "list", "data": [
-            {"id": model, "object": "model", "created": 0, "owned_by": "offline-reference",
+            {"id": model, "object": "model", "created": 0, "owned_by": OWNER,
              "description": NOT_A_MODEL} for model in (self.cfg.models or (DEFAULT_MODEL,))]})
 
 

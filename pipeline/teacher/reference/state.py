@@ -13,6 +13,7 @@ from aiohttp import web
 NOT_A_MODEL = "offline reference stand-in, NOT A MODEL: answers are assembled from the prompt's labelled fields"
 OUTCOMES = ("ok", "429", "500", "hang", "malformed", "400")  # "400" only when forced
 DEFAULT_MODEL = "reference-teacher"  # what /v1/models lists unless `models` says otherwise
+OWNER = "offline-reference"  # its /v1/models owned_by: how a run knows its teacher is this stand-in
 
 
 @dataclass
