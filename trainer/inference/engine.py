@@ -192,14 +192,17 @@ class QueryEngine:
 
     @torch.inference_mode()  # no autograd bookkeeping: about a tenth off every small decode step
     def loop(self, feed: Feed) -> None:
-        """Until the feed has nothing more and no row decodes: prefill what the feed gives, then one decode step
-        of at most batch_size rows; finished (or cancelled) rows leave, waiting rows take their slots."""
+        """Until the feed has nothing more and no row decodes: prefill what the feed gives (one chunk a step while
+        rows decode, so a stream of chunks cannot starve them), then one decode step of at most batch_size rows;
+        finished (or cancelled) rows leave, waiting rows take their slots."""
         active: Rows | None = None
         waiting: deque[Rows] = deque()  # prefilled chunks' reasoning rows, oldest first, each its own cache
         while True:
             while chunk := feed.take(len(active or ()) + sum(map(len, waiting))):
                 if (rows := self._admit(chunk, feed)) is not None:
                     waiting.append(rows)
+                if active is not None or waiting:
+                    break
             active, waiting = live(active), deque(g for g in map(live, waiting) if g is not None)
             if chunk is None and active is None and not waiting:
                 break

@@ -147,23 +147,20 @@ def test_candidates_batch_by_length_and_return_in_input_order(mixed):
 
 
 class ScriptFeed:
-    """Feeds fixed chunks, one per loop iteration whatever is decoding (as a server's queue does), and keeps what
-    the loop reports. `cancel_after`: {job: iteration} cancels a job once that many chunks were given."""
+    """Feeds fixed chunks whenever asked, whatever is decoding (as a server's queue may), and keeps what the loop
+    reports. `cancel_after`: {job: n} cancels a job once n chunks were given."""
 
     def __init__(self, chunks: list[list[Job]], cancel_after: dict | None = None):
-        self.chunks, self.calls, self.given = list(chunks), 0, 0
+        self.chunks, self.given = list(chunks), 0
         self.cancel_after = cancel_after or {}
         self.done: dict[Job, torch.Tensor] = {}
         self.failed: dict[Job, Exception] = {}
 
     def take(self, in_decode: int) -> list[Job] | None:
-        self.calls += 1
         for job, after in self.cancel_after.items():
             job.cancelled = job.cancelled or self.given >= after
         if not self.chunks:
             return None
-        if self.calls % 2 == 0:
-            return []
         self.given += 1
         return self.chunks.pop(0)
 
@@ -228,3 +225,20 @@ def test_a_cancelled_job_leaves_the_decode_batch_unfinished(mixed):
     assert set(feed.done) == set(jobs[1:]) and len(jobs[0].tokens) < MAX_NEW
     for job in jobs[1:]:
         assert float(feed.done[job] @ _alone(mixed, job)[0]) >= 0.9999
+
+
+def test_a_stream_of_chunks_does_not_starve_decoding_rows(mixed):
+    """A feed that always has another chunk (a busy server): rows that decode still step once per chunk."""
+    qs = _queries()
+    reasoning = Job(qs[5], "adaptive")  # reasons for MAX_NEW tokens
+
+    class Stream(ScriptFeed):
+        def take(self, in_decode: int) -> list[Job] | None:
+            if reasoning in self.done or self.given > 100:
+                return None
+            self.chunks.append([Job(qs[0], "direct")])
+            return super().take(in_decode)
+
+    feed = Stream([[reasoning]])
+    QueryEngine(mixed, max_new_tokens=MAX_NEW, batch_size=3).loop(feed)
+    assert len(reasoning.tokens) == MAX_NEW and feed.given <= MAX_NEW + 2
