@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from common.errors import ConfigError
-from trainer.modeling.processor import TraceProcessor
+from trainer.modeling.processor import MAX_TARGET_TOKENS, MAX_TEXT_TOKENS, TraceProcessor
 
 TRACE_CONFIG = "trace_config.json"
 ADAPTER_DIR = "adapter"
@@ -33,8 +33,8 @@ class ModelConfig:
     lora_alpha: int = 256  # PAPER.md §3: alpha=256
     lora_dropout: float = 0.05  # LamRA default
     gradient_checkpointing: bool = False
-    max_text_tokens: int = 480  # PAPER.md §3: LamRA default, text cut at 480 tokens
-    max_target_tokens: int = 512
+    max_text_tokens: int = MAX_TEXT_TOKENS
+    max_target_tokens: int = MAX_TARGET_TOKENS
     image_max_pixels: int | None = None  # None: keep the checkpoint's image processor setting
     train_vision: bool = False  # PAPER.md §3 freezes the vision encoder; True only for the random tiny model
 

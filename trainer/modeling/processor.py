@@ -48,11 +48,16 @@ def _runs(pieces: list[Piece]) -> list[Piece]:
     return out
 
 
+MAX_TEXT_TOKENS = 480  # PAPER.md §3: LamRA default, text cut at 480 tokens
+MAX_TARGET_TOKENS = 512  # the student target (reasoning + answer + <|emb|>), cut at this many tokens
+
+
 class TraceProcessor:
-    def __init__(self, tokenizer, image_processor, max_text_tokens: int = 480, max_target_tokens: int = 512):
+    def __init__(self, tokenizer, image_processor, max_text_tokens: int = MAX_TEXT_TOKENS,
+                 max_target_tokens: int = MAX_TARGET_TOKENS):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.max_text_tokens = max_text_tokens  # LamRA default: text cut at 480 tokens (PAPER.md §3)
+        self.max_text_tokens = max_text_tokens
         self.max_target_tokens = max_target_tokens
         if EMB_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [EMB_TOKEN]})
