@@ -5,7 +5,9 @@
   command writes, e.g. the pipeline's manifest.json);
 - a folder holding anything else is refused (exit 2) naming the folder and `--overwrite`; with `--overwrite` the
   command writes beside the other files, and refuses if one of them is in the way of its own outputs;
-- it deletes or replaces only its own outputs: files matching its declared patterns inside a folder it owns;
+- it deletes or replaces only its own outputs: files matching its declared patterns (fnmatch globs relative to the
+  folder, '/'-separated; `*` also matches across '/') inside a folder it owns; a folder a removal leaves empty goes
+  too;
 - while it writes it holds a lock naming the holder; a second run on the folder is refused at once. A local lock is
   an flock on `.mbeir-cot.lock` (the kernel drops it when the holder dies, so a killed run never blocks the
   rerun); on an object store the lock is an object renewed every minute and taken over once it has expired.
@@ -63,10 +65,23 @@ class OutputDir:
         return [rel for rel in self.fs.list(prefix) if self.is_own(rel)]
 
     def remove_own(self, prefix: str = "") -> list[str]:
-        """Delete this command's files under `prefix`; every other file stays. Returns what was removed."""
+        """Delete this command's files under `prefix`, then the folders that leaves empty (under a `prefix`: every
+        empty one); every other file stays. Returns what was removed."""
         removed = self.own_files(prefix)
-        self.fs.delete(removed)
+        self.fs.delete(removed, prefix)
         return removed
+
+    def sub(self, relative: str) -> OutputDir:
+        """The sub-folder `relative` as an OutputDir of its own (same lock): the patterns that reach into it,
+        relative to it. For a scratch folder of the command ("_plan/*") everything in it is its own."""
+        head = relative.strip("/") + "/"
+        patterns = tuple(p[len(head):] for p in self.patterns if p.startswith(head))
+        return OutputDir(_join(self.path, head.rstrip("/")), self.command, patterns,
+                         _files_for(_join(self.path, head.rstrip("/"))))
+
+
+def _join(path: str, relative: str) -> str:
+    return f"{path.rstrip('/')}/{relative}" if relative else path
 
 
 @contextmanager
@@ -74,14 +89,25 @@ def claim_output_dir(path: str | os.PathLike, *, command: str, patterns: Sequenc
                      legacy: Sequence[str] = (), overwrite: bool = False,
                      flag: str = "--output_dir") -> Iterator[OutputDir]:
     """Check the folder against the contract, lock it, mark it as `command`'s, and yield it; ConfigError (exit 2)
-    when it is someone else's or another run holds it."""
+    when it is someone else's or another run holds it. `legacy`: globs of files only this command writes, which
+    recognise its output from before markers existed."""
     path = str(path)
     fs = _files_for(path)
+    check = (fs, command, tuple(patterns), tuple(legacy), overwrite, flag)
+    _check(*check)  # a folder that is refused is left as it was: no lock file
     with fs.lock(_holder(command), flag):
-        owned = _check(fs, command, tuple(patterns), tuple(legacy), overwrite, flag)
+        owned = _check(*check)  # again, now that no other run can change it
         if not owned:
             fs.write_text(MARKER, json.dumps({"command": command}, sort_keys=True) + "\n")
         yield OutputDir(path, command, tuple(patterns), fs)
+
+
+def check_output_dir(path: str | os.PathLike, *, command: str, patterns: Sequence[str], legacy: Sequence[str] = (),
+                     overwrite: bool = False, flag: str = "--output_dir") -> None:
+    """claim_output_dir's refusal without claiming or writing anything: for a command that must probe or create
+    the folder before it can claim it. The claim checks again under its lock."""
+    path = str(path)
+    _check(_files_for(path), command, tuple(patterns), tuple(legacy), overwrite, flag)
 
 
 def _check(fs: _Files, command: str, patterns: tuple[str, ...], legacy: tuple[str, ...], overwrite: bool,
@@ -93,7 +119,7 @@ def _check(fs: _Files, command: str, patterns: tuple[str, ...], legacy: tuple[st
         return True
     if marker is None and not entries:
         return False
-    if marker is None and any(fs.exists(name) for name in legacy):
+    if marker is None and any(fnmatch.fnmatchcase(rel, p) for rel in entries for p in legacy):
         return False  # written by this command before markers existed
     owner = (f"the output of {marker.get('command')}" if marker
              else f"files this command did not write ({', '.join(entries[:3])})")
@@ -113,10 +139,9 @@ class _Files(Protocol):
     root: str
 
     def list(self, prefix: str) -> list[str]: ...
-    def exists(self, relative: str) -> bool: ...
     def read_json(self, relative: str) -> dict | None: ...
     def write_text(self, relative: str, text: str) -> None: ...
-    def delete(self, relatives: Sequence[str]) -> None: ...
+    def delete(self, relatives: Sequence[str], prefix: str = "") -> None: ...
     def lock(self, holder: dict, flag: str) -> AbstractContextManager: ...
 
 
@@ -137,9 +162,6 @@ class _LocalFiles:
             return []
         return sorted(p.relative_to(self.dir).as_posix() for p in base.rglob("*") if p.is_file() or p.is_symlink())
 
-    def exists(self, relative: str) -> bool:
-        return (self.dir / relative).exists()
-
     def read_json(self, relative: str) -> dict | None:
         try:
             data = json.loads((self.dir / relative).read_text())
@@ -150,9 +172,18 @@ class _LocalFiles:
     def write_text(self, relative: str, text: str) -> None:
         (self.dir / relative).write_text(text)
 
-    def delete(self, relatives: Sequence[str]) -> None:
+    def delete(self, relatives: Sequence[str], prefix: str = "") -> None:
         for rel in relatives:
             (self.dir / rel).unlink(missing_ok=True)
+        folders = {p for rel in relatives for p in Path(rel).parents if p != Path(".")}
+        if prefix and (self.dir / prefix).is_dir():
+            base = self.dir / prefix
+            folders |= {Path(prefix), *(p.relative_to(self.dir) for p in base.rglob("*") if p.is_dir())}
+        for folder in sorted(folders, key=lambda p: -len(p.parts)):
+            try:
+                (self.dir / folder).rmdir()  # only when it is empty
+            except OSError:
+                pass
 
     @contextmanager
     def lock(self, holder: dict, flag: str):
@@ -206,11 +237,8 @@ class _RemoteFiles:
         found = self.fs.match([pattern])[0].metadata_list
         return sorted(m.path[len(self.root) + 1:] for m in found)
 
-    def exists(self, relative: str) -> bool:
-        return self.fs.exists(self._join(relative))
-
     def read_json(self, relative: str) -> dict | None:
-        if not self.exists(relative):
+        if not self.fs.exists(self._join(relative)):
             return None
         with self.fs.open(self._join(relative)) as fh:
             return _parse(fh.read()) or None
@@ -219,7 +247,7 @@ class _RemoteFiles:
         with self.fs.create(self._join(relative)) as fh:
             fh.write(text.encode())
 
-    def delete(self, relatives: Sequence[str]) -> None:
+    def delete(self, relatives: Sequence[str], prefix: str = "") -> None:  # object stores have no folders
         if relatives:
             self.fs.delete([self._join(r) for r in relatives])
 

@@ -1,6 +1,7 @@
 """`make dataset`: build M-BEIR-CoT end to end with no network and no key.
 
-Without --mbeir_root it writes the embedded mini-M-BEIR next to the output (once) and reads that. Without
+Without --mbeir_root it writes the embedded mini-M-BEIR next to the output (once, into a folder mbeir-sample that
+follows the same output-folder contract as --output_dir, --overwrite included) and reads that. Without
 TEACHER_BASE_URL in the environment it starts the bundled reference teacher (an offline stand-in, NOT a
 model: its CoT is built from the prompt's own fields) on a free loopback port and stops it afterwards.
 With TEACHER_BASE_URL and TEACHER_MODEL (and the key in OPENAI_API_KEY, or the variable named by
@@ -17,19 +18,18 @@ import sys
 from common.cli import run_cli
 from common.errors import ConfigError, OutputError
 from pipeline.__main__ import main as pipeline_main
-from pipeline.sample import generate
+from pipeline.outputs import refuse_foreign
+from pipeline.sample.generate import COMPLETE, write_sample
 
 REFERENCE_MODEL = "reference-teacher"
 
 
-def _sample_root(output_dir: str) -> str:
+def _sample_root(output_dir: str, overwrite: bool) -> str:
     root = os.path.join(os.path.dirname(os.path.abspath(output_dir.rstrip("/"))), "mbeir-sample")
-    marker = os.path.join(root, ".complete")
-    if not os.path.exists(marker):
+    if not os.path.exists(os.path.join(root, COMPLETE)):
         print(f"writing the embedded mini-M-BEIR sample to {root}")
         try:
-            generate(root)
-            open(marker, "w").close()
+            write_sample(root, overwrite=overwrite, flag="the sample folder next to --output_dir,")
         except OSError as e:
             raise OutputError(f"cannot write the sample to {root}: {e.strerror or e}; choose another "
                               "--output_dir (the sample goes next to it) or fix its permissions") from e
@@ -40,9 +40,12 @@ def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--output_dir", default="out/m-beir-cot")
     parser.add_argument("--mbeir_root", default=None)
+    parser.add_argument("--overwrite", action="store_true")
     known, rest = parser.parse_known_args(argv)
-    root = known.mbeir_root or _sample_root(known.output_dir)
-    args = ["--mbeir_root", root, "--output_dir", known.output_dir, *rest]
+    refuse_foreign(known.output_dir, known.overwrite)  # before the sample is written next to it
+    root = known.mbeir_root or _sample_root(known.output_dir, known.overwrite)
+    args = ["--mbeir_root", root, "--output_dir", known.output_dir, *(["--overwrite"] if known.overwrite else []),
+            *rest]
     base_url, model = os.environ.get("TEACHER_BASE_URL"), os.environ.get("TEACHER_MODEL")
     with contextlib.ExitStack() as stack:
         if base_url:

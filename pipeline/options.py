@@ -105,7 +105,12 @@ class MbeirCotOptions(PipelineOptions):
                        help="with an hf:// root, also download the ~169 GB image archive parts")
 
         g = parser.add_argument_group("output")
-        g.add_argument("--output_dir", required=False, default=None, help="output folder (local or gs://)")
+        g.add_argument("--output_dir", required=False, default=None,
+                       help="output folder (local or gs://): new, empty, or this command's earlier output (marked by "
+                            ".mbeir-cot.json, or holding its manifest.json); a run locks it while it writes")
+        g.add_argument("--overwrite", action="store_true",
+                       help="write into an --output_dir that holds other files: they stay untouched (a run deletes or "
+                            "replaces only files it wrote), and one named like a run's output stops the run")
         g.add_argument("--num_shards", type=int, default=0, help="data shards; 0 = from the row count")
         g.add_argument("--partition_queries", type=int, default=LOCAL_PARTITION_QUERIES,
                        help="local runners only: run the queries in partitions of about this many lines each, "

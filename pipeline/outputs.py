@@ -1,28 +1,56 @@
-"""The run's output folder: the folders a run writes and rewrites, the probe that proves it writable, and the
-full-disk test of a failed run."""
+"""The run's output folder: the files a run writes (the only ones it ever deletes or replaces: common/outdir.py's
+contract), the claim on the folder, the probe that proves it writable, and the full-disk test of a failed run."""
 
 from __future__ import annotations
 
 import errno
 import uuid
+from contextlib import AbstractContextManager
 
 from apache_beam.io.filesystems import FileSystems
 
 from common.errors import OutputError
+from common.outdir import OutputDir, check_output_dir, claim_output_dir
 from pipeline import shards
+from pipeline.card.card import PLOTS
 
 OUTPUT_SUBFOLDERS = ("data", "rejects", "failed")  # the shards pipeline.build writes
 WORK = "_work"  # scratch folder inside the output dir, read by the driver and then removed
 PARTS = "_parts"  # scratch folder inside the output dir: one sub-output per partition, removed after the merge
+PLAN = "_plan"  # scratch folder inside the output dir: a budgeted run's dry-run preview
 PENDING_DIR, BATCH_STATE_DIR = "batches/pending", "batches/state"
 # Rewritten by every run; the journal and the batch state are kept.
 OUTPUT_FOLDERS = (*OUTPUT_SUBFOLDERS, WORK, PARTS, PENDING_DIR)
 
+COMMAND = "pipeline"  # the output-folder marker's name for this command
+_WRITTEN = (
+    *(f"{folder}/*-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].parquet" for folder in OUTPUT_SUBFOLDERS),
+    "stats.json", "manifest.json", "README.md", *PLOTS.values(),
+    "journal/journal-*.jsonl",  # the default --journal_dir
+    f"{PENDING_DIR}/pending-*.jsonl", f"{BATCH_STATE_DIR}/*",
+    f"{WORK}/*", f"{PARTS}/*", f"{PLAN}/*",
+)
+# Everything a run writes in its output folder, with the temporaries of shards.write_bytes and the write probe.
+OWN_FILES = (*_WRITTEN, *(f"{p}.partial-*" for p in _WRITTEN), ".write-probe-*", "journal/.write-probe-*")
+# A folder the pipeline wrote before output folders were marked: it holds a manifest or journal segments.
+LEGACY = ("manifest.json", "journal/journal-*.jsonl")
 
-def clear_outputs(output_dir: str) -> None:
-    """Delete what the previous run wrote."""
+
+def claim(output_dir: str, overwrite: bool) -> AbstractContextManager[OutputDir]:
+    """The run's hold on its output folder (common/outdir.py): empty, or the pipeline's own earlier output, or
+    with --overwrite a folder of other files that are none of the run's names; locked while the run writes."""
+    return claim_output_dir(output_dir, command=COMMAND, patterns=OWN_FILES, legacy=LEGACY, overwrite=overwrite)
+
+
+def refuse_foreign(output_dir: str, overwrite: bool) -> None:
+    """claim()'s refusal alone, writing nothing: before the plan's write probe creates anything in the folder."""
+    check_output_dir(output_dir, command=COMMAND, patterns=OWN_FILES, legacy=LEGACY, overwrite=overwrite)
+
+
+def clear_outputs(out: OutputDir) -> None:
+    """Delete what the previous run wrote in the folders every run rewrites; other files there stay."""
     for folder in OUTPUT_FOLDERS:
-        shards.delete_tree(FileSystems.join(output_dir, folder))
+        out.remove_own(folder)
 
 
 def check_writable(*folders: str) -> None:

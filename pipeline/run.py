@@ -1,7 +1,8 @@
 """The driver: plan (pipeline.plan: every check before any paid call) -> preflight (the teacher answers) ->
 execute (the graph, once or per local partition, under the local-run policy of pipeline.local) -> finalize
 (pipeline.finalize: stats.json, manifest.json, the card), then the summary. A batch-mode run collects and
-submits around it (pipeline.batch_run)."""
+submits around it (pipeline.batch_run). All of it holds the output folder (pipeline.outputs.claim): a foreign
+folder is refused before the plan touches it, and a run deletes or replaces only files a run writes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from common.errors import OutputError
+from common.outdir import OutputDir
 from common.redact import display_url
 from pipeline import local
 from pipeline.batch_run import BatchRun
@@ -28,13 +30,15 @@ from pipeline.outputs import (
     OUTPUT_FOLDERS,
     PARTS,
     PENDING_DIR,
+    PLAN,
     WORK,
     chain_says_disk_full,
+    claim,
     clear_outputs,
+    refuse_foreign,
 )
 from pipeline.partition import merge_partitions
 from pipeline.plan import RunPlan, parse_options, resolve_plan, select_files
-from pipeline.shards import delete_tree
 from pipeline.stats import check_identity, summary
 from pipeline.teacher.preflight import preflight
 from pipeline.teacher.registry import close_clients
@@ -50,14 +54,21 @@ def run(argv: list[str] | None = None) -> dict:
     """`python -m pipeline` without the error style (pipeline.__main__ adds it): the stats of the run."""
     argv = list(sys.argv[1:] if argv is None else argv)
     opts, dry_run = parse_options(argv)
+    if opts.output_dir:
+        refuse_foreign(opts.output_dir, opts.overwrite)
     plan = resolve_plan(opts, dry_run)
+    with claim(plan.output_dir, opts.overwrite) as out:
+        return _run_claimed(opts, plan, argv, out)
+
+
+def _run_claimed(opts, plan: RunPlan, argv: list[str], out: OutputDir) -> dict:
     if plan.teacher is not None and not plan.dry_run and not opts.skip_preflight:
         log.info("teacher preflight at %s: %s", display_url(plan.teacher.base_url), preflight(plan.teacher))
     batch = BatchRun.start(plan)
     if plan.policy.budgeted and not plan.dry_run:
-        _preview_spend(opts, plan, argv)
+        _preview_spend(opts, plan, argv, out)
     with _full_disk_is_an_output_error(plan):
-        stats = execute(opts, plan, argv)
+        stats = execute(opts, plan, argv, out)
     print(summary(stats, dry_run=plan.dry_run))
     problem = check_identity(stats, dry_run=plan.dry_run)
     if problem:
@@ -67,10 +78,10 @@ def run(argv: list[str] | None = None) -> dict:
     return stats
 
 
-def execute(opts, plan: RunPlan, argv: list[str]) -> dict:
+def execute(opts, plan: RunPlan, argv: list[str], out: OutputDir) -> dict:
     """Run the graph (once, or once per partition on a local runner) and write stats.json, manifest.json and
-    the card."""
-    clear_outputs(plan.output_dir)
+    the card into `out`, the claimed plan.output_dir."""
+    clear_outputs(out)
     try:
         parts = local.partitions(opts, plan)
         lines = sum(len(v) for p in parts for v in p.values()) if parts else None
@@ -78,7 +89,7 @@ def execute(opts, plan: RunPlan, argv: list[str]) -> dict:
         if parts is None or len(parts) == 1:
             _run_graph(opts, graph_plan)
         else:
-            _run_partitioned(opts, graph_plan, parts)
+            _run_partitioned(opts, graph_plan, parts, out)
     finally:
         close_clients()  # in-process runners: make the journal durable before the driver moves on
     return finalize(opts, graph_plan, argv, partitions=len(parts) if parts else 1)
@@ -90,7 +101,7 @@ def _run_graph(opts, plan: RunPlan) -> None:
         build(p, opts, plan)
 
 
-def _run_partitioned(opts, plan: RunPlan, parts: list[dict]) -> None:
+def _run_partitioned(opts, plan: RunPlan, parts: list[dict], out: OutputDir) -> None:
     part_dirs = []
     for i, lines in enumerate(parts):
         part_dir = FileSystems.join(plan.output_dir, PARTS, f"p{i:04d}")
@@ -99,14 +110,14 @@ def _run_partitioned(opts, plan: RunPlan, parts: list[dict]) -> None:
         part_dirs.append(part_dir)
     merge_partitions(plan.output_dir, part_dirs, FileSystems.join(plan.output_dir, WORK), CARD_SAMPLE_ROWS,
                      sample_rank)
-    delete_tree(FileSystems.join(plan.output_dir, PARTS))
+    out.remove_own(PARTS)
 
 
-def _preview_spend(opts, plan: RunPlan, argv: list[str]) -> None:
+def _preview_spend(opts, plan: RunPlan, argv: list[str], out: OutputDir) -> None:
     """With a budget, print the dry-run plan (requests, estimated cost) before any call."""
-    scratch = FileSystems.join(plan.output_dir, "_plan")
-    preview = execute(opts, dataclasses.replace(plan, dry_run=True, output_dir=scratch), argv)
-    FileSystems.delete([scratch])
+    scratch = out.sub(PLAN)
+    preview = execute(opts, dataclasses.replace(plan, dry_run=True, output_dir=scratch.path), argv, scratch)
+    out.remove_own(PLAN)
     p = preview["plan"]
     limits = ", ".join(f"{name} {value}" for name, value in (("max_requests", plan.policy.max_requests),
                                                               ("max_cost_usd", plan.policy.max_cost_usd))

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from common.outdir import claim_output_dir
 from pipeline.mbeir import layout
 from pipeline.sample.instructions import instructions_tsv
 from pipeline.sample.world import OBJECTS, Entity, Obj, entities, neighbours, render
@@ -27,6 +28,12 @@ NEGATIVE_RATE = 0.25  # share of train queries that list hard negatives
 CROSS_POSITIVE_RATE = 0.2  # share of OVEN/InfoSeek queries also listing the other dataset's page
 
 TRAIN_TASKS = layout.DATASET_TASKS
+
+COMMAND = "pipeline.sample"  # the output-folder marker's name (common/outdir.py)
+COMPLETE = ".complete"  # written once a whole sample is there
+# What a sample writes: only these are ever replaced; a real M-BEIR tree's files are in the way (refused).
+OWN_FILES = ("query/*/mbeir_*.jsonl", "qrels/*/mbeir_*_qrels.txt", "cand_pool/*/mbeir_*.jsonl", layout.INSTRUCTIONS,
+             f"{layout.IMAGE_DIR}/*_images/*.jpg", COMPLETE)
 KNOWLEDGE = ("oven", "infoseek")
 
 CAPTIONS: dict[str, tuple[str, ...]] = {
@@ -181,6 +188,25 @@ def _sorted_pool(cands: Iterable[dict]) -> list[dict]:
     return [unique[d] for d in sorted(unique, key=layout.did_to_int)]
 
 
+def write_sample(root: str, *, overwrite: bool, flag: str, seed: int = 0, scale: int = 1) -> dict[str, Any]:
+    """generate() into a claimed folder (new, empty, or an earlier sample's; with `overwrite` beside files that
+    are none of a sample's), then mark it complete."""
+    with claim_output_dir(root, command=COMMAND, patterns=OWN_FILES, legacy=(COMPLETE,), overwrite=overwrite,
+                          flag=flag):
+        summary = generate(root, seed=seed, scale=scale)
+        _write(root, COMPLETE, b"")
+    return summary
+
+
+def _write_images(root: str, images: dict[str, tuple[Obj, int]]) -> None:
+    rendered: dict[tuple[Obj, int], bytes] = {}
+    for path in sorted(images):
+        key = images[path]
+        if key not in rendered:
+            rendered[key] = render(*key)
+        _write(root, path, rendered[key])
+
+
 def generate(root: str, seed: int = 0, scale: int = 1,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write the sample under root (any FileSystems path); return {"files": {rel: lines}, "images": n, ...}."""
@@ -232,11 +258,6 @@ def generate(root: str, seed: int = 0, scale: int = 1,
 
     _write(root, layout.INSTRUCTIONS, instructions_tsv().encode("utf-8"))
     files[layout.INSTRUCTIONS] = instructions_tsv().count("\n") - 1
-    rendered: dict[tuple[Obj, int], bytes] = {}
-    for path in sorted(b.images):
-        key = b.images[path]
-        if key not in rendered:
-            rendered[key] = render(*key)
-        _write(root, path, rendered[key])
+    _write_images(root, b.images)
     return {"root": root, "seed": seed, "scale": scale, "files": files, "images": len(b.images),
             "queries": {s: sum(v for k, v in files.items() if k.startswith(f"query/{s}/")) for s in layout.SPLITS}}

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from common.errors import ConfigError
 from common.outdir import LOCK, MARKER, claim_output_dir
+from tests.common.holder import held_elsewhere, kill
 
 PATTERNS = ("data/*.parquet", "stats.json", "README.md")
 
@@ -74,6 +71,10 @@ def test_legacy_output_without_marker_is_own(tmp_path):
     (tmp_path / "stats.json").write_text("{}")
     with claim(tmp_path, legacy=("stats.json",)):
         pass
+    (tmp_path / "old" / "journal").mkdir(parents=True)
+    (tmp_path / "old" / "journal" / "journal-1.jsonl").write_text("")
+    with claim(tmp_path / "old", legacy=("journal/journal-*.jsonl",)):
+        pass
 
 
 def test_second_run_is_refused_at_once_naming_the_holder(tmp_path):
@@ -86,23 +87,37 @@ def test_second_run_is_refused_at_once_naming_the_holder(tmp_path):
 
 
 def test_a_killed_holder_does_not_block_the_rerun(tmp_path):
-    code = ("import sys, time; from common.outdir import claim_output_dir\n"
-            "with claim_output_dir(sys.argv[1], command='demo', patterns=()):\n"
-            "    print('held', flush=True); time.sleep(60)\n")
-    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                             cwd=os.getcwd())
-    try:
-        assert child.stdout.readline().strip() == "held"
-        with pytest.raises(ConfigError, match="being written"):
+    with held_elsewhere(tmp_path, "demo") as child:
+        with pytest.raises(ConfigError, match=f"being written by another run: demo \\(pid {child.pid} "):
             with claim(tmp_path):
                 pass
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    assert (tmp_path / LOCK).read_text()  # the dead holder's note is still there ...
-    with claim(tmp_path):  # ... but the kernel dropped its lock
-        pass
+        kill(child)
+        assert (tmp_path / LOCK).read_text()  # the dead holder's note is still there ...
+        with claim(tmp_path):  # ... but the kernel dropped its lock
+            pass
     assert (tmp_path / LOCK).read_text() == ""
+
+
+def test_removal_drops_the_empty_folders_it_leaves_and_nothing_else(tmp_path):
+    with claim(tmp_path, patterns=("data/*", "_work/*", "stats.json")) as out:
+        for rel in ("data/a/b.parquet", "data/c/notes.txt", "_work/x.json", "_work/y/z.json", "keep/stats.json"):
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text("x")
+        (tmp_path / "_work" / "moved-away").mkdir()
+        (tmp_path / "keep" / "empty").mkdir()
+        assert out.remove_own("data") == ["data/a/b.parquet", "data/c/notes.txt"]
+        assert out.remove_own("_work") == ["_work/x.json", "_work/y/z.json"]
+        (tmp_path / "stats.json").write_text("{}")
+        assert out.remove_own() == ["stats.json"]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "_work").exists()
+    assert (tmp_path / "keep" / "stats.json").exists() and (tmp_path / "keep" / "empty").is_dir()
+
+
+def test_a_sub_folder_keeps_the_patterns_that_reach_into_it(tmp_path):
+    with claim(tmp_path, patterns=("_plan/*", "data/*.parquet", "stats.json")) as out:
+        plan = out.sub("_plan")
+        assert plan.path == f"{tmp_path}/_plan" and plan.patterns == ("*",)
+        assert out.sub("data").patterns == ("*.parquet",) and out.sub("rejects").patterns == ()
 
 
 def test_object_store_folder_follows_the_same_contract(tmp_path):
