@@ -1,5 +1,5 @@
-"""Another run holding an output folder, in a process of its own: the second-run and killed-run cases that every
-command's output-folder tests share."""
+"""What every command's output-folder tests share: another run holding the folder in a process of its own (the
+second-run and killed-run cases), and the check of a refusal."""
 
 from __future__ import annotations
 
@@ -32,3 +32,14 @@ def kill(child: subprocess.Popen) -> None:
         child.kill()
     child.wait()
     child.stdout.close()
+
+
+def refused(capsys, status: int, *needles: str) -> str:
+    """The command refused its output folder as the contract says: exit 2, one line on stderr naming `needles`,
+    no traceback."""
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err

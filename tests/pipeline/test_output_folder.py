@@ -12,7 +12,7 @@ import pytest
 from common.outdir import LOCK, MARKER
 from pipeline.__main__ import main as pipeline_main
 from pipeline.outputs import COMMAND
-from tests.common.holder import held_elsewhere, kill
+from tests.common.holder import held_elsewhere, kill, refused
 from tests.pipeline.conftest import LIMIT, output_files, run_pipeline
 
 USER_FILES = {"thesis.tex": "years of work", "data/notes.txt": "mine", "data/mine.parquet": "not a shard",
@@ -30,19 +30,10 @@ def _write(folder, files: dict[str, str]) -> None:
             f.write(text)
 
 
-def _refused(capsys, status: int, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert status == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 def test_a_foreign_folder_is_refused_naming_it_and_overwrite(sample_root, tmp_path, capsys):
     _write(tmp_path / "o", {"thesis.tex": "years of work"})
     status = pipeline_main(_dry(sample_root, tmp_path / "o"))
-    _refused(capsys, status, f"--output_dir {tmp_path / 'o'}", "thesis.tex", "--overwrite")
+    refused(capsys, status, f"--output_dir {tmp_path / 'o'}", "thesis.tex", "--overwrite")
     assert os.listdir(tmp_path / "o") == ["thesis.tex"]  # left as it was
 
 
@@ -54,7 +45,7 @@ def test_overwrite_writes_beside_user_files_and_refuses_one_in_the_way(sample_ro
     assert {rel: open(out / rel).read() for rel in USER_FILES} == USER_FILES
     _write(tmp_path / "p", {"README.md": "my own card"})
     status = pipeline_main(_dry(sample_root, tmp_path / "p", "--overwrite"))
-    _refused(capsys, status, "README.md is in the way")
+    refused(capsys, status, "README.md is in the way")
     assert (tmp_path / "p" / "README.md").read_text() == "my own card"
 
 
@@ -84,7 +75,7 @@ def test_a_second_run_is_refused_at_once_and_a_killed_one_blocks_nothing(sample_
     out = tmp_path / "o"
     with held_elsewhere(out, COMMAND) as child:
         status = pipeline_main(_dry(sample_root, out))
-        _refused(capsys, status, f"{out} is being written by another run: pipeline (pid {child.pid} ")
+        refused(capsys, status, f"{out} is being written by another run: pipeline (pid {child.pid} ")
         kill(child)
         assert pipeline_main(_dry(sample_root, out)) == 0
     assert (out / LOCK).read_text() == ""
@@ -96,7 +87,7 @@ def test_partitions_stay_inside_the_claim_and_leave_nothing_behind(sample_root, 
     assert "partition 2/" in capsys.readouterr().out
     assert not os.path.exists(out / "_parts") and not os.path.exists(out / "_work")
     _write(tmp_path / "p", {"_parts/mine.txt": "x"})
-    _refused(capsys, pipeline_main(_dry(sample_root, tmp_path / "p", "--overwrite")), "_parts/mine.txt is in the way")
+    refused(capsys, pipeline_main(_dry(sample_root, tmp_path / "p", "--overwrite")), "_parts/mine.txt is in the way")
 
 
 def test_an_object_store_folder_follows_the_contract(sample_root, tmp_path, capsys):
@@ -105,7 +96,7 @@ def test_an_object_store_folder_follows_the_contract(sample_root, tmp_path, caps
     with testfs.mounted(str(tmp_path)):
         _write(tmp_path / "bucket/o", {"notes.txt": "mine"})
         out = testfs.PREFIX + "bucket/o"
-        _refused(capsys, pipeline_main(_dry(sample_root, out)), f"--output_dir {out}", "--overwrite")
+        refused(capsys, pipeline_main(_dry(sample_root, out)), f"--output_dir {out}", "--overwrite")
         assert pipeline_main(_dry(sample_root, out, "--overwrite")) == 0
     assert (tmp_path / "bucket/o/notes.txt").read_text() == "mine"
     assert os.path.exists(tmp_path / "bucket/o/stats.json") and not os.path.exists(tmp_path / "bucket/o" / LOCK)
@@ -115,8 +106,8 @@ def test_sample_command_follows_the_contract(tmp_path, capsys):
     from pipeline.sample.__main__ import main as sample_main
 
     _write(tmp_path / "real", {"query/train/mbeir_mscoco_train.jsonl": "a real M-BEIR file\n"})
-    _refused(capsys, sample_main(["--out", str(tmp_path / "real")]), f"--out {tmp_path / 'real'}", "--overwrite")
-    _refused(capsys, sample_main(["--out", str(tmp_path / "real"), "--overwrite"]),
+    refused(capsys, sample_main(["--out", str(tmp_path / "real")]), f"--out {tmp_path / 'real'}", "--overwrite")
+    refused(capsys, sample_main(["--out", str(tmp_path / "real"), "--overwrite"]),
              "query/train/mbeir_mscoco_train.jsonl is in the way")
     _write(tmp_path / "s", {"notes.txt": "mine"})
     assert sample_main(["--out", str(tmp_path / "s"), "--overwrite"]) == 0
@@ -129,11 +120,11 @@ def test_make_dataset_refuses_a_foreign_output_or_sample_folder_before_writing(t
     from pipeline import make_dataset
 
     _write(tmp_path / "out", {"notes.txt": "mine"})
-    _refused(capsys, make_dataset.main(["--output_dir", str(tmp_path / "out")]), f"--output_dir {tmp_path / 'out'}")
+    refused(capsys, make_dataset.main(["--output_dir", str(tmp_path / "out")]), f"--output_dir {tmp_path / 'out'}")
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no sample written next to it
     _write(tmp_path / "mbeir-sample", {"photos/cat.jpg": "mine"})
     status = make_dataset.main(["--output_dir", str(tmp_path / "new")])
-    _refused(capsys, status, str(tmp_path / "mbeir-sample"), "--overwrite")
+    refused(capsys, status, str(tmp_path / "mbeir-sample"), "--overwrite")
     assert not os.path.exists(tmp_path / "new")
 
 

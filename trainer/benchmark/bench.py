@@ -6,6 +6,7 @@ adaptive), share of queries that reasoned, mean generated tokens, queries/s of o
 
 Per pair: writes bench.json and bench.png (headline recall vs queries/s) under --output_dir and prints the
 table. Recall here is over the benchmarked queries only (with --limit, a subset: not the M-BEIR number).
+--output_dir follows the output-folder contract (common/outdir.py): new, empty or this command's (--overwrite).
 With --mix: one workload of N queries drawn from the pairs in those shares (trainer/benchmark/mix.py); bench.json
 holds per mode qps, share_reasoned, mean_generated_tokens and, for adaptive, the ideal throughput and ratios.
 """
@@ -15,17 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from common.cli import CliParser, non_negative_int, positive_int, run_cli
 from common.errors import ConfigError
+from common.outdir import claim_output_dir
 from trainer.benchmark import evaluate, mix, paper_results, retrieval
 from trainer.benchmark.evalset import eval_pairs, read_instructions, read_pair_qrels
 from trainer.modeling.interface import MODES, Embedder
 
+COMMAND = "trainer.bench"  # the output-folder marker's name (common/outdir.py)
+OUTPUTS = ("bench.json", "bench.png", "embedding_cache/*")  # the cache: trainer/benchmark/chunks.py, by default here
 DEFAULT_PAIRS = ("mscoco_task0", "cirr_task7")  # the two pairs of PAPER.md §4's throughput table
 BENCH_MODES = ("direct", "always", "adaptive")  # PAPER.md §4 row order
 
@@ -90,11 +94,16 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) -> dict:
+def build_parser() -> CliParser:
     p = CliParser(prog="python -m trainer.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--mbeir_root", required=True)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--output_dir", default="out/bench")
+    p.add_argument("--output_dir", default="out/bench",
+                   help="new, empty, or an earlier trainer.bench output (marked by .mbeir-cot.json); locked while "
+                        "written")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --output_dir that holds other files: they stay untouched, and one named like "
+                        "this command's outputs (bench.json, bench.png, embedding_cache/) stops it")
     p.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS))
     p.add_argument("--modes", nargs="+", default=list(BENCH_MODES), choices=MODES)
     p.add_argument("--limit", type=positive_int, default=None, help="first N queries per pair")
@@ -108,25 +117,39 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     p.add_argument("--queries", type=positive_int, default=1000, help="workload size with --mix")
     p.add_argument("--repeats", type=positive_int, default=1, help="with --mix: timed runs per mode, the best is kept")
     p.add_argument("--seed", type=int, default=0, help="with --mix: instruction choice and workload order")
-    a = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    return p
+
+
+def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) -> dict:
+    """CLI entry; `embedder` lets tests pass a loaded model instead of loading --checkpoint. Every check comes
+    before the output folder is claimed (common/outdir.py), the work after."""
+    a = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     out = Path(a.output_dir)
-    if a.mix is not None:
-        return _main_mix(a, out, embedder)
+    work = _mix_work(a, out, embedder) if a.mix is not None else _pairs_work(a, out, embedder)
+    with claim_output_dir(out, command=COMMAND, patterns=OUTPUTS, overwrite=a.overwrite):
+        return work()
+
+
+def _pairs_work(a: argparse.Namespace, out: Path, embedder: Embedder | None) -> Callable[[], dict]:
     cfg = evaluate.EvalConfig(mbeir_root=Path(a.mbeir_root), output_dir=out, split=a.split, pairs=a.pairs,
                               limit=a.limit, cache_dir=Path(a.cache_dir) if a.cache_dir else None,
                               device=a.device, query_batch=a.query_batch, max_new_tokens=a.max_new_tokens)
     evaluate.check_config(cfg)
     if embedder is None:
         evaluate.check_checkpoint(a.checkpoint)
-    model_fp = getattr(embedder, "fingerprint", None) or retrieval.dir_fingerprint(a.checkpoint)
-    result = bench(embedder or evaluate.load_embedder(a.checkpoint), model_fp, cfg, a.modes)
-    (out / "bench.json").write_text(json.dumps(result, indent=1))
-    plot(result, out / "bench.png")
-    print(format_table(result))
-    return result
+
+    def work() -> dict:
+        model_fp = getattr(embedder, "fingerprint", None) or retrieval.dir_fingerprint(a.checkpoint)
+        result = bench(embedder or evaluate.load_embedder(a.checkpoint), model_fp, cfg, a.modes)
+        (out / "bench.json").write_text(json.dumps(result, indent=1))
+        plot(result, out / "bench.png")
+        print(format_table(result))
+        return result
+
+    return work
 
 
-def _main_mix(a: argparse.Namespace, out: Path, embedder: Embedder | None) -> dict:
+def _mix_work(a: argparse.Namespace, out: Path, embedder: Embedder | None) -> Callable[[], dict]:
     try:
         parts = mix.parse_mix(a.mix)
     except ValueError as err:
@@ -141,16 +164,20 @@ def _main_mix(a: argparse.Namespace, out: Path, embedder: Embedder | None) -> di
         queries, names = mix.workload(Path(a.mbeir_root), parts, a.queries, a.split, a.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    modes = list(dict.fromkeys(a.modes))
-    result = {"device": a.device, "device_name": _device_name(a.device), "mix": a.mix, "queries": len(queries),
-              "pair_queries": {n: names.count(n) for n in dict.fromkeys(names)}, "batch_size": a.query_batch,
-              "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
-              "modes": mix.bench_mix(embedder or evaluate.load_embedder(a.checkpoint), queries, modes,
-                                     a.query_batch, a.max_new_tokens, a.repeats),
-              "paper": {"throughput": paper_results.THROUGHPUT, "share_reasoned": paper_results.SHARE_REASONED}}
-    (out / "bench.json").write_text(json.dumps(result, indent=1))
-    print(mix.format_mix_table(result))
-    return result
+
+    def work() -> dict:
+        modes = list(dict.fromkeys(a.modes))
+        result = {"device": a.device, "device_name": _device_name(a.device), "mix": a.mix, "queries": len(queries),
+                  "pair_queries": {n: names.count(n) for n in dict.fromkeys(names)}, "batch_size": a.query_batch,
+                  "max_new_tokens": a.max_new_tokens, "repeats": a.repeats,
+                  "modes": mix.bench_mix(embedder or evaluate.load_embedder(a.checkpoint), queries, modes,
+                                         a.query_batch, a.max_new_tokens, a.repeats),
+                  "paper": {"throughput": paper_results.THROUGHPUT, "share_reasoned": paper_results.SHARE_REASONED}}
+        (out / "bench.json").write_text(json.dumps(result, indent=1))
+        print(mix.format_mix_table(result))
+        return result
+
+    return work
 
 
 if __name__ == "__main__":

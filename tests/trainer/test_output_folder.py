@@ -1,0 +1,54 @@
+"""The output-folder contract (common/outdir.py) as the trainer's commands keep it: a foreign folder is refused
+(exit 2, one line naming it and --overwrite), --overwrite writes beside other files and never over them, a rerun
+replaces only the command's own files, a second run is refused at once naming the holder, and a killed run does
+not block the rerun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.cli import run_cli
+from common.outdir import LOCK, MARKER
+from tests.common.holder import held_elsewhere, kill, refused
+from tests.trainer.benchmark.test_evaluate import BagOfWordsEmbedder, build_root
+from trainer.benchmark import bench
+
+
+@pytest.fixture(scope="module")
+def eval_root(tmp_path_factory) -> Path:
+    return build_root(tmp_path_factory.mktemp("eval") / "mbeir")
+
+
+def _bench(root: Path, out: Path, *extra: str) -> int:
+    argv = ["--mbeir_root", str(root), "--checkpoint", "unused", "--pairs", "mscoco_task0", "--modes", "direct",
+            "--limit", "2", "--output_dir", str(out), *extra]
+    return run_cli(lambda a: bench.main(a, embedder=BagOfWordsEmbedder()), argv, prog="python -m trainer.bench")
+
+
+def test_bench_refuses_a_foreign_folder_and_writes_beside_it_with_overwrite(eval_root, tmp_path, capsys):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    refused(capsys, _bench(eval_root, out), f"--output_dir {out}", "notes.txt", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert _bench(eval_root, out, "--overwrite") == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "bench.json").exists()
+    assert _bench(eval_root, out) == 0  # its own output now: no --overwrite needed
+    assert (out / "notes.txt").read_text() == "mine"
+    capsys.readouterr()
+    other = tmp_path / "c"
+    other.mkdir()
+    (other / "bench.png").write_text("my plot")
+    refused(capsys, _bench(eval_root, other, "--overwrite"), "bench.png is in the way")
+    assert (other / "bench.png").read_text() == "my plot"
+
+
+def test_bench_second_run_is_refused_and_a_killed_one_blocks_nothing(eval_root, tmp_path, capsys):
+    out = tmp_path / "b"
+    with held_elsewhere(out, bench.COMMAND) as child:
+        refused(capsys, _bench(eval_root, out), f"{out} is being written by another run: trainer.bench (pid {child.pid} ")
+        kill(child)
+        assert _bench(eval_root, out) == 0
+    assert (out / LOCK).read_text() == "" and (out / MARKER).exists()
