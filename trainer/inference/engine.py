@@ -45,9 +45,10 @@ class Job:
 class Feed(Protocol):
     """Where the loop's jobs come from and their embeddings go."""
 
-    def take(self, in_decode: int) -> list[Job] | None:
+    def take(self, in_decode: int, steps: int) -> list[Job] | None:
         """Jobs to prefill next (at most batch_size); [] when none now, None when none ever again. `in_decode`:
-        rows decoding or waiting for a decode slot; when it is 0 the feed may block until work arrives."""
+        rows decoding or waiting for a decode slot; when it is 0 the feed may block until work arrives. `steps`:
+        decode steps run so far (a feed that must not starve decoding rows gives one chunk a step)."""
 
     def finish(self, jobs: list[Job], h: torch.Tensor) -> None:
         """Embeddings (rows of h: float, not normalised) of jobs that are done; a cancelled job may be among them."""
@@ -150,7 +151,7 @@ class ListFeed:
         self.batch_size, self.next = batch_size, 0
         self.out = torch.zeros(len(self.jobs), dim, dtype=torch.float32)
 
-    def take(self, in_decode: int) -> list[Job] | None:
+    def take(self, in_decode: int, steps: int) -> list[Job] | None:
         if self.next >= len(self.jobs):
             return None
         if in_decode >= self.batch_size:
@@ -183,6 +184,7 @@ class QueryEngine:
         if batch_size < 1 or max_new_tokens < 0:
             raise ValueError(f"batch_size must be >= 1 and max_new_tokens >= 0, got {batch_size}, {max_new_tokens}")
         self.emb, self.mode, self.max_new, self.batch_size = embedder, mode, max_new_tokens, batch_size
+        self.steps = 0  # decode steps run
         self.emb_id = embedder.emb_id
 
     def run(self, queries: Sequence[QueryInput]) -> EncodeResult:
@@ -192,17 +194,14 @@ class QueryEngine:
 
     @torch.inference_mode()  # no autograd bookkeeping: about a tenth off every small decode step
     def loop(self, feed: Feed) -> None:
-        """Until the feed has nothing more and no row decodes: prefill what the feed gives (one chunk a step while
-        rows decode, so a stream of chunks cannot starve them), then one decode step of at most batch_size rows;
-        finished (or cancelled) rows leave, waiting rows take their slots."""
+        """Until the feed has nothing more and no row decodes: prefill what the feed gives, then one decode step
+        of at most batch_size rows; finished (or cancelled) rows leave, waiting rows take their slots."""
         active: Rows | None = None
         waiting: deque[Rows] = deque()  # prefilled chunks' reasoning rows, oldest first, each its own cache
         while True:
-            while chunk := feed.take(len(active or ()) + sum(map(len, waiting))):
+            while chunk := feed.take(len(active or ()) + sum(map(len, waiting)), self.steps):
                 if (rows := self._admit(chunk, feed)) is not None:
                     waiting.append(rows)
-                if active is not None or waiting:
-                    break
             active, waiting = live(active), deque(g for g in map(live, waiting) if g is not None)
             if chunk is None and active is None and not waiting:
                 break
@@ -284,6 +283,7 @@ class QueryEngine:
     def _step(self, rows: Rows, feed: Feed) -> Rows | None:
         """One decode step of every active row; finished rows leave. Returns the rows still decoding."""
         emb = self.emb
+        self.steps += 1
         rows.pos = rows.pos + 1
         rows.mask = torch.cat([rows.mask, torch.ones_like(rows.mask[:, :1])], dim=1)
         text_model = emb.base.model.language_model  # a decode step has no image: skip the vision wrapper

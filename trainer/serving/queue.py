@@ -89,6 +89,7 @@ class RequestQueue:
         self._tickets: set[Ticket] = set()  # submitted, not yet answered
         self.waiting = 0  # inputs accepted and not yet answered: what --max_queue bounds
         self.closed = False
+        self._given_at = -1  # the decode step count when the last chunk was given
         self.stats: Counter = Counter()
 
     # ---- the event loop's side ------------------------------------------------------------------------------
@@ -128,11 +129,12 @@ class RequestQueue:
                     **self.stats}
 
     # ---- the scheduler's side (engine.Feed) ---------------------------------------------------------------
-    def take(self, in_decode: int) -> list[Job] | None:
+    def take(self, in_decode: int, steps: int) -> list[Job] | None:
+        """While rows decode, one chunk a decode step: a stream of requests never starves them."""
         with self._cond:
             while not self._pending and in_decode == 0 and not self.closed:
                 self._cond.wait()
-            if self._pending and not self._due(in_decode):
+            if in_decode and steps == self._given_at or self._pending and not self._due(in_decode):
                 return []
             chunk: list[Job] = []
             while self._pending and len(chunk) < self.batch_size:
@@ -143,6 +145,7 @@ class RequestQueue:
             if not chunk and self.closed and not self._pending:
                 return None
             if chunk:
+                self._given_at = steps
                 self.stats["prefill_chunks"] += 1
                 self.stats["prefilled_inputs"] += len(chunk)
             return chunk
