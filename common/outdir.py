@@ -86,16 +86,18 @@ def _join(path: str, relative: str) -> str:
 
 @contextmanager
 def claim_output_dir(path: str | os.PathLike, *, command: str, patterns: Sequence[str],
-                     legacy: Sequence[str] = (), overwrite: bool = False,
-                     flag: str = "--output_dir") -> Iterator[OutputDir]:
+                     legacy: Sequence[str] = (), overwrite: bool = False, flag: str = "--output_dir",
+                     shared: bool = False) -> Iterator[OutputDir]:
     """Check the folder against the contract, lock it, mark it as `command`'s, and yield it; ConfigError (exit 2)
     when it is someone else's or another run holds it. `legacy`: globs of files only this command writes, which
-    recognise its output from before markers existed."""
+    recognise its output from before markers existed. `shared`: for the independent jobs of one run that write
+    disjoint files (trainer.evaluate's shard jobs): they hold the folder together, and an exclusive claim is
+    refused while any of them does (local folders; on an object store every claim is exclusive)."""
     path = str(path)
     fs = _files_for(path)
     check = (fs, command, tuple(patterns), tuple(legacy), overwrite, flag)
     _check(*check)  # a folder that is refused is left as it was: no lock file
-    with fs.lock(_holder(command), flag):
+    with fs.lock(_holder(command), flag, shared):
         owned = _check(*check)  # again, now that no other run can change it
         if not owned:
             fs.write_text(MARKER, json.dumps({"command": command}, sort_keys=True) + "\n")
@@ -113,7 +115,7 @@ def check_output_dir(path: str | os.PathLike, *, command: str, patterns: Sequenc
 def _check(fs: _Files, command: str, patterns: tuple[str, ...], legacy: tuple[str, ...], overwrite: bool,
            flag: str) -> bool:
     """True when the folder already is `command`'s; raises when it may not be written."""
-    entries = [rel for rel in fs.list("") if rel not in (MARKER, LOCK)]
+    entries = [rel for rel in fs.list("") if not rel.startswith((MARKER, LOCK))]
     marker = fs.read_json(MARKER)
     if marker is not None and marker.get("command") == command:
         return True
@@ -142,7 +144,7 @@ class _Files(Protocol):
     def read_json(self, relative: str) -> dict | None: ...
     def write_text(self, relative: str, text: str) -> None: ...
     def delete(self, relatives: Sequence[str], prefix: str = "") -> None: ...
-    def lock(self, holder: dict, flag: str) -> AbstractContextManager: ...
+    def lock(self, holder: dict, flag: str, shared: bool) -> AbstractContextManager: ...
 
 
 def _files_for(path: str) -> _Files:
@@ -170,7 +172,9 @@ class _LocalFiles:
         return data if isinstance(data, dict) else None
 
     def write_text(self, relative: str, text: str) -> None:
-        (self.dir / relative).write_text(text)
+        partial = self.dir / f"{relative}.tmp-{os.getpid()}"  # replaced whole: a reader never sees half of it
+        partial.write_text(text)
+        os.replace(partial, self.dir / relative)
 
     def delete(self, relatives: Sequence[str], prefix: str = "") -> None:
         for rel in relatives:
@@ -186,7 +190,7 @@ class _LocalFiles:
                 pass
 
     @contextmanager
-    def lock(self, holder: dict, flag: str):
+    def lock(self, holder: dict, flag: str, shared: bool):
         import fcntl
 
         try:
@@ -197,7 +201,7 @@ class _LocalFiles:
                               "or fix its permissions") from e
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 current = _parse(os.pread(fd, 4096, 0))
                 raise ConfigError(f"{flag} {self.root} is being written by another run: {_describe(current)}; "
@@ -207,9 +211,22 @@ class _LocalFiles:
             try:
                 yield
             finally:
-                os.ftruncate(fd, 0)  # a finished run leaves an empty lock file: outputs stay byte-identical
+                if not shared or _last_holder(fd):
+                    os.ftruncate(fd, 0)  # a finished run leaves an empty lock file: outputs stay byte-identical
         finally:
             os.close(fd)  # closing drops the flock
+
+
+def _last_holder(fd: int) -> bool:
+    """True when no other process shares the lock (trying the exclusive lock gives up this one's shared lock
+    either way: it is released next)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _parse(raw: bytes) -> dict:
@@ -252,7 +269,7 @@ class _RemoteFiles:
             self.fs.delete([self._join(r) for r in relatives])
 
     @contextmanager
-    def lock(self, holder: dict, flag: str):
+    def lock(self, holder: dict, flag: str, shared: bool):  # an object-store lock is always exclusive
         current = self.read_json(LOCK)
         if current and current.get("expires", 0) > time.time():
             raise ConfigError(f"{flag} {self.root} is being written by another run: {_describe(current)}; wait "

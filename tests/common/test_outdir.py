@@ -86,6 +86,19 @@ def test_second_run_is_refused_at_once_naming_the_holder(tmp_path):
         pass
 
 
+def test_shared_claims_hold_together_and_keep_an_exclusive_one_out(tmp_path):
+    with claim(tmp_path, shared=True), claim(tmp_path, shared=True):  # two shard jobs of one run
+        with pytest.raises(ConfigError, match="being written by another run: demo"):
+            with claim(tmp_path):
+                pass
+        assert json.loads((tmp_path / LOCK).read_text())["command"] == "demo"
+    assert (tmp_path / LOCK).read_text() == ""  # the last one out clears the note
+    with claim(tmp_path):
+        with pytest.raises(ConfigError, match="being written"):
+            with claim(tmp_path, shared=True):
+                pass
+
+
 def test_a_killed_holder_does_not_block_the_rerun(tmp_path):
     with held_elsewhere(tmp_path, "demo") as child:
         with pytest.raises(ConfigError, match=f"being written by another run: demo \\(pid {child.pid} "):
