@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from common.cli import run_cli
-from common.outdir import LOCK, MARKER
+from common.outdir import LOCK, MARKER, claim_output_dir
 from tests.common.holder import held_elsewhere, kill, refused
 from tests.trainer.benchmark.test_evaluate import BagOfWordsEmbedder, build_root
-from trainer.benchmark import bench
+from trainer.benchmark import bench, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,45 @@ def test_bench_second_run_is_refused_and_a_killed_one_blocks_nothing(eval_root, 
         kill(child)
         assert _bench(eval_root, out) == 0
     assert (out / LOCK).read_text() == "" and (out / MARKER).exists()
+
+
+def _evaluate(root: Path, out: Path, *extra: str) -> int:
+    argv = ["--mbeir_root", str(root), "--checkpoint", "unused", "--pairs", "webqa_task1", "--output_dir", str(out),
+            "--progress", "false", *extra]
+    return run_cli(lambda a: evaluate.main(a, embedder=BagOfWordsEmbedder()), argv, prog="python -m trainer.evaluate")
+
+
+def test_evaluate_refuses_a_foreign_folder_and_writes_beside_it_with_overwrite(eval_root, tmp_path, capsys):
+    out = tmp_path / "e"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "my_notes.txt").write_text("mine")
+    refused(capsys, _evaluate(eval_root, out), f"--output_dir {out}", "runs/my_notes.txt", "--overwrite")
+    assert _evaluate(eval_root, out, "--overwrite") == 0
+    assert (out / "runs" / "my_notes.txt").read_text() == "mine" and (out / "results.json").exists()
+    assert any((out / "embedding_cache").rglob("*.chunk"))
+    assert _evaluate(eval_root, out) == 0  # its own output, the cache included
+    assert (out / "runs" / "my_notes.txt").read_text() == "mine"
+    capsys.readouterr()
+    for theirs in ("results.tsv", "embedding_cache/their-cache.bin"):
+        other = tmp_path / theirs.replace("/", "_")
+        (other / theirs).parent.mkdir(parents=True, exist_ok=True)
+        (other / theirs).write_text("theirs")
+        refused(capsys, _evaluate(eval_root, other, "--overwrite"), f"{theirs} is in the way")
+
+
+def test_evaluate_shard_jobs_share_the_folder_and_keep_a_scoring_run_out(eval_root, tmp_path, capsys):
+    out = tmp_path / "e"
+    with claim_output_dir(out, command=evaluate.COMMAND, patterns=(), shared=True):  # shard job 0 of 2, running
+        assert _evaluate(eval_root, out, "--num_shards", "2", "--shard_index", "1") == 0
+        capsys.readouterr()
+        refused(capsys, _evaluate(eval_root, out), f"{out} is being written by another run: trainer.evaluate (pid ")
+    assert _evaluate(eval_root, out) == 0
+
+
+def test_evaluate_killed_run_does_not_block_the_rerun(eval_root, tmp_path, capsys):
+    out = tmp_path / "e"
+    with held_elsewhere(out, evaluate.COMMAND) as child:
+        refused(capsys, _evaluate(eval_root, out), f"trainer.evaluate (pid {child.pid} ")
+        kill(child)
+        assert _evaluate(eval_root, out) == 0
+    assert (out / LOCK).read_text() == ""

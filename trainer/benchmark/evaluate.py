@@ -10,11 +10,13 @@ in percent), results.json (fractions, routing, read counts, chunk counts, timing
 beside the paper's rows. Pool and query embeddings are cached in chunks (trainer/benchmark/chunks.py) keyed by
 the model and the input files: a killed run, rerun with the same command, encodes only the missing chunks; shard
 jobs (trainer/benchmark/sharding.py) fill the same cache and a final run without shard flags scores.
+--output_dir follows the output-folder contract (common/outdir.py): new, empty or this command's (--overwrite).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -27,6 +29,7 @@ import torch
 
 from common.cli import CliParser, boolean, non_negative_int, positive_int, run_cli, writable_folder
 from common.errors import ConfigError
+from common.outdir import check_output_dir, claim_output_dir
 from trainer.benchmark import paper_results, retrieval, scoring
 from trainer.benchmark.chunks import Chunk, write_text_atomic
 from trainer.benchmark.config import POOLS, EvalConfig
@@ -47,6 +50,11 @@ from trainer.modeling.interface import MODES, Embedder
 
 __all__ = ["POOLS", "EvalConfig", "evaluate", "format_table", "main", "results_tsv"]
 _POOL_FLAG = {"local": ("local",), "global": ("global",), "both": POOLS}
+COMMAND = "trainer.evaluate"  # the output-folder marker's name (common/outdir.py)
+# What an evaluation writes under --output_dir (with the temporaries of chunks.write_text_atomic); the cache is
+# there unless --cache_dir puts it elsewhere.
+OUTPUTS = ("runs/mbeir_*_run.txt", "results.json", "results.tsv", "shards/shard-*-of-*.json", "shards/.shard-*.tmp",
+           "embedding_cache/*")
 
 
 @dataclass
@@ -309,7 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--mbeir_root", required=True)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--output_dir", required=True,
+                   help="new, empty, or an earlier trainer.evaluate output (marked by .mbeir-cot.json); locked while "
+                        "written (shard jobs share it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --output_dir that holds other files: they stay untouched, and one named like "
+                        "this command's outputs (results.*, runs/, shards/, embedding_cache/) stops it")
     p.add_argument("--split", default=d.split, choices=("val", "test"))
     p.add_argument("--pool", default=next(k for k, v in _POOL_FLAG.items() if v == d.pools), choices=_POOL_FLAG)
     p.add_argument("--pairs", nargs="+", default=d.pairs, help="e.g. cirr_task7 mscoco_task0 (default: all 16)")
@@ -347,6 +360,15 @@ def config_from_args(a: argparse.Namespace) -> EvalConfig:
         shard_index=a.shard_index, progress=a.progress)
 
 
+def claim(cfg: EvalConfig, sharding: Sharding, overwrite: bool) -> contextlib.AbstractContextManager:
+    """The hold on --output_dir (common/outdir.py): one process or torchrun's rank 0 holds it alone (the other
+    ranks write only their cache chunks, inside rank 0's hold); shard jobs hold it together."""
+    if sharding.distributed and sharding.rank != 0:
+        return contextlib.nullcontext()
+    return claim_output_dir(cfg.output_dir, command=COMMAND, patterns=OUTPUTS, overwrite=overwrite,
+                            shared=sharding.kind == "shard jobs")
+
+
 def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) -> dict:
     """CLI entry; `embedder` lets callers (tests, notebooks) pass a model object instead of loading one."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -357,10 +379,12 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     check_config(cfg)
     if embedder is None:
         check_checkpoint(a.checkpoint)
+    check_output_dir(cfg.output_dir, command=COMMAND, patterns=OUTPUTS, overwrite=a.overwrite)  # on every rank
     sharding = from_environment(cfg.num_shards, cfg.shard_index, cfg.device)
     cfg.device = rank_device(cfg.device, sharding)
     model_fp = getattr(embedder, "fingerprint", None) or retrieval.dir_fingerprint(a.checkpoint)
-    results = evaluate(embedder or load_embedder(a.checkpoint, cfg.device), model_fp, cfg, sharding)
+    with claim(cfg, sharding, a.overwrite):
+        results = evaluate(embedder or load_embedder(a.checkpoint, cfg.device), model_fp, cfg, sharding)
     sharding.close()  # only after success: a rank that failed must not wait for the others at a barrier
     if sharding.scores:
         print(format_table(results))
