@@ -4,6 +4,7 @@ contract), the claim on the folder, the probe that proves it writable, and the f
 from __future__ import annotations
 
 import errno
+import fnmatch
 import uuid
 from contextlib import AbstractContextManager
 
@@ -34,6 +35,11 @@ _WRITTEN = (
 OWN_FILES = (*_WRITTEN, *(f"{p}.partial-*" for p in _WRITTEN), ".write-probe-*", "journal/.write-probe-*")
 # A folder the pipeline wrote before output folders were marked: it holds a manifest or journal segments.
 LEGACY = ("manifest.json", "journal/journal-*.jsonl")
+
+
+def is_pipeline_output(relative: str) -> bool:
+    """True for a path (relative to the output folder) that a run writes; a user's file beside them is not."""
+    return any(fnmatch.fnmatchcase(relative, p) for p in _WRITTEN)
 
 
 def claim(output_dir: str, overwrite: bool) -> AbstractContextManager[OutputDir]:

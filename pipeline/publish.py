@@ -29,6 +29,7 @@ from common.hub import (
     verify_files,
 )
 from pipeline import shards
+from pipeline.outputs import is_pipeline_output
 
 __all__ = ["PublishError", "PublishResult", "collect_files", "publish", "verify"]
 PROG = "python -m pipeline.publish"
@@ -54,7 +55,9 @@ def collect_files(output_dir: str, include_rejects: bool = False) -> dict[str, s
         raise PublishError(f"--output_dir {output_dir} does not exist: give the pipeline's output folder")
     for folder in FOLDERS + (REJECT_FOLDERS if include_rejects else ()):
         for path in _list(output_dir, folder):
-            files[shards.relative_path(output_dir, path)] = path
+            rel = shards.relative_path(output_dir, path)
+            if is_pipeline_output(rel):  # a user's own file beside the shards stays private
+                files[rel] = path
     if not any(p.startswith("data/") and p.endswith(".parquet") for p in files):
         raise PublishError(f"{output_dir} has no data/*.parquet shards: run the pipeline first")
     for name in ALWAYS:

@@ -61,6 +61,10 @@ def test_rerun_replaces_only_its_own_files(sample_root, tmp_path, teacher):
     assert after.keys() == first.keys()  # the stale shard is gone
     same = [rel for rel in first if rel.endswith(".parquet") or rel.startswith(".mbeir-cot")]
     assert len(same) > 3 and all(after[rel] == first[rel] for rel in same)  # (stats count the journal hits)
+    from pipeline.publish import collect_files
+
+    published = collect_files(out, include_rejects=True)
+    assert "data/train-00000-of-00001.parquet" in published and not set(USER_FILES) & set(published)
 
 
 def test_output_from_before_markers_is_recognised_by_its_manifest(sample_root, tmp_path):
