@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from common.errors import ConfigError
+from trainer.modeling.config_check import Range, checked_fields, first_line, read_json_object
 from trainer.modeling.processor import MAX_TARGET_TOKENS, MAX_TEXT_TOKENS, TraceProcessor
 
 TRACE_CONFIG = "trace_config.json"
@@ -37,6 +38,18 @@ class ModelConfig:
     max_target_tokens: int = MAX_TARGET_TOKENS
     image_max_pixels: int | None = None  # None: keep the checkpoint's image processor setting
     train_vision: bool = False  # PAPER.md §3 freezes the vision encoder; True only for the random tiny model
+
+
+# What a trace_config.json value may be beyond its type (read_config checks both, for every field).
+CONFIG_RANGES: dict[str, Range] = {
+    "base_model": (lambda v: bool(v.strip()), "a model name or path, not empty"),
+    "lora_r": (lambda v: v >= 0, "0 (full fine-tuning) or more"),
+    "lora_alpha": (lambda v: v > 0, "above 0"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "max_text_tokens": (lambda v: v >= 1, "at least 1"),
+    "max_target_tokens": (lambda v: v >= 1, "at least 1"),
+    "image_max_pixels": (lambda v: v >= 1, "at least 1, or null (the image processor's own setting)"),
+}
 
 
 def checkpoint_folder(name_or_path: str | Path, revision: str | None = None, token: str | None = None) -> Path:
@@ -69,12 +82,17 @@ def read_checkpoint(checkpoint_dir: str | Path, flag: str = "--checkpoint") -> M
         hint = f" (it holds {inner[-1].parent.name}/)" if inner else ""
         raise ConfigError(f"{flag} {ckpt} is not a TRACE checkpoint: no {TRACE_CONFIG}{hint}; give the "
                           "--output_dir of trainer.train or one of its checkpoint-N folders")
-    try:
-        cfg = ModelConfig(**json.loads((ckpt / TRACE_CONFIG).read_text()))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{flag} {ckpt}: {TRACE_CONFIG} is not a checkpoint config ({e})") from e
+    cfg = read_config(ckpt, flag)
     _check_complete(ckpt, cfg, flag)
     return cfg
+
+
+def read_config(checkpoint_dir: str | Path, flag: str = "--checkpoint") -> ModelConfig:
+    """The folder's trace_config.json, every field's type and range checked; ConfigError naming the file and the
+    field (for a folder that has no such file too)."""
+    where = f"{flag} {checkpoint_dir}: {TRACE_CONFIG} is not a checkpoint config"
+    data = read_json_object(Path(checkpoint_dir) / TRACE_CONFIG, where)
+    return ModelConfig(**checked_fields(data, ModelConfig, where, CONFIG_RANGES))
 
 
 def _check_complete(ckpt: Path, cfg: ModelConfig, flag: str) -> None:
@@ -98,9 +116,8 @@ def load_base(path: str, cfg: ModelConfig, device: torch.device,
     try:
         return _load_parts(path, cfg, device, tokenizer_path)
     except (OSError, SafetensorError) as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"cannot load the model at {path}: {why}; give a complete Qwen2-VL-family checkpoint "
-                          "folder or a reachable Hub name") from e
+        raise ConfigError(f"cannot load the model at {path}: {first_line(e)}; give a complete Qwen2-VL-family "
+                          "checkpoint folder or a reachable Hub name") from e
 
 
 def _load_parts(path: str, cfg: ModelConfig, device: torch.device, tokenizer_path: str | None):

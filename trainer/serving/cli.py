@@ -75,6 +75,8 @@ def load(a: argparse.Namespace):
         torch.set_num_threads(a.threads)
     try:
         return TraceEmbedder.from_pretrained(a.checkpoint, device=a.device)
+    except ConfigError:  # already names --checkpoint
+        raise
     except ValueError as err:
         raise ConfigError(f"--checkpoint {a.checkpoint}: {err}") from None
 
