@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from common.cli import CliParser, run_cli
@@ -30,8 +31,9 @@ from common.hub import (
     verify_files,
 )
 from trainer.integrations.st import MODULE_CONFIG, st_files
-from trainer.modeling.checkpoint import ADAPTER_DIR, TRACE_CONFIG
+from trainer.modeling.checkpoint import ADAPTER_DIR, TRACE_CONFIG, read_config
 from trainer.release.card import CardInputs, render_card
+from trainer.training.config_file import read_train_config
 
 REPO_TYPE = "model"
 # Training-only files: never part of a release.
@@ -97,7 +99,7 @@ def build_release(ckpt: str | Path, repo_id: str, *, results: str | None = None,
     published) and README.md (the card)."""
     ckpt = Path(ckpt)
     files: dict[str, Path | bytes] = {}
-    trace_cfg = _read_json(ckpt / TRACE_CONFIG, TRACE_CONFIG) if (ckpt / TRACE_CONFIG).is_file() else None
+    trace_cfg = asdict(read_config(ckpt)) if (ckpt / TRACE_CONFIG).is_file() else None
     base, base_dir = resolve_base(trace_cfg, ckpt, base_model) if trace_cfg else (".", None)
     files.update(collect_files(ckpt, base_dir))
     trace_cfg = {**trace_cfg, "base_model": base}
@@ -105,7 +107,7 @@ def build_release(ckpt: str | Path, repo_id: str, *, results: str | None = None,
     module_cfg = _read_json(ckpt / MODULE_CONFIG, MODULE_CONFIG) if MODULE_CONFIG in files else {}
     # Current sentence-transformers files; a local export keeps its settings.
     files.update(st_files(module_cfg.get("mode", "direct"), module_cfg.get("max_new_tokens", 128)))
-    train_cfg = _read_json(ckpt / "train_config.json", "train_config.json") if "train_config.json" in files else {}
+    train_cfg = read_train_config(ckpt / "train_config.json") if "train_config.json" in files else {}
     found = {name: find_result(ckpt, name, given) for name, given in (("results.json", results),
                                                                       ("bench.json", bench))}
     for name, value in found.items():
