@@ -1,10 +1,16 @@
 """Training checkpoints: OUTPUT_DIR/checkpoint-N is a model checkpoint (trainer/modeling/checkpoint.py) plus
 training_state.pt (optimizer, scheduler, sampler position, every rank's random state, step) for exact resume.
-Saving one, resuming from one, and checking that one can be resumed with the flags given."""
+Saving one, resuming from one, and checking that one can be resumed with the flags given.
+
+training_state.pt holds tensors, dicts, lists, numbers and strings only (the random states too,
+trainer/training/rng.py) and is read with torch.load(weights_only=True): a checkpoint from elsewhere cannot run
+code on resume, and a state that would need pickle (an older version's, or a crafted one) is refused, never run.
+"""
 
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -12,12 +18,14 @@ import torch
 
 from common.errors import ConfigError
 from trainer.modeling.checkpoint import ADAPTER_DIR, read_checkpoint
+from trainer.modeling.config_check import first_line
 from trainer.training.config import TrainConfig
 from trainer.training.ranks import barrier, gather_objects
 from trainer.training.rng import generator_states, restore_generators
 from trainer.training.run import TINY_BASE, Run
 
 STATE_FILE = "training_state.pt"
+STATE_KEYS = ("optimizer", "scheduler", "sampler", "rng", "step")
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -43,6 +51,24 @@ def save(run: Run, path: Path) -> None:
     barrier()
 
 
+def load_state(checkpoint: Path) -> dict:
+    """checkpoint/training_state.pt, read without running code (torch.load with weights_only=True); ConfigError
+    when it would need pickle (an older version's numpy/Python random states, or a crafted file), or is damaged."""
+    where = f"--resume {checkpoint}: {STATE_FILE}"
+    try:
+        state = torch.load(checkpoint / STATE_FILE, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"{where} was written by an older version or elsewhere and is not loaded (it would "
+                          "need pickle); resume from a checkpoint written by this version or start fresh") from e
+    except Exception as e:  # noqa: BLE001 - any unreadable state file is the same bad input
+        raise ConfigError(f"{where} cannot be read ({type(e).__name__}: {first_line(e)}); the checkpoint is "
+                          "damaged: resume from an earlier checkpoint-N") from e
+    if not isinstance(state, dict):
+        raise ConfigError(f"{where} holds a {type(state).__name__}, not a training state; the checkpoint is "
+                          "damaged: resume from an earlier checkpoint-N")
+    return state
+
+
 def resume(run: Run, path: Path) -> None:
     """Bring a freshly set-up run to the checkpoint's step: adapter weights (a full fine-tune was loaded from the
     checkpoint already), optimizer, scheduler, sampler position and this rank's random state."""
@@ -52,16 +78,31 @@ def resume(run: Run, path: Path) -> None:
 
         adapter = load_peft_weights(str(path / ADAPTER_DIR), device=str(run.ranks.device))
         set_peft_model_state_dict(run.embedder.model, adapter)
-    state = torch.load(path / STATE_FILE, weights_only=False, map_location="cpu")
+    state = load_state(path)
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise ConfigError(f"--resume {path}: {STATE_FILE} lacks {', '.join(missing)}; it was not written by "
+                          "trainer.train: resume from a checkpoint-N it wrote, or start fresh")
+    try:
+        _apply(run, state)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"--resume {path}: {STATE_FILE} does not fit this run ({type(e).__name__}: "
+                          f"{first_line(e)}); resume from a checkpoint this version wrote with the same flags, "
+                          "or start fresh") from e
+
+
+def _apply(run: Run, state: dict) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.data.sampler.load_state_dict(state["sampler"])
-    restore_generators(state["rng"][run.ranks.rank] if isinstance(state["rng"], list) else state["rng"])
-    run.step = state["step"]
+    rng = state["rng"]
+    restore_generators(rng[run.ranks.rank] if isinstance(rng, list) else rng)
+    run.step = int(state["step"])
 
 
 def check_resume(cfg: TrainConfig, resume: Path) -> None:
-    """ConfigError unless `resume` is a training checkpoint of the same base model and LoRA rank."""
+    """ConfigError unless `resume` is a training checkpoint of the same base model and LoRA rank, whose state
+    loads without pickle."""
     if not (resume / STATE_FILE).is_file():
         raise ConfigError(f"--resume {resume} is not a training checkpoint (no {STATE_FILE}): give "
                           "OUTPUT_DIR/checkpoint-N, or --resume auto for the newest one")
@@ -70,11 +111,10 @@ def check_resume(cfg: TrainConfig, resume: Path) -> None:
         raise ConfigError(f"--resume {resume} was trained with --lora_r {saved.lora_r}, not {cfg.lora_r}: pass "
                           f"--lora_r {saved.lora_r} to resume it")
     _check_same_base(cfg, resume, saved.base_model)
-    try:
-        sampler = torch.load(resume / STATE_FILE, weights_only=False, map_location="cpu").get("sampler", {})
-    except Exception as e:  # noqa: BLE001 - any unreadable state file is the same bad input
-        raise ConfigError(f"--resume {resume}: {STATE_FILE} cannot be read ({type(e).__name__}: {e}); the "
-                          "checkpoint is damaged: resume from an earlier checkpoint-N") from e
+    sampler = load_state(resume).get("sampler", {})
+    if not isinstance(sampler, dict):
+        raise ConfigError(f"--resume {resume}: {STATE_FILE} holds no sampler position; the checkpoint is damaged: "
+                          "resume from an earlier checkpoint-N")
     if sampler.get("batch_size", cfg.global_batch) != cfg.global_batch or sampler.get("seed", cfg.seed) != cfg.seed:
         raise ConfigError(f"--resume {resume} was trained with --global_batch {sampler.get('batch_size')} --seed "
                           f"{sampler.get('seed')}: pass the same values to resume it (a step's rows depend on both)")

@@ -16,16 +16,25 @@ def seed_all(seed: int) -> None:
 
 
 def generator_states() -> dict:
-    """Every generator a run draws from (Python, NumPy, torch CPU, every GPU), as a checkpoint stores it."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    """Every generator a run draws from (Python, NumPy, torch CPU, every GPU), as a checkpoint stores it: tensors,
+    lists, numbers and strings only, so that torch.load(weights_only=True) reads it back (no pickled objects)."""
+    version, internal, gauss = random.getstate()
+    algorithm, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    return {"torch": torch.get_rng_state(),
+            "python": {"version": version, "state": list(internal), "gauss": gauss},
+            "numpy": {"algorithm": algorithm, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached_gaussian)},
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def restore_generators(state: dict) -> None:
     """The generators as generator_states() found them."""
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["algorithm"], np.array(npy["keys"], dtype=np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
