@@ -175,20 +175,36 @@ def health(url: str) -> dict:
         return json.load(res)
 
 
-def served_run(url: str, pids: dict[str, int], items: list[dict], reference, clients: int, per_request: int) -> dict:
+@dataclass
+class Workload:
+    queries: list  # QueryInput
+    items: list[dict]  # the same queries as request items
+    reference: object  # EncodeResult of one in-process adaptive run: embeddings and routes
+
+
+def _ms(values: Sequence[float], q: float) -> float | None:
+    return round(1000 * percentile(values, q), 2) if values else None
+
+
+def served_run(url: str, pids: dict[str, int], w: Workload, clients: int, per_request: int) -> dict:
+    """One served run of the workload; with one query a request, latencies also split by the query's route."""
     before = health(url)
     with CpuMeter(pids) as cpu:
-        r = asyncio.run(drive(url, items, clients, per_request))
+        r = asyncio.run(drive(url, w.items, clients, per_request))
     after = health(url)
-    chunks = after["prefill_chunks"] - before["prefill_chunks"]
-    spent = cpu.result["seconds"]
-    return {"qps": round(len(items) / r["seconds"], 2), "p50_ms": round(1000 * percentile(r["latency"], 0.5), 2),
-            "p99_ms": round(1000 * percentile(r["latency"], 0.99), 2),
-            "min_cosine": min_cosine(r["embeddings"], reference), "cpu": cpu.result,
-            "server_cpu_ms_per_query": round(1000 * spent["server"] / len(items), 3),
-            "server_loop_cpu_ms_per_query": round(1000 * spent["server_main_thread"] / len(items), 3),
-            "client_cpu_ms_per_query": round(1000 * spent["client"] / len(items), 3),
-            "mean_prefill_chunk": round((after["prefilled_inputs"] - before["prefilled_inputs"]) / chunks, 2)}
+    n, spent = len(w.items), cpu.result["seconds"]
+    out = {"qps": round(n / r["seconds"], 2), "p50_ms": _ms(r["latency"], 0.5), "p99_ms": _ms(r["latency"], 0.99),
+           "min_cosine": min_cosine(r["embeddings"], w.reference.embeddings), "cpu": cpu.result,
+           "server_cpu_ms_per_query": round(1000 * spent["server"] / n, 3),
+           "server_loop_cpu_ms_per_query": round(1000 * spent["server_main_thread"] / n, 3),
+           "client_cpu_ms_per_query": round(1000 * spent["client"] / n, 3),
+           "mean_prefill_chunk": round((after["prefilled_inputs"] - before["prefilled_inputs"])
+                                       / max(1, after["prefill_chunks"] - before["prefill_chunks"]), 2)}
+    if per_request == 1:
+        for route, flag in (("direct", False), ("reasoning", True)):
+            lat = [t for t, f in zip(r["latency"], w.reference.reasoned, strict=True) if f == flag]
+            out[f"{route}_p50_ms"], out[f"{route}_p99_ms"] = _ms(lat, 0.5), _ms(lat, 0.99)
+    return out
 
 
 def in_process_run(embedder, queries, a: argparse.Namespace) -> dict:
@@ -204,13 +220,6 @@ def _keep_best(best: dict, key: str, run: dict) -> None:
         best[key] = run
 
 
-@dataclass
-class Workload:
-    queries: list  # QueryInput
-    items: list[dict]  # the same queries as request items
-    reference: object  # EncodeResult of one in-process adaptive run: embeddings and routes
-
-
 def bench_mixes(a: argparse.Namespace, embedder, workloads: dict[str, Workload], url: str,
                 pids: dict[str, int]) -> dict:
     """Per mix: the in-process run and the served run at each C, best of a.repeats rounds (a round runs them
@@ -221,7 +230,7 @@ def bench_mixes(a: argparse.Namespace, embedder, workloads: dict[str, Workload],
         for _ in range(a.repeats):
             _keep_best(best, "in_process", in_process_run(embedder, w.queries, a))
             for c in a.clients:
-                _keep_best(best, f"c{c}", served_run(url, pids, w.items, w.reference.embeddings, c, a.per_request))
+                _keep_best(best, f"c{c}", served_run(url, pids, w, c, a.per_request))
         for c in a.clients:
             best[f"c{c}"]["ratio_to_in_process"] = round(best[f"c{c}"]["qps"] / best["in_process"]["qps"], 3)
         out[name] = {"share_reasoned": round(sum(w.reference.reasoned) / len(w.queries), 4), **best}
@@ -239,22 +248,27 @@ def bench_easy(a: argparse.Namespace, workloads: dict[str, Workload], url: str) 
     return {"idle": idle, "loaded": loaded, "ratio_to_idle": [round(r["p50_ms"] / idle["p50_ms"], 3) for r in loaded]}
 
 
+def _row(name: str, m: dict, key: str) -> str:
+    r, base = m[key], m["in_process"]
+    split = " | ".join(f"{r.get(k) or '-'}" for k in ("direct_p50_ms", "direct_p99_ms", "reasoning_p50_ms",
+                                                       "reasoning_p99_ms"))
+    return " | ".join([
+        name, f"{100 * m['share_reasoned']:.1f}", key[1:], f"{r['qps']:.1f}", f"{base['qps']:.1f}",
+        f"{r['ratio_to_in_process']:.3f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", split,
+        f"{r['min_cosine']:.5f}", f"{r['mean_prefill_chunk']:.1f}",
+        f"{r['server_cpu_ms_per_query']:.2f} ({r['server_loop_cpu_ms_per_query']:.2f}) / "
+        f"{r['client_cpu_ms_per_query']:.2f} / {base['cpu_ms_per_query']:.2f}",
+        f"{r['cpu']['cores_others']:.2f} ({base['cpu']['cores_others']:.2f})"])
+
+
 def table(result: dict) -> str:
     lines = [f"batch {result['batch_size']}, {result['queries']} queries a mix, {result['per_request']} a request, "
-             f"torch threads {result['threads']}, max_batch_wait_ms {result['max_batch_wait_ms']}; others = cores "
-             "busy with work not ours during the run",
-             "mix | reasoned % | clients | q/s | in-process q/s | x in-process | p50 ms | p99 ms | min cos | chunk | "
-             "CPU ms/query: server (its event loop) / client / in-process | others"]
+             f"torch threads {result['threads']}, max_batch_wait_ms {result['max_batch_wait_ms']}",
+             "mix | reasoned % | clients | q/s | in-process q/s | x in-process | p50 ms | p99 ms | direct p50 | p99 | "
+             "reasoning p50 | p99 | min cos | chunk | CPU ms/query: server (event loop) / client / in-process | "
+             "cores used by others: served run (in-process run)"]
     for name, m in result["mixes"].items():
-        base = m["in_process"]
-        for key in (k for k in m if k.startswith("c")):
-            r = m[key]
-            lines.append(" | ".join([
-                name, f"{100 * m['share_reasoned']:.1f}", key[1:], f"{r['qps']:.1f}", f"{base['qps']:.1f}",
-                f"{r['ratio_to_in_process']:.3f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                f"{r['min_cosine']:.5f}", f"{r['mean_prefill_chunk']:.1f}", f"{r['server_cpu_ms_per_query']:.2f} ({r['server_loop_cpu_ms_per_query']:.2f})"
-                f" / {r['client_cpu_ms_per_query']:.2f} / {base['cpu_ms_per_query']:.2f}",
-                f"{r['cpu']['cores_others']:.2f} (in-process run {base['cpu']['cores_others']:.2f})"]))
+        lines += [_row(name, m, key) for key in m if key.startswith("c")]
     easy = result["easy"]
     lines.append(f"easy query p50: idle {easy['idle']['p50_ms']} ms; " + "; ".join(
         f"{r['load_clients']} reasoning clients {r['p50_ms']} ms ({x}x idle)"
