@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 
 from common.errors import ConfigError
 from trainer.modeling.checkpoint import ModelConfig
+from trainer.training.telemetry import check_report_to
 
 NEGATIVES = ("global", "micro")  # global: the gradient cache (PAPER.md §3 batch); micro: the ablation
 
@@ -48,6 +49,7 @@ class TrainConfig:
     log_every: int = 10
     resume: str = ""  # a checkpoint-N folder, or "auto" for the newest one in output_dir
     progress: bool = True  # tqdm bar on rank 0
+    report_to: str = "none"  # none, tensorboard or wandb: where each step's scalars also go (training/telemetry.py)
 
 
 # Offline tiny mode: small enough for CPU tests; applied unless the flag is given explicitly. The model has
@@ -108,4 +110,5 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("--epochs 0 with --max_steps 0 trains nothing: give --epochs above 0 or --max_steps")
     if cfg.ce_weight == cfg.nce_weight == cfg.route_weight == 0:
         raise ConfigError("--ce_weight, --nce_weight and --route_weight are all 0: nothing to train")
+    check_report_to(cfg.report_to)
     return cfg
