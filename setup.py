@@ -26,6 +26,9 @@ TRAIN = ["torch>=2.4", "transformers>=5.20,<6", "peft>=0.21,<1", "pyarrow>=25", 
 # 6.x's InputModule (preprocess with prompt and task) are the interfaces the wrappers implement.
 ST = ["sentence-transformers>=6.0,<7"]
 MTEB = ["mteb>=2.26,<3"] + ST
+# trainer/training/telemetry.py (--report_to tensorboard|wandb): imported only when asked; torch's SummaryWriter
+# needs the tensorboard package.
+TELEMETRY = ["tensorboard>=2.20,<3", "wandb>=0.31,<0.32"]
 # trainer/serving/ (python -m trainer.serve): imported only there, so the trainer runs without it.
 SERVE = ["aiohttp>=3.9,<4"]
 
@@ -46,7 +49,8 @@ setup(
         "mteb": TRAIN + MTEB,
         "st": TRAIN + ST,
         "serve": TRAIN + SERVE,
-        "dev": TRAIN + MTEB + SERVE + ["pytest>=8", "ruff>=0.6", "cloudpickle>=3"],
+        "telemetry": TRAIN + TELEMETRY,
+        "dev": TRAIN + MTEB + SERVE + TELEMETRY + ["pytest>=8", "ruff>=0.6", "cloudpickle>=3"],
     },
     entry_points={"console_scripts": ["mbeir-cot=pipeline.__main__:main"]},
 )
