@@ -25,6 +25,7 @@ LOSS_TERMS = ("loss", "ce", "nce", "route")
 
 def train(cfg: TrainConfig) -> list[dict]:
     """Run training; returns the per-step log records (rank 0 also writes them to output_dir/train_log.jsonl)."""
+    telemetry.check_installed(cfg.report_to)
     resume = checkpoint.resume_from(cfg)
     run = set_up(cfg, init_ranks(), resume)
     if resume is not None:

@@ -28,10 +28,15 @@ T = TypeVar("T")
 
 
 def check_report_to(name: str) -> None:
-    """ConfigError unless `name` is a known reporter whose library is installed (checked without importing it)."""
+    """ConfigError unless `name` is a known reporter (a rule of the config, so also of a train_config.json read
+    back where the library may be absent)."""
     if name not in REPORT_TO:
         raise ConfigError(f"--report_to {name!r} is not one of {', '.join(REPORT_TO)}: none (train_log.jsonl only), "
                           "tensorboard or wandb")
+
+
+def check_installed(name: str) -> None:
+    """ConfigError unless the reporter's library is installed (found without importing it), before a run starts."""
     if name != "none" and importlib.util.find_spec(name) is None:
         raise ConfigError(f"--report_to {name} needs the {name} package, which is not installed: {INSTALL}")
 

@@ -144,13 +144,15 @@ def test_bad_report_to_is_one_line_exit_2(capsys, value, message):
     assert err.count("\n") == 1 and err.startswith(f"{PROG}: error: ") and message in err, err
 
 
-def test_a_reporter_whose_library_is_missing_is_one_line_naming_the_extra(capsys, monkeypatch):
+def test_a_reporter_whose_library_is_missing_is_one_line_naming_the_extra_before_the_model_loads(
+        sample_cot, tmp_path, capsys, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    assert run_cli(parse_args, ["--data", "d", "--report_to", "wandb"], prog=PROG) == 2
+    assert parse_args(["--data", "d", "--report_to", "wandb"]).report_to == "wandb"  # a valid config all the same
+    assert main(["--data", sample_cot, "--output_dir", str(tmp_path / "out"), "--report_to", "wandb"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--report_to wandb needs the wandb package" in err
-    assert "pip install '.[telemetry]'" in err
+    assert err.count("\n") == 1 and "--report_to wandb needs the wandb package" in err, err
+    assert "pip install '.[telemetry]'" in err and not (tmp_path / "out" / "tiny_base").exists()
 
 
 def test_report_to_defaults_to_none_and_imports_no_reporting_library():
@@ -161,3 +163,15 @@ def test_report_to_defaults_to_none_and_imports_no_reporting_library():
             "or m.startswith('torch.utils.tensorboard')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_train_config_naming_a_reporter_reads_back_where_its_library_is_absent(tmp_path, monkeypatch):
+    from dataclasses import asdict, replace
+
+    from trainer.training.config import TrainConfig
+    from trainer.training.config_file import read_train_config
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # trainer.release's machine
+    path = tmp_path / "train_config.json"
+    path.write_text(json.dumps(asdict(replace(TrainConfig(data="d"), report_to="wandb"))))
+    assert read_train_config(path)["report_to"] == "wandb"
