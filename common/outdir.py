@@ -241,7 +241,11 @@ class _RemoteFiles:
     """gs://, s3:// ... through Beam's FileSystems (imported only here: the trainer never needs Beam)."""
 
     def __init__(self, root: str):
-        from apache_beam.io.filesystems import FileSystems
+        try:
+            from apache_beam.io.filesystems import FileSystems
+        except ImportError:
+            raise ConfigError(f"{root}: an object-store folder is reached through apache-beam's FileSystems, which "
+                              "is not installed here; give a local folder") from None
 
         self.root = root.rstrip("/")
         self.fs = FileSystems

@@ -94,3 +94,68 @@ def test_evaluate_killed_run_does_not_block_the_rerun(eval_root, tmp_path, capsy
         kill(child)
         assert _evaluate(eval_root, out) == 0
     assert (out / LOCK).read_text() == ""
+
+
+def _train(data: str, root: str, out: Path, *extra: str) -> int:
+    from trainer.training.cli import main
+
+    return main(["--data", data, "--mbeir_root", root, "--model", "tiny", "--global_batch", "4", "--micro_batch", "4",
+                 "--max_steps", "1", "--progress", "false", "--output_dir", str(out), *extra])
+
+
+def test_train_refuses_a_foreign_folder_and_never_replaces_its_files(sample_cot, sample_root, tmp_path, capsys):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    refused(capsys, _train(sample_cot, sample_root, out), f"--output_dir {out}", "notes.txt", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    for theirs in ("config.json", "train_log.jsonl"):
+        other = tmp_path / theirs
+        other.mkdir()
+        (other / theirs).write_text("theirs")
+        refused(capsys, _train(sample_cot, sample_root, other, "--overwrite"), f"{theirs} is in the way")
+        assert (other / theirs).read_text() == "theirs"
+    assert _train(sample_cot, sample_root, out, "--overwrite") == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "trace_config.json").exists()
+
+
+def test_train_reruns_and_resumes_in_its_own_folder(sample_cot, sample_root, tmp_path):
+    out = tmp_path / "t"
+    assert _train(sample_cot, sample_root, out, "--save_every", "1") == 0
+    (out / "notes.txt").write_text("mine")  # the user's, beside the run's files
+    assert _train(sample_cot, sample_root, out, "--max_steps", "2", "--resume", "auto") == 0
+    steps = [line for line in (out / "train_log.jsonl").read_text().splitlines() if line]
+    assert len(steps) == 2 and (out / "notes.txt").read_text() == "mine"  # resumed: the log goes on
+
+
+def test_train_second_run_is_refused_and_a_killed_one_blocks_nothing(sample_cot, sample_root, tmp_path, capsys):
+    from trainer.training.cli import COMMAND
+
+    out = tmp_path / "t"
+    with held_elsewhere(out, COMMAND) as child:
+        refused(capsys, _train(sample_cot, sample_root, out), f"trainer.train (pid {child.pid} ")
+        kill(child)
+        assert _train(sample_cot, sample_root, out) == 0
+    assert (out / LOCK).read_text() == ""
+
+
+def test_under_torchrun_only_rank_0_claims_the_folder(tmp_path, monkeypatch):
+    from trainer.training.cli import claim_output
+    from trainer.training.config import TrainConfig
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "t"))
+    monkeypatch.setenv("RANK", "1")
+    with claim_output(cfg):
+        assert not (tmp_path / "t").exists()
+    monkeypatch.setenv("RANK", "0")
+    with claim_output(cfg):
+        assert (tmp_path / "t" / MARKER).exists()
+
+
+def test_output_from_before_markers_is_recognised(eval_root, tmp_path, capsys):
+    for name, run, legacy in (("b", _bench, "bench.json"), ("e", _evaluate, "results.json")):
+        out = tmp_path / name
+        out.mkdir()
+        (out / legacy).write_text("{}")  # an earlier run's, written before output folders were marked
+        assert run(eval_root, out) == 0, capsys.readouterr().err
+        assert (out / MARKER).exists()

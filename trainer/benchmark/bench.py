@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     a = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     out = Path(a.output_dir)
     work = _mix_work(a, out, embedder) if a.mix is not None else _pairs_work(a, out, embedder)
-    with claim_output_dir(out, command=COMMAND, patterns=OUTPUTS, overwrite=a.overwrite):
+    with claim_output_dir(out, command=COMMAND, patterns=OUTPUTS, legacy=("bench.json",), overwrite=a.overwrite):
         return work()
 
 

@@ -55,6 +55,7 @@ COMMAND = "trainer.evaluate"  # the output-folder marker's name (common/outdir.p
 # there unless --cache_dir puts it elsewhere.
 OUTPUTS = ("runs/mbeir_*_run.txt", "results.json", "results.tsv", "shards/shard-*-of-*.json", "shards/.shard-*.tmp",
            "embedding_cache/*")
+LEGACY = ("results.json", "shards/shard-*-of-*.json")  # its output from before output folders were marked
 
 
 @dataclass
@@ -365,7 +366,7 @@ def claim(cfg: EvalConfig, sharding: Sharding, overwrite: bool) -> contextlib.Ab
     ranks write only their cache chunks, inside rank 0's hold); shard jobs hold it together."""
     if sharding.distributed and sharding.rank != 0:
         return contextlib.nullcontext()
-    return claim_output_dir(cfg.output_dir, command=COMMAND, patterns=OUTPUTS, overwrite=overwrite,
+    return claim_output_dir(cfg.output_dir, command=COMMAND, patterns=OUTPUTS, legacy=LEGACY, overwrite=overwrite,
                             shared=sharding.kind == "shard jobs")
 
 
@@ -379,7 +380,8 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     check_config(cfg)
     if embedder is None:
         check_checkpoint(a.checkpoint)
-    check_output_dir(cfg.output_dir, command=COMMAND, patterns=OUTPUTS, overwrite=a.overwrite)  # on every rank
+    check_output_dir(cfg.output_dir, command=COMMAND, patterns=OUTPUTS, legacy=LEGACY,
+                     overwrite=a.overwrite)  # on every process
     sharding = from_environment(cfg.num_shards, cfg.shard_index, cfg.device)
     cfg.device = rank_device(cfg.device, sharding)
     model_fp = getattr(embedder, "fingerprint", None) or retrieval.dir_fingerprint(a.checkpoint)

@@ -16,6 +16,7 @@ class TrainConfig:
     data: str = ""  # M-BEIR-CoT folder (DATA/data/*.parquet), a glob, or any fsspec path
     model: str = "tiny"  # Qwen2-VL / Qwen2.5-VL name or path, or "tiny" (offline random model, trainer/modeling/tiny.py)
     output_dir: str = "out/trace"
+    overwrite: bool = False  # write into an output_dir holding other files (never replacing them: common/outdir.py)
     mbeir_root: str | None = None  # images referenced by relative path in the rows
     # optimisation
     lr: float = 2e-4  # PAPER.md §3: lr 2e-4, AdamW
