@@ -268,9 +268,12 @@ class _RemoteFiles:
         with self.fs.create(self._join(relative)) as fh:
             fh.write(text.encode())
 
-    def delete(self, relatives: Sequence[str], prefix: str = "") -> None:  # object stores have no folders
+    def delete(self, relatives: Sequence[str], prefix: str = "") -> None:
         if relatives:
             self.fs.delete([self._join(r) for r in relatives])
+        folder = self._join(prefix)  # object stores have no folders; a FileSystem with folders may keep empty ones
+        if prefix and self.fs.get_filesystem(folder).has_dirs() and self.fs.exists(folder) and not self.list(prefix):
+            self.fs.delete([folder])
 
     @contextmanager
     def lock(self, holder: dict, flag: str, shared: bool):  # an object-store lock is always exclusive

@@ -145,9 +145,11 @@ def test_object_store_folder_follows_the_same_contract(tmp_path):
             out.fs.write_text("stats.json", "{}")
             out.fs.write_text("notes.txt", "mine")
         assert not (tmp_path / "bucket/out" / LOCK).exists()
-        with claim(root) as out:
+        with claim(root, patterns=(*PATTERNS, "_work/*")) as out:
+            out.fs.write_text("_work/x.json", "{}")
+            assert out.remove_own("_work") == ["_work/x.json"]
             assert out.remove_own() == ["stats.json"]
-        assert (tmp_path / "bucket/out/notes.txt").exists()
+        assert (tmp_path / "bucket/out/notes.txt").exists() and not (tmp_path / "bucket/out/_work").exists()
         lock = tmp_path / "bucket/out" / LOCK
         lock.write_text(json.dumps({"command": "demo", "pid": 1, "expires": time.time() - 1}))
         with claim(root):  # an expired lock is taken over
