@@ -12,8 +12,8 @@
   an flock on `.mbeir-cot.lock` (the kernel drops it when the holder dies, so a killed run never blocks the
   rerun); on an object store the lock is an object renewed every minute and taken over once it has expired.
 
-    with claim_output_dir(out, command="trainer.train", patterns=TRAIN_OUTPUTS, overwrite=args.overwrite) as folder:
-        folder.remove_own("checkpoint-*")   # only what this command wrote
+    with claim_output_dir(out, command="pipeline", patterns=OWN_FILES, overwrite=opts.overwrite) as folder:
+        folder.remove_own("data")   # only what this command wrote under data/; a user's file there stays
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ class OutputDir:
         relative to it. For a scratch folder of the command ("_plan/*") everything in it is its own."""
         head = relative.strip("/") + "/"
         patterns = tuple(p[len(head):] for p in self.patterns if p.startswith(head))
-        return OutputDir(_join(self.path, head.rstrip("/")), self.command, patterns,
-                         _files_for(_join(self.path, head.rstrip("/"))))
+        path = _join(self.path, head.rstrip("/"))
+        return OutputDir(path, self.command, patterns, _files_for(path))
 
 
 def _join(path: str, relative: str) -> str:
