@@ -171,15 +171,6 @@ def move(source: str, target: str) -> None:
     FileSystems.rename([source], [target])
 
 
-def delete_tree(folder: str) -> None:
-    """Delete a folder and everything under it (object stores have no folders: match the files under it)."""
-    paths = [m.path for m in FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list]
-    if paths:
-        FileSystems.delete(paths)
-    if FileSystems.get_filesystem(folder).has_dirs() and FileSystems.exists(folder):
-        FileSystems.delete([folder])
-
-
 def write_shard(rows: list[dict[str, Any]], path: str, schema: pa.Schema) -> dict[str, Any]:
     """Write one Parquet file and return {path, rows, sha256, bytes}."""
     data = parquet_bytes(rows, schema)
