@@ -21,15 +21,16 @@ from PIL import Image
 
 from common.errors import ConfigError
 from pipeline.mbeir import image_gate, images
+from trainer.modeling.config_check import first_line
 from trainer.modeling.interface import CandidateInput, QueryInput
 from trainer.modeling.student import format_query_text
-
-# What the trainer cannot do without; the other ROW_COLUMNS have defaults when a shard lacks them.
-REQUIRED_COLUMNS = ("dataset", "task_id", "target", "instruction", "query_txt", "query_img_path", "pos_txt",
-                    "pos_img_path")
-ROW_COLUMNS = ["id", "pos_did", "dataset", "task_id", "instruction", "query_txt", "query_img_path", "pos_txt",
-               "pos_img_path", "cand_modality", "route", "target"]
-IMAGE_COLUMNS = ["query_image", "pos_image"]  # optional Hugging Face Image structs {bytes, path}
+from trainer.training.row_types import (
+    IMAGE_COLUMNS,
+    REQUIRED_COLUMNS,
+    ROW_COLUMNS,
+    row_problem,
+    schema_problem,
+)
 
 
 def list_shards(data: str) -> list[str]:
@@ -65,52 +66,68 @@ class Example:
 class ShardIndex:
     """Maps a global row index to (shard, row group, offset) and reads rows by row group with an LRU cache.
 
-    A shard that cannot be read (truncated, not Parquet, unreadable) or lacks REQUIRED_COLUMNS is skipped with
-    a line on stderr and counted in `skipped`, as a bad row is; ConfigError only when no usable shard is left.
-    A row group that fails to read later drops its rows (counted as unreadable_row_group)."""
+    A shard that cannot be read (truncated, not Parquet, unreadable), lacks REQUIRED_COLUMNS or has a column of
+    another type than the row contract's (trainer/training/row_types.py) is skipped with a line on stderr and
+    counted in `skipped`, as a bad row is; ConfigError only when no usable shard is left. A row without a dataset
+    or task_id is left out of the index (counted); a row group that fails to read later drops its rows (counted as
+    unreadable_row_group)."""
 
     def __init__(self, paths: list[str], cache_groups: int = 16):
         self.skipped: Counter[str] = Counter()
         self._files: dict[int, pq.ParquetFile] = {}
         self._cache: OrderedDict[tuple[int, int], list[dict]] = OrderedDict()
         self._cache_groups = cache_groups
-        locs, fams, usable, schemas, lacking = [], [], [], [], {}
+        self._problems: dict[str, str] = {}  # skipped shard -> what is wrong with it
+        locs, fams, usable, names = [], [], [], []
         for path in paths:
-            f = len(usable)
-            try:
-                pf = pq.ParquetFile(fsspec.open(path, "rb").open())
-                names = pf.schema_arrow.names
-                missing = [c for c in REQUIRED_COLUMNS if c not in names]
-                if missing:
-                    lacking[path] = missing
-                    self._skip(path, "shard_missing_columns", f"lacks the columns {', '.join(missing)}")
-                    continue
-                groups = [pf.read_row_group(g, columns=["dataset", "task_id"]) for g in range(pf.num_row_groups)]
-            except (OSError, pa.ArrowException) as e:
-                self._skip(path, "unreadable_shard", f"is not a readable Parquet file ({_first_line(e)})")
+            opened = self._open(path)
+            if opened is None:
                 continue
-            self._files[f] = pf
+            f = len(usable)
+            self._files[f], groups = opened
             usable.append(path)
-            schemas.append(set(names))
+            names.append(set(self._files[f].schema_arrow.names))
             for g, t in enumerate(groups):
-                n = t.num_rows
-                locs.append(np.stack([np.full(n, f), np.full(n, g), np.arange(n)], axis=1))
-                fams += [f"{d}/{k}" for d, k in zip(t.column("dataset").to_pylist(),
-                                                     t.column("task_id").to_pylist(), strict=True)]
+                self._add_group(f, g, t, locs, fams)
         if not usable:
-            if lacking and len(lacking) == len(paths):
-                first, missing = next(iter(lacking.items()))
-                raise ConfigError(f"--data: no shard has the columns the trainer needs; {first} lacks "
-                                  f"{', '.join(missing)} (an M-BEIR-CoT row has {', '.join(ROW_COLUMNS)})")
+            first, what = next(iter(self._problems.items()))
             raise ConfigError(f"--data: none of the {len(paths)} Parquet shard(s) is usable ({self._summary()}); "
-                              "rebuild or re-copy them")
+                              f"{first} {what}: rebuild or re-copy them (an M-BEIR-CoT row has "
+                              f"{', '.join(ROW_COLUMNS)})")
         self.paths = usable
         self.locations = np.concatenate(locs) if locs else np.zeros((0, 3), dtype=np.int64)
         self.families = np.array(fams)
-        self.columns = [c for c in ROW_COLUMNS + IMAGE_COLUMNS if all(c in names for names in schemas)]
+        self.columns = [c for c in ROW_COLUMNS + IMAGE_COLUMNS if all(c in shard for shard in names)]
+
+    def _open(self, path: str) -> tuple[pq.ParquetFile, list[pa.Table]] | None:
+        """(the shard, its row groups' dataset and task_id columns), or None when it is skipped (counted)."""
+        try:
+            pf = pq.ParquetFile(fsspec.open(path, "rb").open())
+            problem = _shard_problem(pf.schema_arrow)
+            if problem is None:
+                return pf, [pf.read_row_group(g, columns=["dataset", "task_id"]) for g in range(pf.num_row_groups)]
+        except (OSError, pa.ArrowException) as e:
+            problem = "unreadable_shard", f"is not a readable Parquet file ({first_line(e)})"
+        self._skip(path, *problem)
+        return None
+
+    def _add_group(self, f: int, g: int, table: pa.Table, locs: list[np.ndarray], fams: list[str]) -> None:
+        """Index a row group's rows under their task family; a row with no dataset or task_id has no family and
+        is skipped here (counted as null_dataset / null_task_id)."""
+        keys = list(zip(table.column("dataset").to_pylist(), table.column("task_id").to_pylist(), strict=True))
+        keep = []
+        for i, (dataset, task_id) in enumerate(keys):
+            if dataset is None or task_id is None:
+                self.skipped["null_dataset" if dataset is None else "null_task_id"] += 1
+            else:
+                keep.append(i)
+        n = len(keep)
+        locs.append(np.stack([np.full(n, f), np.full(n, g), np.array(keep, dtype=np.int64)], axis=1))
+        fams += [f"{keys[i][0]}/{keys[i][1]}" for i in keep]
 
     def _skip(self, path: str, reason: str, what: str) -> None:
         self.skipped[reason] += 1
+        self._problems[path] = what
         print(f"skipping shard {path}: it {what}", file=sys.stderr)
 
     def _summary(self) -> str:
@@ -151,8 +168,13 @@ class ShardIndex:
         return {fam: np.flatnonzero(self.families == fam) for fam in sorted(set(self.families.tolist()))}
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _shard_problem(schema: pa.Schema) -> tuple[str, str] | None:
+    """(reason, what) when a shard lacks a column the trainer needs or has one of another type; else None."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        return "shard_missing_columns", f"lacks the columns {', '.join(missing)}"
+    wrong = schema_problem(schema)
+    return ("shard_wrong_type", wrong) if wrong else None
 
 
 class TaskBatchSampler:
@@ -224,8 +246,12 @@ class RowDecoder:
         self.skipped: Counter[str] = Counter()
 
     def __call__(self, row: dict[str, Any]) -> Example | None:
-        target = (row.get("target") or "").strip()
-        if not target or target == "":
+        problem = row_problem(row)
+        if problem:
+            self.skipped[problem] += 1
+            return None
+        target = row["target"].strip()
+        if not target:
             self.skipped["empty_target"] += 1
             return None
         try:
@@ -244,9 +270,9 @@ class RowDecoder:
         if c_img is None and not row.get("pos_txt"):
             self.skipped["empty_candidate"] += 1
             return None
-        return Example(QueryInput(text, q_img, row["dataset"], int(row["task_id"])), target,
+        return Example(QueryInput(text, q_img, row["dataset"], row["task_id"]), target,
                        CandidateInput(row.get("pos_txt"), c_img, row.get("cand_modality") or "text"),
-                       row.get("route", ""), row.get("id", ""),
+                       row.get("route") or "", row.get("id") or "",
                        row.get("pos_did") or f"{row.get('pos_img_path')}|{row.get('pos_txt')}")
 
 

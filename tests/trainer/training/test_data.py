@@ -116,7 +116,7 @@ def test_shards_without_the_needed_columns_name_them(sample_cot, tmp_path, capsy
     rows = pq.read_table(list_shards(sample_cot)[0]).to_pylist()
     (tmp_path / "data").mkdir()
     pq.write_table(pa.Table.from_pylist(rows).drop_columns(["target", "pos_txt"]), tmp_path / "data/a.parquet")
-    with pytest.raises(ConfigError, match="a.parquet lacks target, pos_txt"):
+    with pytest.raises(ConfigError, match="a.parquet lacks the columns target, pos_txt"):
         TrainData(str(tmp_path), batch_size=4, seed=0)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data/b.parquet")
     data = TrainData(str(tmp_path), batch_size=4, seed=0)  # one good shard: train on it, count the other
