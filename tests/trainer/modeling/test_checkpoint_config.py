@@ -103,9 +103,9 @@ def test_train_resume_exits_2_with_one_line(sample_cot, tmp_path, capsys):
     from trainer.training.checkpoint import STATE_FILE
     from trainer.training.cli import PROG, main
 
-    ckpt = _folder(tmp_path / "out" / "checkpoint-2", json.dumps({"base_model": ".", "lora_r": -4}))
+    ckpt = _folder(tmp_path / "old" / "checkpoint-2", json.dumps({"base_model": ".", "lora_r": -4}))
     (ckpt / STATE_FILE).write_bytes(b"")
-    argv = ["--data", sample_cot, "--lora_r", "0", "--output_dir", str(tmp_path / "out"), "--resume", "auto"]
+    argv = ["--data", sample_cot, "--lora_r", "0", "--output_dir", str(tmp_path / "out"), "--resume", str(ckpt)]
     assert run_cli(main, argv, prog=PROG) == 2
     assert capsys.readouterr().err.strip() == (
         f"{PROG}: error: --resume {ckpt}: {TRACE_CONFIG} is not a checkpoint config: field lora_r is -4: it must be "

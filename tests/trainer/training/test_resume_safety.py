@@ -44,7 +44,7 @@ def _full_checkpoint(tmp_path, state_writer) -> tuple[list[str], object]:
     base = tmp_path / "base"
     base.mkdir()
     (base / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "hidden_size": 64}))
-    ckpt = tmp_path / "out" / "checkpoint-2"
+    ckpt = tmp_path / "old" / "checkpoint-2"
     ckpt.mkdir(parents=True)
     (ckpt / "trace_config.json").write_text(json.dumps({"base_model": ".", "lora_r": 0}))
     (ckpt / "config.json").write_text((base / "config.json").read_text())
