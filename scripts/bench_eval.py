@@ -13,8 +13,9 @@ between repeats, the best kept:
   2 ranks, --num_workers 0  torchrun --nproc_per_node 2 (gloo): each rank encodes half of the chunks
 Printed per configuration: candidates/s over the pool's encoding (rows / the slowest rank's wall time, from
 results.json), the share of that time the model waited for data, the command's wall time and the peak RSS of
-its whole process tree (ranks and workers, summed: a forked worker's pages shared with its parent count in both),
-plus the CPU's idle share just before each run (other work on the machine shows there).
+its whole process tree (ranks and workers, summed: a forked worker's pages shared with its parent count in both)
+and its peak PSS (shared pages split: the memory really used), plus the CPU's idle share just before each run
+(other work on the machine shows there).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import psutil
@@ -78,6 +80,29 @@ def tiny_checkpoint(work_dir: str) -> str:
     return path
 
 
+class PssSampler(threading.Thread):
+    """Peak proportional set size of a process tree: pages shared by a forked worker and its parent are split
+    between them, not counted in both as the RSS sum counts them."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.root, self.peak, self.done = psutil.Process(pid), 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            pss = 0
+            for proc in procs:
+                try:
+                    pss += proc.memory_full_info().pss
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, pss)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,8 +127,12 @@ def run_config(name: str, root: str, checkpoint: str, out: str, args) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(launch + evaluate, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    pss = PssSampler(proc.pid)
+    pss.start()
     with TreeSampler(proc.pid) as sampler:
         _, err = proc.communicate()
+    pss.done.set()
+    pss.join()
     if proc.returncode:
         raise RuntimeError(f"{name} failed ({proc.returncode}): {err[-2000:]}")
     with open(os.path.join(out, "results.json")) as f:
@@ -111,16 +140,17 @@ def run_config(name: str, root: str, checkpoint: str, out: str, args) -> dict:
     return {"config": name, "ranks": ranks, "num_workers": workers, "candidates": pool["rows"],
             "encode_seconds": pool["seconds"], "candidates_per_s": round(pool["rows"] / pool["seconds"], 2),
             "data_wait_share": pool["data_wait_share"], "wall_s": round(time.perf_counter() - t0, 2),
-            "peak_rss_mb": round(sampler.peak_rss / 2**20), "cpu_idle_before": round(idle, 3)}
+            "peak_rss_mb": round(sampler.peak_rss / 2**20), "peak_pss_mb": round(pss.peak / 2**20),
+            "cpu_idle_before": round(idle, 3)}
 
 
 def table(best: dict[str, dict]) -> str:
     base = best[next(iter(CONFIGS))]["candidates_per_s"]
     lines = ["configuration | candidates/s | vs 1 rank, 0 workers | model waited for data | wall s | peak RSS MB "
-             "| CPU idle before"]
+             "| peak PSS MB | CPU idle before"]
     for r in best.values():
         lines.append(f"{r['config']} | {r['candidates_per_s']:.1f} | {r['candidates_per_s'] / base:.2f}x | "
-                     f"{100 * r['data_wait_share']:.1f}% | {r['wall_s']:.1f} | {r['peak_rss_mb']} | "
+                     f"{100 * r['data_wait_share']:.1f}% | {r['wall_s']:.1f} | {r['peak_rss_mb']} | {r['peak_pss_mb']} | "
                      f"{100 * r['cpu_idle_before']:.0f}%")
     return "\n".join(lines)
 
