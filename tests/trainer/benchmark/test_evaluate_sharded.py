@@ -192,3 +192,21 @@ def test_prefetch_workers_equal_the_model_thread(setup, reference, tmp_path):
             {k: pool[k] for k in ("count", "rejected", "missing_images", "empty_inputs")}
     assert {p: e["routing"] for p, e in results["pairs"].items()} == \
         {p: e["routing"] for p, e in reference[1]["pairs"].items()}
+
+
+def test_worker_batches_are_the_engines_batches(setup):
+    """CandidateBatches splits the engine's encode_candidates in two (collate where the data is read, forward on
+    the model's thread): the same batches, the same embeddings, bit for bit."""
+    from trainer.benchmark.evalset import ReadStats, candidate_input, iter_candidates
+    from trainer.benchmark.prefetch import CandidateBatches
+
+    root, _, embedder = setup
+    stats = ReadStats()
+    inputs = [c for rec in iter_candidates(root, layout.UNION_TEST_POOL, stats)
+              if (c := candidate_input(root, rec, stats)) is not None]
+    assert {c.image is None for c in inputs} == {True, False}  # text and image candidates, lengths differ
+    batches = CandidateBatches(embedder, batch_size=5)
+    out = torch.zeros(len(inputs), embedder.base.config.text_config.hidden_size)
+    for rows, payload in batches.prepare(inputs):
+        out[rows] = batches.embed(payload)
+    assert torch.equal(out, embedder.encode_candidates(inputs, batch_size=5))
