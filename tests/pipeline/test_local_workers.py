@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from common.errors import ConfigError
-from pipeline.options import AUTO_WORKERS_MIN_QUERIES
 from pipeline.local import local_workers, teacher_process
+from pipeline.options import AUTO_WORKERS_MIN_QUERIES
 from tests.pipeline.conftest import output_files, run_pipeline
 from tests.pipeline.test_partition import _table, _with_duplicates
 
