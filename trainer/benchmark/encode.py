@@ -72,7 +72,7 @@ def encode_job(job: Job, units: Sequence[int], cfg: EvalConfig, show: bool,
     total = sum(job.unit_lines(u) for u in units)
     with tqdm(total=total, desc=job.label, unit=f" {job.unit}", disable=not show, mininterval=1.0,
               dynamic_ncols=True, leave=False) as bar:
-        pieces = pieces_of(ChunkSource(units, job.pieces), workers(cfg))
+        pieces = pieces_of(ChunkSource(units, job.pieces), min(workers(cfg), len(units)))  # no idle workers
         while True:
             t = time.perf_counter()
             piece = next(pieces, None)
