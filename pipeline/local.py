@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 
 from apache_beam.options.pipeline_options import DirectOptions, WorkerOptions
 
-from common.errors import ConfigError
-from pipeline.options import AUTO_WORKERS_MIN_QUERIES, is_local
+from pipeline.options import AUTO_WORKERS_MIN_QUERIES, is_local, local_worker_count
 from pipeline.partition import plan_partitions
 
 if TYPE_CHECKING:
@@ -84,13 +83,8 @@ def local_workers(setting: str, query_lines: int | None, cores: Cores = None, te
     """Graph worker processes of a local run: --local_workers N, or for 'auto' one per idle core (idle_cores, or
     `cores`; one fewer with `teacher_core`: a teacher process has it) for large runs (_large), else 1.
     On a machine busy with other work a second process only adds its own cost (measured: README)."""
-    if setting != "auto":
-        try:
-            workers = int(setting)
-        except ValueError:
-            workers = 0
-        if workers < 1:
-            raise ConfigError(f"--local_workers must be 'auto' or a whole number of at least 1, got {setting!r}")
+    workers = local_worker_count(setting)
+    if workers is not None:
         return workers
     if not _large(query_lines):
         return 1

@@ -13,11 +13,12 @@ import dataclasses
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from common.errors import ConfigError
 from pipeline.mbeir.images import CHECK_MODES
 from pipeline.mbeir.layout import DATASET_IDS, SPLITS, TASKS
 from pipeline.mbeir.lines import DEFAULT_MAX_LINE_BYTES
 from pipeline.routing import JUDGE_MIN_CONFIDENCE
-from pipeline.teacher.config import AUTO_TRANSPORT, TRANSPORTS, TeacherConfig
+from pipeline.teacher.config import AUTO_TRANSPORT, TEACHER_MODES, TRANSPORTS, TeacherConfig
 from pipeline.teacher.prompting import DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MAX_SIDE
 from validators.defaults import VERIFIER_MIN_CONFIDENCE, RuleConfig
 
@@ -45,6 +46,19 @@ def is_local(opts: PipelineOptions) -> bool:
     apply only there)."""
     runner = opts.view_as(StandardOptions).runner
     return (runner if isinstance(runner, str) else type(runner).__name__) in LOCAL_RUNNERS
+
+
+def local_worker_count(setting: str) -> int | None:
+    """--local_workers as a count of worker processes, None for 'auto'; ConfigError for anything else."""
+    if setting == "auto":
+        return None
+    try:
+        workers = int(setting)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise ConfigError(f"--local_workers must be 'auto' or a whole number of at least 1, got {setting!r}")
+    return workers
 
 
 def _field_default(cls, name: str):
@@ -178,7 +192,7 @@ class MbeirCotOptions(PipelineOptions):
                             "requests; no worker holds the whole journal), index (each process indexes the journal "
                             "and looks keys up as requests arrive, so the CoT, rule and verifier stages overlap); "
                             "auto = index on local runners, join elsewhere; batch mode always joins")
-        g.add_argument("--teacher_mode", default="online", choices=("online", "batch"),
+        g.add_argument("--teacher_mode", default=TEACHER_MODES[0], choices=TEACHER_MODES,
                        help="batch: submit to the OpenAI Batch API (half price); rerun the same command to collect")
         g.add_argument("--max_cost_usd", type=float, default=None,
                        help="stop calling once this much is spent (per worker process); the rest stays pending")

@@ -15,7 +15,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
 from common.errors import ConfigError
-from pipeline.local import local_workers
 from pipeline.mbeir import images, layout
 from pipeline.mbeir.read import read_instructions
 from pipeline.mbeir.source import resolve_root, selection_files
@@ -25,6 +24,7 @@ from pipeline.options import (
     TEACHER_FLAGS,
     MbeirCotOptions,
     is_local,
+    local_worker_count,
     take_dry_run,
 )
 from pipeline.outputs import PENDING_DIR, check_writable
@@ -85,7 +85,7 @@ def resolve_plan(opts, dry_run: bool = False) -> RunPlan:
     if opts.routing == "judge" and teacher is None:
         raise ConfigError("--routing judge asks the teacher: set --teacher_base_url and --teacher_model")
     _check_limits(opts)
-    local_workers(opts.local_workers, None, cores=1)  # a bad --local_workers stops here
+    local_worker_count(opts.local_workers)  # a bad --local_workers stops here
     _check_instructions(root)
     _check_image_dir(root)
     lookup = opts.journal_lookup

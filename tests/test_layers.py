@@ -1,5 +1,6 @@
-"""The trainer's layers point one way: modeling imports nothing above it, and no trainer module imports itself
-back through others. Every import statement counts, also those inside functions or under TYPE_CHECKING."""
+"""The layers point one way: common/ imports neither half, the trainer takes from the pipeline only the Beam-free
+pipeline.mbeir, modeling imports nothing above it, and no shipped module imports itself back through others.
+Every import statement counts, also those inside functions or under TYPE_CHECKING."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ("common", "pipeline", "validators", "trainer", "prompts", "schemas")
 ABOVE_MODELING = ("trainer.inference", "trainer.training", "trainer.benchmark", "trainer.release")
 
 
@@ -29,8 +31,8 @@ def imports(path: Path, known: set[str]) -> set[str]:
     return found & known
 
 
-def import_graph(package: str) -> dict[str, set[str]]:
-    files = {module_name(p): p for p in sorted((ROOT / package).rglob("*.py"))}
+def import_graph(*packages: str) -> dict[str, set[str]]:
+    files = {module_name(p): p for package in packages for p in sorted((ROOT / package).rglob("*.py"))}
     return {name: imports(path, set(files)) - {name} for name, path in files.items()}
 
 
@@ -60,8 +62,18 @@ def test_modeling_imports_nothing_above_it():
     assert not {k: v for k, v in upward.items() if v}
 
 
-def test_no_import_circle_among_trainer_modules():
-    assert cycles(import_graph("trainer")) == []
+def test_no_import_circle_among_shipped_modules():
+    assert cycles(import_graph(*SHIPPED)) == []
+
+
+def test_common_imports_neither_half_and_the_trainer_only_the_mbeir_format():
+    graph = import_graph(*SHIPPED)
+    common = {n: sorted(d for d in deps if d.startswith(("pipeline", "trainer"))) for n, deps in graph.items()
+              if n.startswith("common")}
+    assert not {k: v for k, v in common.items() if v}
+    trainer = {n: sorted(d for d in deps if d.startswith("pipeline") and not d.startswith("pipeline.mbeir"))
+               for n, deps in graph.items() if n.startswith("trainer")}
+    assert not {k: v for k, v in trainer.items() if v}
 
 
 def test_the_check_sees_a_circle_and_a_nested_import(tmp_path):
