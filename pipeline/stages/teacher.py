@@ -34,7 +34,7 @@ from pipeline.mbeir.images import ImageLoader
 from pipeline.mbeir.records import Example, Failure, Reject
 from pipeline.shards import write_bytes
 from pipeline.stats import Event
-from pipeline.teacher.config import TeacherConfig
+from pipeline.teacher.config import TEACHER_MODES, TeacherConfig
 from pipeline.teacher.journal import journal_glob, parse_journal_line
 from pipeline.teacher.outputs import TeacherResult, result_from_record
 from pipeline.teacher.pending import pending_line
@@ -91,7 +91,7 @@ class _SplitHits(beam.DoFn):
 class TeacherPolicy:
     """How a stage asks: online calls, or deferred to the OpenAI Batch API; and the spend budget."""
 
-    mode: str = "online"  # "online" | "batch"
+    mode: str = TEACHER_MODES[0]
     journal_lookup: str = "join"  # "join" | "index" (online mode only): see the module docstring
     max_requests: int | None = None
     max_cost_usd: float | None = None

@@ -20,6 +20,7 @@ from pipeline.teacher.cost import PriceTable
 DUMMY_LOCAL_KEY = "sk-loopback-no-key"
 TRANSPORTS = ("aiohttp", "httpx", "direct")
 AUTO_TRANSPORT = "auto"
+TEACHER_MODES = ("online", "batch")  # calls as the run goes, or the OpenAI Batch API (half price); first = default
 
 
 @dataclass
