@@ -20,8 +20,8 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +36,12 @@ from trainer.benchmark.config import POOLS, EvalConfig
 from trainer.benchmark.encode import JobRun, encode_all, encode_job, merge_ranks, summary, workers
 from trainer.benchmark.evalset import (
     EvalPair,
-    ReadStats,
     check_root,
     eval_pairs,
     read_instructions,
     read_pair_qrels,
 )
-from trainer.benchmark.jobs import PoolJob, QueryJob, plan
+from trainer.benchmark.jobs import PairQueries, PoolJob, PoolReader, QueryJob, plan
 from trainer.benchmark.prefetch import CandidateBatches
 from trainer.benchmark.report import format_table, results_tsv
 from trainer.benchmark.sharding import Sharding, check_flags, from_environment, rank_device
@@ -58,61 +57,12 @@ OUTPUTS = ("runs/mbeir_*_run.txt", "results.json", "results.tsv", "shards/shard-
 LEGACY = ("results.json", "shards/shard-*-of-*.json")  # its output from before output folders were marked
 
 
-@dataclass
-class PairQueries:
-    """A pair's query embeddings and how they were produced."""
-
-    pair: EvalPair
-    qids: list[str]
-    embeddings: torch.Tensor
-    reasoned: list[bool]
-    generated_tokens: list[int]
-    encode_seconds: float
-    stats: ReadStats = field(default_factory=ReadStats)
-
-    @classmethod
-    def from_chunks(cls, job: QueryJob, chunks: Iterable[Chunk]) -> PairQueries:
-        pq = cls(job.pair, [], torch.zeros(0, 0), [], [], 0.0, ReadStats().add(job.read_stats.as_dict()))
-        embeddings = []
-        for chunk in chunks:
-            pq.qids += chunk.ids
-            embeddings += [torch.from_numpy(chunk.embeddings)] if chunk.ids else []
-            pq.reasoned += chunk.info.get("reasoned", [])
-            pq.generated_tokens += chunk.info.get("generated_tokens", [])
-            pq.encode_seconds += chunk.info["seconds"]
-            pq.stats.add(chunk.info["stats"])
-        pq.embeddings = torch.cat(embeddings) if embeddings else pq.embeddings
-        return pq
-
-    def routing(self) -> dict:
-        n = len(self.qids)
-        return {"share_reasoned": round(sum(self.reasoned) / n, 4) if n and self.reasoned else 0.0,
-                "mean_generated_tokens": round(sum(self.generated_tokens) / n, 2)
-                if n and self.generated_tokens else 0.0}
-
-
-class PoolReader:
-    """A pool's cached chunks read once, in order, as search blocks; ids and read counts gathered on the way."""
-
-    def __init__(self, job: PoolJob):
-        self.job, self.ids, self.stats, self.dim, self.embed_seconds = job, [], ReadStats(), 0, 0.0
-
-    def blocks(self) -> Iterator[np.ndarray]:
-        for chunk in self.job.store.chunks():
-            self.ids += chunk.ids
-            self.stats.add(chunk.info["stats"])
-            self.embed_seconds += chunk.info["seconds"]
-            self.dim = chunk.embeddings.shape[1] if chunk.ids else self.dim
-            yield chunk.embeddings
-
-    def meta(self, run: JobRun) -> dict:
-        return {"pool_file": self.job.pool_file, **self.stats.as_dict(), "count": len(self.ids), "dim": self.dim,
-                "embed_seconds": round(self.embed_seconds, 3), **chunk_counts(self.job, run),
-                "from_cache": run.chunks_encoded == 0}
-
-
 def chunk_counts(job: PoolJob | QueryJob, run: JobRun) -> dict:
     return {"chunks_total": job.store.total, **run.as_dict()}
+
+
+def pool_meta(reader: PoolReader, run: JobRun) -> dict:
+    return {**reader.meta(), **chunk_counts(reader.job, run), "from_cache": run.chunks_encoded == 0}
 
 
 def encode_pair_queries(embedder: Embedder, pair: EvalPair, cfg: EvalConfig, instructions=None) -> PairQueries:
@@ -130,7 +80,7 @@ def embed_pool(embedder: Embedder, model_fp: str, pool_file: str, cfg: EvalConfi
     reader = PoolReader(job)
     blocks = [b for b in reader.blocks() if len(b)]
     matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float16)
-    return retrieval.StoredPool(matrix, reader.ids, reader.meta(run))
+    return retrieval.StoredPool(matrix, reader.ids, pool_meta(reader, run))
 
 
 def ranked_lists(pq: PairQueries, pool, indices: torch.Tensor) -> dict[str, list[str]]:
@@ -208,7 +158,7 @@ def _score(jobs: Sequence[PoolJob | QueryJob], runs: Sequence[JobRun], model_fp:
             reader = PoolReader(job)
             found = retrieval.search_blocks([queries[n].embeddings for n in names], reader.blocks(), cfg.top_k,
                                             device=cfg.device)
-            results["pools"][job.name] = {**reader.meta(run), "search_seconds": round(time.perf_counter() - t0, 3)}
+            results["pools"][job.name] = {**pool_meta(reader, run), "search_seconds": round(time.perf_counter() - t0, 3)}
             for name, (scores, indices) in zip(names, found, strict=True):
                 tag = "union" if kind == "global" else "local"
                 run_path = out / "runs" / f"mbeir_{name}_{cfg.split}_{tag}_run.txt"

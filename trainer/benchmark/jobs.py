@@ -2,8 +2,9 @@
 
 A PoolJob's chunk i is lines [i * encode_chunk, (i + 1) * encode_chunk) of the pool file; a QueryJob's chunk i is
 the pair's parseable queries [i * encode_chunk, (i + 1) * encode_chunk) (after --limit). Each job reads its
-chunks as Pieces (trainer/benchmark/prefetch.py, in worker processes), embeds pieces on the model's thread, and
-reads its finished chunks back in order for search and scoring. Cache keys: the model fingerprint, then the
+chunks as Pieces (trainer/benchmark/prefetch.py, in worker processes) and embeds pieces on the model's thread;
+its finished chunks are read back in order for search and scoring (PairQueries, PoolReader). Cache keys: the model
+fingerprint, then the
 input file's fingerprint and everything that changes an embedding (queries: mode, seed, max_new_tokens,
 instructions, limit; both: image size and chunk size).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,3 +176,55 @@ def plan(embedder: Embedder, model_fp: str, cfg: EvalConfig) -> list[Job]:
             jobs.append(PoolJob(pair.name, pair.pool_file, cfg, model_fp, batches))
     return jobs
 
+
+@dataclass
+class PairQueries:
+    """A pair's query embeddings and how they were produced."""
+
+    pair: EvalPair
+    qids: list[str]
+    embeddings: torch.Tensor
+    reasoned: list[bool]
+    generated_tokens: list[int]
+    encode_seconds: float
+    stats: ReadStats = field(default_factory=ReadStats)
+
+    @classmethod
+    def from_chunks(cls, job: QueryJob, chunks: Iterable[Chunk]) -> PairQueries:
+        pq = cls(job.pair, [], torch.zeros(0, 0), [], [], 0.0, ReadStats().add(job.read_stats.as_dict()))
+        embeddings = []
+        for chunk in chunks:
+            pq.qids += chunk.ids
+            embeddings += [torch.from_numpy(chunk.embeddings)] if chunk.ids else []
+            pq.reasoned += chunk.info.get("reasoned", [])
+            pq.generated_tokens += chunk.info.get("generated_tokens", [])
+            pq.encode_seconds += chunk.info["seconds"]
+            pq.stats.add(chunk.info["stats"])
+        pq.embeddings = torch.cat(embeddings) if embeddings else pq.embeddings
+        return pq
+
+    def routing(self) -> dict:
+        n = len(self.qids)
+        return {"share_reasoned": round(sum(self.reasoned) / n, 4) if n and self.reasoned else 0.0,
+                "mean_generated_tokens": round(sum(self.generated_tokens) / n, 2)
+                if n and self.generated_tokens else 0.0}
+
+
+class PoolReader:
+    """A pool's cached chunks read once, in order, as search blocks; ids and read counts gathered on the way."""
+
+    def __init__(self, job: PoolJob):
+        self.job, self.ids, self.stats, self.dim, self.embed_seconds = job, [], ReadStats(), 0, 0.0
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        for chunk in self.job.store.chunks():
+            self.ids += chunk.ids
+            self.stats.add(chunk.info["stats"])
+            self.embed_seconds += chunk.info["seconds"]
+            self.dim = chunk.embeddings.shape[1] if chunk.ids else self.dim
+            yield chunk.embeddings
+
+    def meta(self) -> dict:
+        """What the chunks read so far say: the pool's read counts, rows, dimension, seconds of embedding."""
+        return {"pool_file": self.job.pool_file, **self.stats.as_dict(), "count": len(self.ids), "dim": self.dim,
+                "embed_seconds": round(self.embed_seconds, 3)}
