@@ -3,10 +3,9 @@
 A PoolJob's chunk i is lines [i * encode_chunk, (i + 1) * encode_chunk) of the pool file; a QueryJob's chunk i is
 the pair's parseable queries [i * encode_chunk, (i + 1) * encode_chunk) (after --limit). Each job reads its
 chunks as Pieces (trainer/benchmark/prefetch.py, in worker processes) and embeds pieces on the model's thread;
-its finished chunks are read back in order for search and scoring (PairQueries, PoolReader). Cache keys: the model
-fingerprint, then the
-input file's fingerprint and everything that changes an embedding (queries: mode, seed, max_new_tokens,
-instructions, limit; both: image size and chunk size).
+its finished chunks are read back in order for search and scoring (PairQueries, PoolReader). Cache keys: the
+model fingerprint, then the input file's fingerprint and everything that changes an embedding (queries: mode,
+seed, max_new_tokens, instructions, limit; both: image size and chunk size).
 """
 
 from __future__ import annotations
