@@ -37,7 +37,7 @@ def parser() -> CliParser:
     p.add_argument("--max_batch_wait_ms", type=non_negative_int, default=50,
                    help="while the decoder has a full batch waiting, how long inputs may wait for a full prefill chunk")
     for f in fields(Limits):
-        p.add_argument(f"--{f.name}", type=positive_int, default=f.default)
+        p.add_argument(f"--{f.name}", type=positive_int, default=f.default, help=f.metadata["help"])
     p.add_argument("--api_key_env", default=None,
                    help="name of the environment variable holding the API key clients must send as Bearer")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")

@@ -10,7 +10,7 @@ dataset and task_id (for every query input that does not name its own), return_r
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,13 +27,17 @@ _ERROR_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 429:
                 500: "server_error", 503: "server_error"}
 
 
+def _limit(default: int, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_inputs: int = 256  # inputs per request
-    max_request_bytes: int = 32 * 2**20
-    max_image_bytes: int = 10 * 2**20  # one image, encoded
-    max_image_pixels: int = 4096 * 4096  # one image, as its header declares (checked before decoding)
-    max_text_chars: int = 20_000  # one text (the model reads its first max_text_tokens tokens)
+    max_inputs: int = _limit(256, "inputs per request (more: 400)")
+    max_request_bytes: int = _limit(32 * 2**20, "request body bytes (more: 413)")
+    max_image_bytes: int = _limit(10 * 2**20, "bytes of one encoded image (more: 400)")
+    max_image_pixels: int = _limit(4096 * 4096, "pixels of one image, read from its header before decoding (more: 400)")
+    max_text_chars: int = _limit(20_000, "characters of one text (more: 400; the model reads its first max_text_tokens)")
 
 
 class ApiError(Exception):
