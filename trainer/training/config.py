@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from common.errors import ConfigError
-from trainer.modeling.checkpoint import ModelConfig
+from trainer.modeling.checkpoint import CONFIG_RANGES, ModelConfig
 from trainer.training.telemetry import check_report_to
 
 NEGATIVES = ("global", "micro")  # global: the gradient cache (PAPER.md §3 batch); micro: the ablation
@@ -84,11 +84,8 @@ _RANGES = {
     "ce_weight": (lambda v: v >= 0, "0 or more"),
     "nce_weight": (lambda v: v >= 0, "0 or more"),
     "route_weight": (lambda v: v >= 0, "0 or more"),
-    "lora_r": (lambda v: v >= 0, "0 (full fine-tuning) or more"),
-    "lora_alpha": (lambda v: v > 0, "above 0"),
-    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "max_text_tokens": (lambda v: v >= 1, "at least 1"),
-    "max_target_tokens": (lambda v: v >= 1, "at least 1"),
+    **{name: CONFIG_RANGES[name]  # the model's own fields: trace_config.json's rules
+       for name in ("lora_r", "lora_alpha", "lora_dropout", "max_text_tokens", "max_target_tokens")},
     "image_max_pixels": (lambda v: v >= 0, "0 (the checkpoint's setting) or more"),
     "save_every": (lambda v: v >= 0, "0 (only the final checkpoint) or more"),
     "log_every": (lambda v: v >= 1, "at least 1"),
