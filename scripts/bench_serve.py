@@ -107,16 +107,20 @@ def server(a: argparse.Namespace) -> Iterator[tuple[str, int]]:
         proc.wait(60)
 
 
-def _client(url: str):
+TRANSPORTS = ("aiohttp", "httpx")  # the openai client's two: DefaultAioHttpClient, or its default httpx2
+
+
+def _client(url: str, transport: str):
     import openai
 
-    return openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    http = openai.DefaultAioHttpClient() if transport == "aiohttp" else None
+    return openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600, http_client=http)
 
 
-async def drive(url: str, items: list[dict], clients: int, per_request: int) -> dict:
+async def drive(url: str, items: list[dict], clients: int, per_request: int, transport: str) -> dict:
     """Every item sent, per_request a request, by `clients` tasks that each send their next request as soon as
     the last is answered: wall seconds, each request's latency, the embeddings in item order."""
-    client = _client(url)
+    client = _client(url, transport)
     batches = [items[i:i + per_request] for i in range(0, len(items), per_request)]
     order = iter(range(len(batches)))
     latency, vectors = [0.0] * len(batches), [None] * len(batches)
@@ -135,10 +139,10 @@ async def drive(url: str, items: list[dict], clients: int, per_request: int) -> 
     return {"seconds": seconds, "latency": latency, "embeddings": [v for batch in vectors for v in batch]}
 
 
-async def easy_latency(url: str, easy: list[dict], load: list[dict], load_clients: int) -> dict:
+async def easy_latency(url: str, easy: list[dict], load: list[dict], load_clients: int, transport: str) -> dict:
     """Latencies of the easy queries sent one at a time while `load_clients` tasks keep sending reasoning
     queries (0: an idle server)."""
-    client, stop = _client(url), asyncio.Event()
+    client, stop = _client(url, transport), asyncio.Event()
 
     async def loader(start: int) -> int:
         k = start
@@ -186,11 +190,11 @@ def _ms(values: Sequence[float], q: float) -> float | None:
     return round(1000 * percentile(values, q), 2) if values else None
 
 
-def served_run(url: str, pids: dict[str, int], w: Workload, clients: int, per_request: int) -> dict:
+def served_run(url: str, pids: dict[str, int], w: Workload, clients: int, a: argparse.Namespace) -> dict:
     """One served run of the workload; with one query a request, latencies also split by the query's route."""
     before = health(url)
     with CpuMeter(pids) as cpu:
-        r = asyncio.run(drive(url, w.items, clients, per_request))
+        r = asyncio.run(drive(url, w.items, clients, a.per_request, a.transport))
     after = health(url)
     n, spent = len(w.items), cpu.result["seconds"]
     out = {"qps": round(n / r["seconds"], 2), "p50_ms": _ms(r["latency"], 0.5), "p99_ms": _ms(r["latency"], 0.99),
@@ -200,7 +204,7 @@ def served_run(url: str, pids: dict[str, int], w: Workload, clients: int, per_re
            "client_cpu_ms_per_query": round(1000 * spent["client"] / n, 3),
            "mean_prefill_chunk": round((after["prefilled_inputs"] - before["prefilled_inputs"])
                                        / max(1, after["prefill_chunks"] - before["prefill_chunks"]), 2)}
-    if per_request == 1:
+    if a.per_request == 1:
         for route, flag in (("direct", False), ("reasoning", True)):
             lat = [t for t, f in zip(r["latency"], w.reference.reasoned, strict=True) if f == flag]
             out[f"{route}_p50_ms"], out[f"{route}_p99_ms"] = _ms(lat, 0.5), _ms(lat, 0.99)
@@ -230,7 +234,7 @@ def bench_mixes(a: argparse.Namespace, embedder, workloads: dict[str, Workload],
         for _ in range(a.repeats):
             _keep_best(best, "in_process", in_process_run(embedder, w.queries, a))
             for c in a.clients:
-                _keep_best(best, f"c{c}", served_run(url, pids, w, c, a.per_request))
+                _keep_best(best, f"c{c}", served_run(url, pids, w, c, a))
         for c in a.clients:
             best[f"c{c}"]["ratio_to_in_process"] = round(best[f"c{c}"]["qps"] / best["in_process"]["qps"], 3)
         out[name] = {"share_reasoned": round(sum(w.reference.reasoned) / len(w.queries), 4), **best}
@@ -243,8 +247,8 @@ def bench_easy(a: argparse.Namespace, workloads: dict[str, Workload], url: str) 
               for item, reasoned in zip(w.items, w.reference.reasoned, strict=True)]
     easy = [item for item, reasoned in routed if not reasoned][:a.easy_queries]
     load = [item for item, reasoned in routed if reasoned]
-    idle = asyncio.run(easy_latency(url, easy, load, 0))
-    loaded = [asyncio.run(easy_latency(url, easy, load, n)) for n in a.load_clients]
+    idle = asyncio.run(easy_latency(url, easy, load, 0, a.transport))
+    loaded = [asyncio.run(easy_latency(url, easy, load, n, a.transport)) for n in a.load_clients]
     return {"idle": idle, "loaded": loaded, "ratio_to_idle": [round(r["p50_ms"] / idle["p50_ms"], 3) for r in loaded]}
 
 
@@ -263,7 +267,8 @@ def _row(name: str, m: dict, key: str) -> str:
 
 def table(result: dict) -> str:
     lines = [f"batch {result['batch_size']}, {result['queries']} queries a mix, {result['per_request']} a request, "
-             f"torch threads {result['threads']}, max_batch_wait_ms {result['max_batch_wait_ms']}",
+             f"torch threads {result['threads']}, max_batch_wait_ms {result['max_batch_wait_ms']}, openai client on "
+             f"{result['transport']}",
              "mix | reasoned % | clients | q/s | in-process q/s | x in-process | p50 ms | p99 ms | direct p50 | p99 | "
              "reasoning p50 | p99 | min cos | chunk | CPU ms/query: server (event loop) / client / in-process | "
              "cores used by others: served run (in-process run)"]
@@ -284,6 +289,7 @@ def parser() -> CliParser:
     p.add_argument("--queries", type=positive_int, default=1000)
     p.add_argument("--clients", type=positive_int, nargs="+", default=[1, 8, 64])
     p.add_argument("--per_request", type=positive_int, default=1, help="queries in one request")
+    p.add_argument("--transport", choices=TRANSPORTS, default="aiohttp", help="the openai client's HTTP transport")
     p.add_argument("--repeats", type=positive_int, default=2)
     p.add_argument("--batch_size", type=positive_int, default=8)
     p.add_argument("--max_new_tokens", type=non_negative_int, default=128)
@@ -313,9 +319,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ref = embedder.encode_queries(queries, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size)
         workloads[name] = Workload(queries, [payload(q) for q in queries], ref)
     result = {k: getattr(a, k) for k in ("queries", "per_request", "batch_size", "max_new_tokens", "threads",
-                                         "max_batch_wait_ms")}
+                                         "max_batch_wait_ms", "transport")}
     with server(a) as (url, pid):
-        asyncio.run(drive(url, next(iter(workloads.values())).items[:64], 8, 1))  # warm-up
+        asyncio.run(drive(url, next(iter(workloads.values())).items[:64], 8, 1, a.transport))  # warm-up
         result["mixes"] = bench_mixes(a, embedder, workloads, url, {"client": os.getpid(), "server": pid})
         result["easy"] = bench_easy(a, workloads, url)
     print(table(result))
