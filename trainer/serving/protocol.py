@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.mbeir import image_gate
 from trainer.inference.api import candidate_input, query_input
 from trainer.modeling.interface import MODES, CandidateInput, QueryInput
 from trainer.serving.images import ImageRefused, decode_image
@@ -35,8 +36,10 @@ def _limit(default: int, help_text: str):
 class Limits:
     max_inputs: int = _limit(256, "inputs per request (more: 400)")
     max_request_bytes: int = _limit(32 * 2**20, "request body bytes (more: 413)")
-    max_image_bytes: int = _limit(10 * 2**20, "bytes of one encoded image (more: 400)")
-    max_image_pixels: int = _limit(4096 * 4096, "pixels of one image, read from its header before decoding (more: 400)")
+    max_image_bytes: int = _limit(image_gate.MAX_IMAGE_BYTES, "bytes of one image (more: 400); default: the image "
+                                  "gate's, every room's")
+    max_image_pixels: int = _limit(image_gate.MAX_IMAGE_PIXELS, "pixels of one image, read from its header before "
+                                   "decoding (more: 400); default: the image gate's")
     max_text_chars: int = _limit(20_000, "characters of one text (more: 400; the model reads its first max_text_tokens)")
 
 
@@ -135,7 +138,7 @@ def _input(item: Any, where: str, input_type: str, defaults: dict, limits: Limit
         try:
             fields["image"] = decode_image(fields["image"], limits.max_image_bytes, limits.max_image_pixels)
         except ImageRefused as err:
-            raise ApiError(400, f"{where}.image {err}", f"{where}.image") from None
+            raise ApiError(400, f"{where}.image: {err}", f"{where}.image") from None
     try:
         if input_type == "document":
             return candidate_input(fields, where)

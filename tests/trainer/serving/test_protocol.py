@@ -76,14 +76,14 @@ def test_malformed_requests_name_the_field(body, status, param, message):
 
 
 @pytest.mark.parametrize(("image", "message"), [
-    ("data:image/png;base64,@@@@", "not valid base64"),
-    ("aGVsbG8=\n", "not valid base64"),
+    ("data:image/png;base64,@@@@", r"not base64 .*\(unreadable_image\)"),
+    ("aGVsbG8=\n", "not base64"),
     ("https://example.com/cat.jpg", "the server fetches nothing"),
     ("data:text/plain,hello", "not data:image/<type>;base64"),
-    (b64(b"x" * 5000), "over the limit of 4096 bytes"),
+    (b64(b"x" * 5000), r"over the 4096-byte cap .*\(image_too_large\)"),
     (b64(b"GIF89a but not really"), "cannot be decoded"),
-    (b64(png_header(101, 100)), r"101x100 pixels, over the limit of 10000"),
-    (b64(png_header(30_000, 30_000)), "decompression bomb|over the limit"),
+    (b64(png_header(101, 100)), r"101 x 100 pixels, over the 10000-pixel cap.*\(decompression_bomb\)"),
+    (b64(png_header(30_000, 30_000)), r"\(decompression_bomb\)"),
     (17, "must be a data URL or a base64 string"),
 ])
 def test_bad_images_are_refused_before_decoding(image, message):
@@ -95,7 +95,7 @@ def test_bad_images_are_refused_before_decoding(image, message):
 def test_pillow_warning_range_is_a_refusal_too():
     """Between MAX_IMAGE_PIXELS and twice that Pillow only warns: refused even with no pixel limit of ours."""
     side = int((Image.MAX_IMAGE_PIXELS * 1.5) ** 0.5)
-    with pytest.raises(ImageRefused, match="decompression bomb"):
+    with pytest.raises(ImageRefused, match="decompression_bomb"):
         decode_image(b64(png_header(side, side)), 4096, 10**12)
 
 
