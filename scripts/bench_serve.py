@@ -36,6 +36,7 @@ from common.cli import CliParser, non_negative_int, positive_int, run_cli  # noq
 from common.errors import ConfigError  # noqa: E402
 
 MODEL = "bench"
+PROG = "python scripts/bench_serve.py"
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -282,7 +283,7 @@ def table(result: dict) -> str:
 
 
 def parser() -> CliParser:
-    p = CliParser(prog="scripts/bench_serve.py", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="out/trace-tiny")
     p.add_argument("--mbeir_root", default="out/mbeir-sample")
     p.add_argument("--mixes", nargs="+", default=["bypass96", "bypass38"])
@@ -301,21 +302,26 @@ def parser() -> CliParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    a = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def _main(argv: Sequence[str]) -> dict:
+    a = parser().parse_args(list(argv))
+    from trainer.benchmark import mix
+
+    try:
+        parts = {name: mix.parse_mix(name) for name in a.mixes}
+    except ValueError as err:
+        raise ConfigError(f"--mixes: {err}") from None
     for flag, path in (("--checkpoint", a.checkpoint), ("--mbeir_root", a.mbeir_root)):
         if not Path(path).is_dir():
             raise ConfigError(f"{flag} {path} is not a folder: run `make train` first, or point {flag} elsewhere")
     import torch
 
     from trainer import TraceEmbedder
-    from trainer.benchmark import mix
 
     torch.set_num_threads(a.threads)
     embedder = TraceEmbedder.from_pretrained(a.checkpoint, device="cpu")
     workloads = {}
     for name in a.mixes:
-        queries, _ = mix.workload(Path(a.mbeir_root), mix.parse_mix(name), a.queries)
+        queries, _ = mix.workload(Path(a.mbeir_root), parts[name], a.queries)
         ref = embedder.encode_queries(queries, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size)
         workloads[name] = Workload(queries, [payload(q) for q in queries], ref)
     result = {k: getattr(a, k) for k in ("queries", "per_request", "batch_size", "max_new_tokens", "threads",
@@ -331,5 +337,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return result
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, prog=PROG)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main, prog="scripts/bench_serve.py"))
+    sys.exit(main())
