@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer.modeling.interface import CandidateInput, Embedder
@@ -77,8 +76,8 @@ class CandidateBatches:
     """Candidate windows as batches: `prepare` runs where the data is read, `embed` on the model's thread.
 
     Any Embedder: a window is one piece, embedded by its encode_candidates. A TraceEmbedder: the window is
-    length-sorted and collated by its processor in the worker (trainer/inference/engine.py's encode_candidates
-    split in two), so only the forward pass is left to the model's thread."""
+    length-sorted and collated by its processor in the worker (the engine's candidate_batches), so only the
+    forward pass (embed_candidate_batch) is left to the model's thread."""
 
     def __init__(self, embedder: Embedder, batch_size: int):
         self.embedder, self.batch_size = embedder, batch_size
@@ -89,18 +88,15 @@ class CandidateBatches:
         if not self.collates:
             yield list(range(len(inputs))), inputs
             return
-        from trainer.inference.engine import length_order
+        from trainer.inference.engine import candidate_batches
 
-        emb = self.embedder
-        order = length_order(emb, inputs)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            yield idx, emb.processor(emb.candidate_items([inputs[i] for i in idx]), padding_side="left")
+        yield from candidate_batches(self.embedder, inputs, self.batch_size)
 
     @torch.inference_mode()
     def embed(self, payload: Any) -> torch.Tensor:
         """(n, d) float32 L2-normalised embeddings of a prepared payload, on the CPU."""
         if not self.collates:
             return torch.as_tensor(self.embedder.encode_candidates(payload, batch_size=self.batch_size)).float()
-        h = self.embedder.hidden(payload).last_hidden_state[:, -1]
-        return F.normalize(h.float(), dim=-1).cpu()
+        from trainer.inference.engine import embed_candidate_batch
+
+        return embed_candidate_batch(self.embedder, payload)

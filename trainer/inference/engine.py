@@ -326,16 +326,26 @@ def length_order(embedder, candidates: Sequence[CandidateInput]) -> list[int]:
     return sorted(range(len(candidates)), key=lambda i: lengths[i])
 
 
-@torch.inference_mode()
-def encode_candidates(embedder, candidates: Sequence[CandidateInput], batch_size: int = 32) -> torch.Tensor:
-    """Candidates never reason: the embedding is the hidden state that feeds <|emb|> (the last prompt token).
-    Batches are formed in length order; the result is in input order."""
-    dim = embedder.base.config.text_config.hidden_size
-    out = torch.zeros(len(candidates), dim, dtype=torch.float32)
+def candidate_batches(embedder, candidates: Sequence[CandidateInput], batch_size: int = 32):
+    """(positions in `candidates`, collated batch) in length order: the CPU half of encode_candidates, which may
+    run ahead of the model (trainer/benchmark/prefetch.py runs it in DataLoader workers)."""
     order = length_order(embedder, candidates)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        batch = embedder.processor(embedder.candidate_items([candidates[i] for i in idx]), padding_side="left")
-        h = embedder.hidden(batch).last_hidden_state[:, -1]
-        out[idx] = F.normalize(h.float(), dim=-1).cpu()
+        yield idx, embedder.processor(embedder.candidate_items([candidates[i] for i in idx]), padding_side="left")
+
+
+def embed_candidate_batch(embedder, batch) -> torch.Tensor:
+    """(n, d) float32 L2-normalised embeddings of a collated candidate batch, on the CPU: the hidden state that
+    feeds <|emb|> (the last prompt token)."""
+    h = embedder.hidden(batch).last_hidden_state[:, -1]
+    return F.normalize(h.float(), dim=-1).cpu()
+
+
+@torch.inference_mode()
+def encode_candidates(embedder, candidates: Sequence[CandidateInput], batch_size: int = 32) -> torch.Tensor:
+    """Candidates never reason: one forward per length-ordered batch; the result is in input order."""
+    out = torch.zeros(len(candidates), embedder.base.config.text_config.hidden_size, dtype=torch.float32)
+    for idx, batch in candidate_batches(embedder, candidates, batch_size):
+        out[idx] = embed_candidate_batch(embedder, batch)
     return out
