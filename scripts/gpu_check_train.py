@@ -26,7 +26,8 @@ import torch
 
 from common.cli import CliParser, non_negative_int, positive_int, run_cli
 from common.errors import ConfigError
-from trainer.modeling.model import ModelConfig, TraceModel
+from trainer.modeling.checkpoint import ModelConfig
+from trainer.modeling.model import TraceModel
 from trainer.modeling.processor import IGNORE, TraceProcessor
 from trainer.modeling.tiny import build_config, build_image_processor, build_tokenizer
 from trainer.training.config import TrainConfig

@@ -199,7 +199,7 @@ def load_embedder(checkpoint: str, device: str | None = None) -> Embedder:
 
 def check_checkpoint(checkpoint: str) -> None:
     """ConfigError unless the folder is a loadable TRACE checkpoint (cheap: files only, no weights read)."""
-    from trainer.modeling.model import read_checkpoint
+    from trainer.modeling.checkpoint import read_checkpoint
 
     read_checkpoint(checkpoint)
 

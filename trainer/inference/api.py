@@ -22,15 +22,13 @@ from trainer.modeling.interface import (
     CandidateInput,
     EncodeResult,
     QueryInput,
-    candidate_input,
     candidate_inputs,
-    query_input,
     query_inputs,
 )
 from trainer.modeling.model import TraceModel
 
 # The dict-to-input coercion lives beside the input types (trainer/modeling/interface.py); its names stay here too.
-__all__ = ["TraceEmbedder", "candidate_input", "candidate_inputs", "query_input", "query_inputs"]
+__all__ = ["TraceEmbedder"]
 
 
 class TraceEmbedder(TraceModel):

@@ -11,8 +11,8 @@ import torch
 from sentence_transformers.base.modality import infer_modality
 from sentence_transformers.base.modules.input_module import InputModule
 
-from trainer.inference.api import candidate_inputs, query_inputs
 from trainer.integrations.st import MODULE_CONFIG, PAIRS, check_mode
+from trainer.modeling.interface import candidate_inputs, query_inputs
 
 _SIMPLE = ("text", "image")
 

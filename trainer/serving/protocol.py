@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.mbeir import image_gate
-from trainer.inference.api import candidate_input, query_input
-from trainer.modeling.interface import MODES, CandidateInput, QueryInput
+from trainer.modeling.interface import MODES, CandidateInput, QueryInput, candidate_input, query_input
 from trainer.serving.images import ImageRefused, decode_image
 
 REQUEST_KEYS = ("model", "input", "encoding_format", "input_type", "mode", "dataset", "task_id",

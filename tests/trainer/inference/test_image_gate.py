@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.pipeline.mbeir.hostile_images import FOLDER, HOSTILE, hostile_root, no_hang
-from trainer.inference.api import candidate_inputs, query_inputs
+from trainer.modeling.interface import candidate_inputs, query_inputs
 
 WORDS = {"bomb.png": "pixel cap", "fifo.jpg": "not a regular file", "sparse.jpg": "byte cap",
          "cut.jpg": "cannot be decoded"}
