@@ -20,8 +20,8 @@ from pipeline import shards
 from pipeline.mbeir.images import ImageLoader
 from pipeline.outputs import WORK
 from pipeline.plan import RunPlan
-from pipeline.rows import record_dict, to_row
-from pipeline.stages.emit import WriteShards
+from pipeline.rows import record_dict
+from pipeline.stages.emit import ToRows, WriteShards
 from pipeline.stages.join import JoinPositives
 from pipeline.stages.read import CheckQueryImages, DropDuplicateQids, ReadPool, ReadQueries
 from pipeline.stages.route import Route
@@ -168,14 +168,14 @@ def _reason_and_write(direct, reasoning, opts, plan: RunPlan, records: _Records)
     kept, r = kept | "DedupAnswers" >> DropDuplicateAnswers()
     rejects.append(r)
     accepted = (direct, kept) | "Accepted" >> beam.Flatten()
-    events.append(accepted | "AcceptedEvents" >> beam.Map(lambda x: Event("accepted", x.query.dataset, x.route)))
-    return _write_rows(accepted, opts, plan)
+    rows, r = accepted | "ToRows" >> ToRows(plan.root if opts.embed_images else None)
+    rejects.append(r)
+    events.append(rows | "AcceptedEvents" >> beam.Map(lambda row: Event("accepted", row["dataset"], row["route"])))
+    return _write_rows(rows, opts, plan)
 
 
-def _write_rows(accepted, opts, plan: RunPlan):
+def _write_rows(rows, opts, plan: RunPlan):
     out = plan.output_dir
-    embed_root = plan.root if opts.embed_images else None
-    rows = accepted | "ToRows" >> beam.Map(to_row, embed_images_root=embed_root)
     files = rows | "WriteData" >> WriteShards(
         out, "data", "train", functools.partial(shards.row_arrow_schema, opts.embed_images), _row_sort_key,
         num_shards=opts.num_shards,

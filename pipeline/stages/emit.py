@@ -1,5 +1,8 @@
 """Write the outputs.
 
+ToRows: accepted Example -> M-BEIR-CoT row dict (main), Reject (tag "rejects") for a query whose image cannot be
+embedded (--embed_images: the file changed since the read check, or was never checked), so the run goes on and
+the query is counted once, as rejected.
 WriteShards: row dicts -> Parquet files under OUTPUT_DIR/<folder>/ (main output: one {path, rows, sha256, bytes}
 per file). The shard count comes from the row count, a row's shard from a stable hash of its sort key, and
 rows are sorted inside a shard, so identical input gives byte-identical files on any runner.
@@ -15,6 +18,34 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import shards
+from pipeline.mbeir.image_gate import ImageRejected
+from pipeline.mbeir.records import Reject
+from pipeline.rows import to_row
+
+REJECTS = "rejects"
+
+
+class _ToRow(beam.DoFn):
+    def __init__(self, embed_images_root: str | None):
+        self.root = embed_images_root
+
+    def process(self, example):
+        try:
+            yield to_row(example, embed_images_root=self.root)
+        except ImageRejected as err:
+            q = example.query
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(err.reason, str(err), q.source_file, q.line_number, q.qid,
+                                                           q.dataset, stage="emit"))
+
+
+class ToRows(beam.PTransform):
+    def __init__(self, embed_images_root: str | None):
+        super().__init__()
+        self.root = embed_images_root
+
+    def expand(self, accepted):
+        out = accepted | "Row" >> beam.ParDo(_ToRow(self.root)).with_outputs(REJECTS, main="rows")
+        return out.rows, out[REJECTS]
 
 
 def stable_shard(key: str, n: int) -> int:

@@ -221,3 +221,19 @@ def test_a_wrong_key_or_model_is_a_configuration_error(sample_root, tmp_path, se
                  "--teacher_base_url", srv.base_url, "--teacher_model", model])
         assert srv.stats()["calls"] == 0
     assert not os.path.exists(tmp_path / "out" / "failed")
+
+
+def test_an_image_that_cannot_be_embedded_rejects_its_query_and_the_run_goes_on(sample_root, tmp_path, teacher):
+    # --check_images none lets the path through the read check; --embed_images then meets a FIFO and a vanished file
+    root = _copy(sample_root, tmp_path)
+    image_query = next(q for q in _lines(root, COCO) if q["task_id"] == 3)
+    folder = os.path.join(root, "mbeir_images", "mscoco_images")
+    os.mkfifo(os.path.join(folder, "fifo.jpg"))
+    _append(root, COCO, {**image_query, "qid": "9:9201", "query_img_path": "mbeir_images/mscoco_images/fifo.jpg"},
+            {**image_query, "qid": "9:9202", "query_img_path": "mbeir_images/mscoco_images/gone.jpg"})
+    out = str(tmp_path / "out")
+    stats = run_pipeline(root, out, "--datasets", "mscoco", "--check_images", "none", "--embed_images",
+                         teacher=teacher, limit=None)
+    assert check_identity(stats, dry_run=False) is None
+    assert stats["rejected"] == {"image_not_a_file": 1, "missing_image": 1} and stats["accepted"]["direct"] == 40
+    assert {(r["qid"], r["stage"]) for r in _rows(out, "rejects")} == {("9:9201", "emit"), ("9:9202", "emit")}
