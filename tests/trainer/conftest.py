@@ -18,6 +18,20 @@ def tiny_base(tmp_path_factory):
     return save_tiny_base(tmp_path_factory.mktemp("tiny_base"))
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_base, tmp_path_factory):
+    """A TRACE checkpoint folder (seeded, full fine-tune layout) built from tiny_base; tests read it, never change
+    it (copy it first to do that)."""
+    import torch
+
+    from trainer import TraceEmbedder
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_checkpoint") / "ckpt"
+    TraceEmbedder.from_base(str(tiny_base), device="cpu", lora_r=0).save(folder)
+    return folder
+
+
 # ---- crafted M-BEIR-CoT rows from the sample, for tests that need rows of a known shape ----
 DIRECT_DATASETS = ("visualnews", "mscoco", "fashion200k", "webqa", "edis", "nights")  # PAPER.md §2
 REASONING_DATASETS = ("cirr", "fashioniq", "infoseek", "oven")

@@ -8,20 +8,10 @@ from trainer.modeling.interface import CandidateInput, QueryInput
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_base, tmp_path_factory):
-    from trainer.inference.api import TraceEmbedder
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("api") / "ckpt"
-    TraceEmbedder.from_base(str(tiny_base), device="cpu", lora_r=0).save(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
+def model(tiny_checkpoint):
     from trainer import TraceEmbedder
 
-    return TraceEmbedder.from_pretrained(str(checkpoint), device="cpu")
+    return TraceEmbedder.from_pretrained(str(tiny_checkpoint), device="cpu")
 
 
 def test_dicts_with_image_paths_equal_the_dataclasses(model, tmp_path):

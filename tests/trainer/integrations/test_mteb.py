@@ -36,18 +36,18 @@ def _trainer_evaluate(root: str, ckpt: Path, out: Path) -> dict:
     return json.loads((out / "results.json").read_text())["pairs"]["cirr_task7"]["local"]
 
 
-def test_mteb_cirr_run_completes_and_its_recall_equals_trainer_evaluate(sample_root, trace_ckpt, trace_model,
+def test_mteb_cirr_run_completes_and_its_recall_equals_trainer_evaluate(sample_root, tiny_checkpoint, trace_model,
                                                                          tmp_path):
     qrels = evalset.read_pair_qrels(sample_root, evalset.eval_pairs(["cirr_task7"])[0]).positives("cirr_task7")
     assert qrels and all(len(p) == 1 for p in qrels.values())  # where the two definitions coincide
-    report = mteb_run.main(["--checkpoint", str(trace_ckpt), "--tasks", "CIRRIT2IRetrieval", "--mbeir_root",
+    report = mteb_run.main(["--checkpoint", str(tiny_checkpoint), "--tasks", "CIRRIT2IRetrieval", "--mbeir_root",
                             sample_root, "--output_dir", str(tmp_path / "mteb"), "--mode", "direct"],
                            embedder=trace_model)
     written = list((tmp_path / "mteb" / "results").rglob("MBEIRLocal-cirr_task7.json"))
     assert len(written) == 1 and "mode_direct" in written[0].parts
     scores = json.loads(written[0].read_text())["scores"]["test"][0]
     assert scores["main_score"] == scores["ndcg_at_10"] == report["scores"]["MBEIRLocal-cirr_task7"]["ndcg_at_10"]
-    theirs = _trainer_evaluate(sample_root, trace_ckpt, tmp_path / "eval")
+    theirs = _trainer_evaluate(sample_root, tiny_checkpoint, tmp_path / "eval")
     for k in (1, 5, 10):
         assert scores[f"recall_at_{k}"] == pytest.approx(theirs[f"Recall@{k}"], abs=1e-4)
         assert scores[f"hit_rate_at_{k}"] == pytest.approx(theirs[f"Recall@{k}"], abs=1e-4)
@@ -55,9 +55,9 @@ def test_mteb_cirr_run_completes_and_its_recall_equals_trainer_evaluate(sample_r
     assert report["local_reads"]["MBEIRLocal-cirr_task7"]["missing_images"] == 0
 
 
-def test_adaptive_run_records_routing_and_keeps_modes_apart(sample_root, trace_ckpt, trace_model, tmp_path):
+def test_adaptive_run_records_routing_and_keeps_modes_apart(sample_root, tiny_checkpoint, trace_model, tmp_path):
     out = tmp_path / "mteb"
-    args = ["--checkpoint", str(trace_ckpt), "--tasks", "cirr_task7", "--mbeir_root", sample_root,
+    args = ["--checkpoint", str(tiny_checkpoint), "--tasks", "cirr_task7", "--mbeir_root", sample_root,
             "--output_dir", str(out), "--max_new_tokens", "3"]
     report = mteb_run.main(args, embedder=trace_model)
     routing = report["routing"]["MBEIRLocal-cirr_task7"]
@@ -136,8 +136,8 @@ def test_wrapper_maps_mieb_and_other_tasks_onto_trace_inputs():
         TraceMtebEncoder("trace/recorder", embedder=rec, mode="sometimes")
 
 
-def test_flag_errors_are_one_line_exit_2(sample_root, trace_ckpt, tmp_path, capsys):
-    base = ["--checkpoint", str(trace_ckpt), "--output_dir", str(tmp_path / "o")]
+def test_flag_errors_are_one_line_exit_2(sample_root, tiny_checkpoint, tmp_path, capsys):
+    base = ["--checkpoint", str(tiny_checkpoint), "--output_dir", str(tmp_path / "o")]
     cases = {("--tasks", "NoSuchTask"): "--tasks NoSuchTask is not an mteb task",
              ("--tasks", "cirr_task7"): "--tasks cirr_task7 is an M-BEIR pair: give --mbeir_root",
              ("--tasks", "cirr_task9", "--mbeir_root", sample_root): "nor an M-BEIR pair",
@@ -191,7 +191,7 @@ def test_reruns_skip_finished_tasks_and_the_output_folder_is_claimed(sample_root
     assert (foreign / "notes.txt").read_text() == "mine" and not (foreign / "results").exists()
 
 
-def test_a_hub_checkpoint_is_its_snapshot_at_its_commit(trace_ckpt, hub):
+def test_a_hub_checkpoint_is_its_snapshot_at_its_commit(tiny_checkpoint, hub):
     """A Hub id resolves to its downloaded snapshot, the mteb revision being the commit hash; a local folder's
     revision is its content fingerprint, so an edited checkpoint never reuses an earlier result."""
     import subprocess
@@ -200,7 +200,7 @@ def test_a_hub_checkpoint_is_its_snapshot_at_its_commit(trace_ckpt, hub):
     from tests.hub_server import HUB_TOKEN
     from trainer.release import upload
 
-    commit = upload.publish_model(trace_ckpt, "tester/trace-mteb").commit_oid
+    commit = upload.publish_model(tiny_checkpoint, "tester/trace-mteb").commit_oid
     root = Path(__file__).resolve().parents[3]
     code = "import sys; from trainer.integrations.mteb_run import resolve_checkpoint as r; print(*r(sys.argv[1]))"
     run = subprocess.run([sys.executable, "-c", code, "tester/trace-mteb"], cwd=root, capture_output=True, text=True,
@@ -208,5 +208,5 @@ def test_a_hub_checkpoint_is_its_snapshot_at_its_commit(trace_ckpt, hub):
     assert run.returncode == 0, run.stderr
     folder, revision = run.stdout.split()
     assert revision == commit and (Path(folder) / "trace_config.json").is_file()
-    local, fingerprint = mteb_run.resolve_checkpoint(str(trace_ckpt))
-    assert local == str(trace_ckpt) and len(fingerprint) == 16
+    local, fingerprint = mteb_run.resolve_checkpoint(str(tiny_checkpoint))
+    assert local == str(tiny_checkpoint) and len(fingerprint) == 16

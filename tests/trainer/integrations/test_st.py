@@ -39,9 +39,9 @@ def _cos(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def st_folder(trace_ckpt, tmp_path_factory) -> Path:
+def st_folder(tiny_checkpoint, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("st") / "ckpt"
-    shutil.copytree(trace_ckpt, folder)
+    shutil.copytree(tiny_checkpoint, folder)
     written = st.main(["export", str(folder)])
     assert written == 0
     return folder
@@ -111,8 +111,8 @@ print(json.dumps({"c": m.encode_document(docs).tolist(),
 """
 
 
-def test_hub_release_loads_in_sentence_transformers(trace_ckpt, trace_model, hub):
-    result = upload.publish_model(trace_ckpt, "tester/trace-st")
+def test_hub_release_loads_in_sentence_transformers(tiny_checkpoint, trace_model, hub):
+    result = upload.publish_model(tiny_checkpoint, "tester/trace-st")
     assert result.commit_oid
     files = hub.files("tester/trace-st", repo_type="model")
     assert json.loads(files["modules.json"])[0]["type"] == st.CLASS_REF
