@@ -128,3 +128,21 @@ def test_only_the_targets_last_emb_is_the_templates(proc):
     assert direct == [proc.emb_id]
     (long,) = proc.target_ids(["<|emb|>" * 40])
     assert len(long) == proc.max_target_tokens and long.count(proc.emb_id) == 1 and long[-1] == proc.emb_id
+
+
+def test_pixels_are_the_image_processors_own_whatever_the_images_mode():
+    """Plain RGB images skip the image processor's RGB conversion (a copy); images it would change (palette,
+    grey, alpha, an RGB transparency key composited on white) still go through it: pixels equal either way."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rgb = [Image.fromarray(rng.integers(0, 256, (60 + 7 * k, 90, 3), dtype=np.uint8)) for k in range(3)]
+    keyed = rgb[0].copy()
+    keyed.info["transparency"] = tuple(int(v) for v in np.asarray(keyed)[0, 0])
+    batches = [rgb, [*rgb, keyed], [rgb[1].convert("RGBA"), rgb[2].convert("L"), rgb[0].convert("P")]]
+    proc = TraceProcessor(build_tokenizer(), build_image_processor())
+    for images in batches:
+        got = proc([Item(system="s", text="x", image=im) for im in images])
+        want = proc.image_processor(images=images, return_tensors="pt")
+        assert torch.equal(got["pixel_values"], want["pixel_values"])
+        assert torch.equal(got["image_grid_thw"], want["image_grid_thw"])
