@@ -1,7 +1,7 @@
 """Evaluation benchmark: candidates/s of `python -m trainer.evaluate` on a synthetic pool in the real M-BEIR
 format, with M-BEIR-sized images, the tiny model (or --checkpoint), on the CPU.
 
-    python scripts/bench_eval.py [--candidates 2048] [--repeats 1] [--json out.json]
+    python scripts/bench_eval.py [--candidates 2048] [--repeats 1] [--tiny_layers 2] [--json out.json]
 
 The tree is the embedded sample with CANDIDATES image candidates appended to the mscoco_task0 pool, each its own
 RGB JPEG with a short side of 256 (scripts/bench_pipeline.py's photos). Each configuration is a fresh evaluation
@@ -12,7 +12,9 @@ between repeats, the best kept:
   1 rank, --num_workers 2   two workers (3 processes on this 2-core machine)
   2 ranks, --num_workers 0  torchrun --nproc_per_node 2 (gloo): each rank encodes half of the chunks
 Printed per configuration: candidates/s over the pool's encoding (rows / the slowest rank's wall time, from
-results.json), the share of that time the model waited for data, the command's wall time and the peak RSS of
+results.json), the share of that time the model waited for data, the wait and the forward per candidate (the
+0-worker run's wait is the data preparation's CPU cost: workers hide it only while they prepare a candidate at
+least as fast as the model embeds one; --tiny_layers makes the forward heavier), the command's wall time, the peak RSS of
 its whole process tree (ranks and workers, summed: a forked worker's pages shared with its parent count in both)
 and its peak PSS (shared pages split: the memory really used), plus the CPU's idle share just before each run
 (other work on the machine shows there).
@@ -42,6 +44,7 @@ CONFIGS = {"1 rank, 0 workers": (1, 0), "1 rank, 1 worker": (1, 1), "1 rank, 2 w
            "2 ranks, 0 workers": (2, 0)}
 BENCH_DIR = "mbeir_images/bench_pool"
 TREE_VERSION = 1
+TINY_LAYERS = 2  # trainer/modeling/tiny.py's build_config default
 FIRST_DID = 1_000_000  # past the sample's own candidate numbers, below UniIR's 10,000,000 per dataset (MBEIR.md)
 
 
@@ -68,13 +71,14 @@ def make_tree(work_dir: str, candidates: int) -> str:
     return root
 
 
-def tiny_checkpoint(work_dir: str) -> str:
-    """The tiny random-weight model as a TRACE checkpoint (lora_r 0: the folder is the model)."""
+def tiny_checkpoint(work_dir: str, layers: int = TINY_LAYERS) -> str:
+    """The tiny random-weight model (`layers` decoder layers) as a TRACE checkpoint (lora_r 0: the folder is the
+    model)."""
     from trainer.modeling.tiny import save_tiny_base
 
-    path = os.path.join(work_dir, "tiny-trace")
+    path = os.path.join(work_dir, "tiny-trace" if layers == TINY_LAYERS else f"tiny-trace-{layers}-layers")
     if not os.path.exists(os.path.join(path, "trace_config.json")):
-        save_tiny_base(path)
+        save_tiny_base(path, layers=layers)
         with open(os.path.join(path, "trace_config.json"), "w") as f:
             json.dump({"base_model": ".", "lora_r": 0}, f)
     return path
@@ -139,19 +143,26 @@ def run_config(name: str, root: str, checkpoint: str, out: str, args) -> dict:
         pool = json.load(f)["pools"][PAIR]
     return {"config": name, "ranks": ranks, "num_workers": workers, "candidates": pool["rows"],
             "encode_seconds": pool["seconds"], "candidates_per_s": round(pool["rows"] / pool["seconds"], 2),
-            "data_wait_share": pool["data_wait_share"], "wall_s": round(time.perf_counter() - t0, 2),
+            "data_wait_share": pool["data_wait_share"],
+            "forward_ms": round(1000 * pool["model_seconds"] / pool["rows"], 3),
+            "wait_ms": round(1000 * pool["data_wait_seconds"] / pool["rows"], 3),
+            "wall_s": round(time.perf_counter() - t0, 2),
             "peak_rss_mb": round(sampler.peak_rss / 2**20), "peak_pss_mb": round(pss.peak / 2**20),
             "cpu_idle_before": round(idle, 3)}
 
 
-def table(best: dict[str, dict]) -> str:
-    base = best[next(iter(CONFIGS))]["candidates_per_s"]
-    lines = ["configuration | candidates/s | vs 1 rank, 0 workers | model waited for data | wall s | peak RSS MB "
-             "| peak PSS MB | CPU idle before"]
+def table(best: dict[str, dict], cores: int) -> str:
+    """One row per configuration. The data preparation's CPU cost per candidate is read from the 0-worker run,
+    where the model's thread prepares its own data (its wait is that preparation): workers keep the model fed only
+    while they prepare a candidate at least as fast as the model embeds one."""
+    base = best[next(iter(CONFIGS))]
+    lines = [f"data preparation {base['wait_ms']:.2f} ms/candidate (CPU, the 0-worker run); {cores} cores",
+             "configuration | candidates/s | vs 1 rank, 0 workers | model waited for data | wait ms/candidate | "
+             "forward ms/candidate | wall s | peak RSS MB | peak PSS MB | CPU idle before"]
     for r in best.values():
-        lines.append(f"{r['config']} | {r['candidates_per_s']:.1f} | {r['candidates_per_s'] / base:.2f}x | "
-                     f"{100 * r['data_wait_share']:.1f}% | {r['wall_s']:.1f} | {r['peak_rss_mb']} | {r['peak_pss_mb']} | "
-                     f"{100 * r['cpu_idle_before']:.0f}%")
+        lines.append(f"{r['config']} | {r['candidates_per_s']:.1f} | {r['candidates_per_s'] / base['candidates_per_s']:.2f}x"
+                     f" | {100 * r['data_wait_share']:.1f}% | {r['wait_ms']:.2f} | {r['forward_ms']:.2f} | {r['wall_s']:.1f}"
+                     f" | {r['peak_rss_mb']} | {r['peak_pss_mb']} | {100 * r['cpu_idle_before']:.0f}%")
     return "\n".join(lines)
 
 
@@ -164,23 +175,27 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--encode_chunk", type=positive_int, default=128, help="chunk size (2 ranks split the chunks)")
     p.add_argument("--repeats", type=positive_int, default=1, help="runs per configuration; the best is kept")
     p.add_argument("--checkpoint", default=None, help="a TRACE checkpoint (default: the tiny random model)")
+    p.add_argument("--tiny_layers", type=positive_int, default=TINY_LAYERS,
+                   help="decoder layers of the tiny model: more make its forward heavier than the data preparation")
     p.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "bench_eval"))
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
     root = make_tree(args.work_dir, args.candidates)
-    checkpoint = args.checkpoint or tiny_checkpoint(args.work_dir)
+    checkpoint = args.checkpoint or tiny_checkpoint(args.work_dir, args.tiny_layers)
     names, runs = list(CONFIGS), []
     for rep in range(args.repeats):
         for name in names[rep % len(names):] + names[:rep % len(names)]:
             runs.append(run_config(name, root, checkpoint, os.path.join(args.work_dir, "out"), args))
             print(f"  {name}: {runs[-1]['candidates_per_s']:.1f} candidates/s", flush=True)
     best = {n: max((r for r in runs if r["config"] == n), key=lambda r: r["candidates_per_s"]) for n in names}
-    print(table(best))
+    cores = len(os.sched_getaffinity(0))
+    print(table(best, cores))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "candidates": args.candidates, "best": best, "runs": runs}, f, indent=1)
+            json.dump({"machine": machine(), "candidates": args.candidates, "tiny_layers": args.tiny_layers,
+                       "best": best, "runs": runs}, f, indent=1)
     return 0
 
 
