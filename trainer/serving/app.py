@@ -1,5 +1,5 @@
 """The HTTP face of the server (aiohttp). The event loop only parses, queues and answers; the model runs on the
-scheduler's thread (queue.py).
+scheduler's thread (queue.py), in this process (tests) or in a process of its own (remote.py, the command line).
 
     POST /v1/embeddings   OpenAI embeddings (protocol.py)
     GET  /v1/models       the one served model
@@ -21,12 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from trainer.serving import protocol
 from trainer.serving.protocol import ApiError, Limits
-from trainer.serving.queue import QueueClosed, QueueFull, Scheduler, Ticket
+from trainer.serving.queue import QueueClosed, QueueFull, Ticket
 
 log = logging.getLogger("trainer.serve")
 
@@ -39,12 +40,22 @@ class ServeConfig:
     retry_after: int = 1  # seconds, in a 429's Retry-After
 
 
+class ModelOwner(Protocol):
+    """What the app needs of the model's owner: queue.Scheduler (this process) or remote.ModelProcess (a child
+    process). `queue` has submit(ticket) (QueueFull, QueueClosed), cancel(ticket), waiting, max_queue and
+    snapshot() (an "error" key when the model is gone)."""
+
+    queue: Any
+
+    def stop(self, timeout: float | None = None) -> None: ...
+
+
 CONFIG = web.AppKey("config", ServeConfig)
-SCHEDULER = web.AppKey("scheduler", Scheduler)
+SCHEDULER = web.AppKey("scheduler", ModelOwner)
 STARTED = web.AppKey("started", float)
 
 
-def build_app(scheduler: Scheduler, config: ServeConfig) -> web.Application:
+def build_app(scheduler: ModelOwner, config: ServeConfig) -> web.Application:
     app = web.Application(client_max_size=config.limits.max_request_bytes, middlewares=[_errors, _auth])
     app[CONFIG], app[SCHEDULER], app[STARTED] = config, scheduler, time.time()
     app.router.add_post("/v1/embeddings", _embeddings)
@@ -111,8 +122,9 @@ async def _embeddings(request: web.Request) -> web.Response:
         raise ApiError(429, f"the server is busy: {queue.waiting} inputs are waiting, at most {queue.max_queue} "
                        f"(--max_queue); retry after {config.retry_after} s", code="rate_limit_exceeded",
                        headers={"Retry-After": str(config.retry_after)}) from None
-    except QueueClosed:
-        raise ApiError(503, "the server is shutting down", code="shutting_down") from None
+    except QueueClosed as err:
+        raise ApiError(503, f"{err}; the server is shutting down" if str(err) else "the server is shutting down",
+                       code="shutting_down") from None
     try:
         results = await ticket.future
     except asyncio.CancelledError:  # the client went away
@@ -128,8 +140,10 @@ async def _models(request: web.Request) -> web.Response:
 
 
 async def _health(request: web.Request) -> web.Response:
-    queue = request.app[SCHEDULER].queue
-    return web.json_response({"status": "ok", "model": request.app[CONFIG].model_name, **queue.snapshot()})
+    snapshot = request.app[SCHEDULER].queue.snapshot()
+    error = snapshot.get("error")
+    return web.json_response({"status": "error" if error else "ok", "model": request.app[CONFIG].model_name,
+                              **snapshot}, status=503 if error else 200)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -3,7 +3,9 @@
     python -m trainer.serve --checkpoint CKPT [--host 127.0.0.1] [--port 8000] [--api_key_env TRACE_API_KEY]
 
 CKPT is a checkpoint folder or a Hub model id, as TraceEmbedder.from_pretrained takes. The server prints one
-line `serving NAME on URL` when it listens; SIGTERM answers what is in flight, then exits 0.
+line `serving NAME on URL` when it listens; SIGTERM answers what is in flight, then exits 0. The model runs in a
+process of its own (remote.py, worker.py); if that process dies, the requests it held get 500 and the server
+exits 1 with one line saying so (a supervisor restarts it).
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from common.cli import CliParser, int_at_least, non_negative_int, positive_int, run_cli
 from common.errors import ConfigError
 from trainer.serving.protocol import Limits
+
+if TYPE_CHECKING:
+    import socket
+
+    from aiohttp import web
+
+    from trainer.serving.remote import ModelProcess
 
 PROG = "python -m trainer.serve"
 
@@ -66,45 +76,52 @@ def check(a: argparse.Namespace) -> str | None:
     return key
 
 
-def load(a: argparse.Namespace):
-    import torch
-
-    from trainer import TraceEmbedder
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    try:
-        return TraceEmbedder.from_pretrained(a.checkpoint, device=a.device)
-    except ConfigError:  # already names --checkpoint
-        raise
-    except ValueError as err:
-        raise ConfigError(f"--checkpoint {a.checkpoint}: {err}") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     api_key = check(a)
-    from trainer.serving.app import ServeConfig, bind, build_app, serve
-    from trainer.serving.queue import Scheduler
+    from trainer.serving.app import ServeConfig, bind, build_app
+    from trainer.serving.remote import ModelProcess
+    from trainer.serving.worker import WorkerSpec
 
     try:
         sock = bind(a.host, a.port)
     except OSError as err:
         raise ConfigError(f"--host {a.host} --port {a.port}: cannot listen there ({err.strerror or err}); "
                           "choose another port (0: any free one) or host") from None
-    embedder = load(a)
+    spec = WorkerSpec(a.checkpoint, a.device, a.threads, a.batch_size, a.max_new_tokens, a.max_queue,
+                      a.max_batch_wait_ms / 1000)
+    model = ModelProcess(spec).start()  # the model in a process of its own: ConfigError if it cannot load
     limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
     config = ServeConfig(a.model_name or a.checkpoint, limits, api_key)
-    scheduler = Scheduler(embedder, a.batch_size, a.max_new_tokens, a.max_queue, a.max_batch_wait_ms / 1000).start()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def ready(url: str) -> None:
         print(f"serving {config.model_name} on {url} (batch {a.batch_size}, max_queue {a.max_queue}"
               f"{', API key required' if api_key else ''})", flush=True)
 
-    asyncio.run(serve(build_app(scheduler, config), sock, shutdown_timeout=a.shutdown_timeout, on_ready=ready))
+    asyncio.run(_serve(model, build_app(model, config), sock, a.shutdown_timeout, ready))
+    if model.queue.failure:
+        print(f"{PROG}: error: {model.queue.failure}; the server stopped (restart it)", file=sys.stderr, flush=True)
+        return 1
     print("stopped", flush=True)
     return 0
+
+
+async def _serve(model: ModelProcess, app: web.Application, sock: socket.socket, shutdown_timeout: int,
+                 ready: Callable[[str], None]) -> None:
+    """serve() until SIGTERM/SIGINT, or until the model process exits unexpectedly."""
+    from trainer.serving.app import serve
+
+    stop, loop = asyncio.Event(), asyncio.get_running_loop()
+
+    def stop_soon(reason: str) -> None:
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # the loop has ended already
+            pass
+
+    model.on_failure(stop_soon)
+    await serve(app, sock, shutdown_timeout=shutdown_timeout, on_ready=ready, stop=stop)
 
 
 if __name__ == "__main__":

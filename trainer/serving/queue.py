@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,21 +38,23 @@ class QueueClosed(Exception):
 
 class Ticket:
     """One request's inputs on their way through the loop. `future`, of the event loop that made the ticket,
-    resolves to their Results in input order, or to an ApiError."""
+    resolves to their Results in input order, or to an ApiError. A ticket made without a loop (the model
+    process's copy of a request, worker.py) has no future: its answer leaves by the queue's `answer` callable,
+    under its `key`."""
 
     def __init__(self, inputs: Sequence[QueryInput | CandidateInput], mode: str, want_text: bool,
-                 loop: asyncio.AbstractEventLoop):
+                 loop: asyncio.AbstractEventLoop | None = None, key: int | None = None):
         self.jobs = [Job(item, mode if isinstance(item, QueryInput) else "direct", (self, i))
                      for i, item in enumerate(inputs)]
         self.results: list[Result | None] = [None] * len(self.jobs)
-        self.left, self.admitted, self.want_text = len(self.jobs), 0, want_text
+        self.left, self.admitted, self.mode, self.want_text = len(self.jobs), 0, mode, want_text
         self.queued_at = 0.0
-        self.loop = loop
-        self.future: asyncio.Future = loop.create_future()
+        self.loop, self.key = loop, key
+        self.future: asyncio.Future | None = loop.create_future() if loop is not None else None
 
     def set(self, outcome: list[Result] | Exception) -> None:
         """On the ticket's event loop."""
-        if self.future.done():
+        if self.future is None or self.future.done():
             return
         if isinstance(outcome, Exception):
             self.future.set_exception(outcome)
@@ -60,7 +62,10 @@ class Ticket:
             self.future.set_result(outcome)
 
 
-def resolve(answers: list[tuple[Ticket, list[Result] | Exception]]) -> None:
+Answers = list[tuple[Ticket, list[Result] | Exception]]
+
+
+def resolve(answers: Answers) -> None:
     """Hand answers to their event loops from any thread, one wake-up per loop (not per request); nothing for a
     loop that is gone (the server stopped)."""
     by_loop: dict[asyncio.AbstractEventLoop, list] = {}
@@ -73,17 +78,21 @@ def resolve(answers: list[tuple[Ticket, list[Result] | Exception]]) -> None:
             pass
 
 
-def _set_all(batch: list[tuple[Ticket, list[Result] | Exception]]) -> None:
+def _set_all(batch: Answers) -> None:
     for ticket, outcome in batch:
         ticket.set(outcome)
 
 
 class RequestQueue:
-    """The Feed the scheduler's loop drains: FIFO, at most batch_size jobs a chunk, blocking while idle."""
+    """The Feed the scheduler's loop drains: FIFO, at most batch_size jobs a chunk, blocking while idle.
+    Finished requests go to `answer` (called on the scheduler's thread, outside the queue's lock, with every
+    request a step finished): by default `resolve`, to the tickets' event loops."""
 
-    def __init__(self, batch_size: int, max_queue: int, tokenizer, max_wait: float = 0.05):
+    def __init__(self, batch_size: int, max_queue: int, tokenizer, max_wait: float = 0.05,
+                 answer: Callable[[Answers], None] = resolve):
         self.batch_size, self.max_queue, self.tokenizer = batch_size, max_queue, tokenizer
         self.max_wait = max_wait  # seconds an input may wait for its prefill chunk to fill (see _due)
+        self.answer = answer
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._tickets: set[Ticket] = set()  # submitted, not yet answered
@@ -173,7 +182,8 @@ class RequestQueue:
                 if not ticket.left:
                     self._tickets.discard(ticket)
                     answered.append((ticket, ticket.results))
-        resolve(answered)
+        if answered:
+            self.answer(answered)
 
     def fail(self, job: Job, error: Exception) -> None:
         ticket, i = job.ref
@@ -192,7 +202,7 @@ class RequestQueue:
             if ticket not in self._tickets:
                 return
             self._drop(ticket)
-        resolve([(ticket, error)])
+        self.answer([(ticket, error)])
 
     def _drop(self, ticket: Ticket) -> None:
         for job in ticket.jobs:
@@ -217,9 +227,10 @@ class Scheduler:
     """Owns the model: one thread runs the engine's loop over the request queue until the queue is closed and
     empty. If the loop itself fails (a decode step), the requests with rows in it fail and the loop restarts."""
 
-    def __init__(self, embedder, batch_size: int, max_new_tokens: int, max_queue: int, max_wait: float = 0.05):
+    def __init__(self, embedder, batch_size: int, max_new_tokens: int, max_queue: int, max_wait: float = 0.05,
+                 answer: Callable[[Answers], None] = resolve):
         self.engine = QueryEngine(embedder, "adaptive", max_new_tokens, batch_size)
-        self.queue = RequestQueue(batch_size, max_queue, embedder.processor.tokenizer, max_wait)
+        self.queue = RequestQueue(batch_size, max_queue, embedder.processor.tokenizer, max_wait, answer)
         self._thread = threading.Thread(target=self._run, name="trace-scheduler", daemon=True)
 
     def start(self) -> Scheduler:

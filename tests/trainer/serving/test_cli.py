@@ -1,22 +1,14 @@
-"""`python -m trainer.serve`: flag errors are one line and exit 2; SIGTERM answers the request in flight, then
-the process exits 0, and the API key is never printed."""
+"""`python -m trainer.serve`: flag errors are one line and exit 2; SIGTERM answers the request in flight (held by
+the model process), then the server and its model process exit 0, and the API key is never printed."""
 
-import json
-import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 
 import openai
-import pytest
 
 from common.cli import run_cli
-from tests.trainer.serving.conftest import MODEL
+from tests.trainer.serving.conftest import MODEL, CliServer, running
 from trainer.serving.cli import PROG, main
 
 
@@ -44,39 +36,24 @@ def test_flag_errors_are_one_line_and_exit_2(planned_checkpoint, capsys, monkeyp
     assert "--checkpoint /no/such/folder" in capsys.readouterr().err
 
 
-def test_sigterm_answers_the_request_in_flight_then_exits(planned_checkpoint):
+def test_sigterm_answers_the_request_in_flight_then_exits(planned_checkpoint, tmp_path):
     key = "sigterm-test-key-0123"
-    env = {**os.environ, "TRACE_TEST_KEY": key, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.serve", "--checkpoint", str(planned_checkpoint),
-                             "--port", "0", "--model_name", MODEL, "--batch_size", "1", "--max_new_tokens", "64",
-                             "--api_key_env", "TRACE_TEST_KEY"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    server = CliServer(planned_checkpoint, tmp_path / "stderr.log", "--batch_size", "1", "--max_new_tokens", "64",
+                       "--api_key_env", "TRACE_TEST_KEY", env={"TRACE_TEST_KEY": key})
     try:
-        line = proc.stdout.readline()
-        url = re.search(r" on (http://\S+) ", line)
-        assert url, line + proc.stderr.read()
-        client = openai.OpenAI(base_url=url.group(1) + "/v1", api_key=key, max_retries=0, timeout=120)
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=120)
         answer = {}
         query = {"text": "Make the square blue.", "dataset": "cirr", "task_id": 7}
         sender = threading.Thread(target=lambda: answer.update(res=client.embeddings.create(
             model=MODEL, input=[query] * 32, extra_body={"mode": "always"})))
         sender.start()
-        _wait_until_waiting(url.group(1), 32)
-        proc.send_signal(signal.SIGTERM)
+        server.wait_for(lambda h: h["waiting"] >= 32)
+        model_pid = server.model_pid
+        server.proc.send_signal(signal.SIGTERM)
         sender.join(120)
         assert len(answer["res"].data) == 32
-        assert proc.wait(60) == 0
-        out, err = proc.communicate()
-        assert "stopped" in out and key not in line + out + err
+        assert server.proc.wait(60) == 0 and not running(model_pid)
+        out = server.proc.stdout.read()
+        assert "stopped" in out and key not in server.line + out + server.stderr()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_until_waiting(url: str, n: int) -> None:
-    deadline = time.monotonic() + 60
-    while json.load(urllib.request.urlopen(url + "/health", timeout=30))["waiting"] < n:
-        if time.monotonic() > deadline:
-            pytest.fail("the request never reached the queue")
-        time.sleep(0.01)
+        server.close()

@@ -1,0 +1,134 @@
+"""The shipped server: `python -m trainer.serve` with the model in a process of its own (remote.py, worker.py).
+Answers equal in-process encoding across the process boundary; the front's --max_queue bound; a disconnect's
+cancel reaches the model process; the model process dying fails what it held and stops the server (exit 1); the
+server dying takes the model process with it; a checkpoint that cannot load is one line, exit 2."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import openai
+import pytest
+
+from tests.trainer.inference.test_engine import MAX_NEW, _candidates, _queries
+from tests.trainer.serving.conftest import MODEL, CliServer, running, stopped
+from tests.trainer.serving.test_server import _assert_same, _doc, _item, _post, _vectors
+from trainer.serving.cli import PROG
+
+QUERY = {"text": "Make the square blue.", "dataset": "cirr", "task_id": 7}
+
+
+@pytest.fixture(scope="module")
+def cli_server(planned_checkpoint, tmp_path_factory):
+    s = CliServer(planned_checkpoint, tmp_path_factory.mktemp("remote") / "stderr.log", "--batch_size", "4",
+                  "--max_new_tokens", str(MAX_NEW), "--max_queue", "16", "--max_inputs", "16")
+    yield s
+    s.close()
+    assert s.proc.returncode == 0, s.stderr()
+
+
+def _client(server, cls=openai.OpenAI):
+    return cls(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_concurrent_requests_equal_in_process(cli_server, reference):
+    """Requests of every mode, with images and documents, in flight together: each answer equals encoding that
+    request alone in-process (embeddings, reasoning texts)."""
+    qs, modes = _queries(), ("adaptive", "always", "direct")
+    requests = [(modes[i % 3], [qs[i]]) for i in range(len(qs))] + [("adaptive", qs[3:6])]
+    client = _client(cli_server, openai.AsyncOpenAI)
+
+    async def send(mode, items):
+        return await client.embeddings.create(model=MODEL, input=[_item(q) for q in items],
+                                              extra_body={"mode": mode, "return_reasoning": True})
+
+    async def run_all():
+        docs = client.embeddings.create(model=MODEL, input=[_doc(c) for c in _candidates()],
+                                        extra_body={"input_type": "document"})
+        return await asyncio.gather(*(send(m, items) for m, items in requests), docs)
+
+    answers = asyncio.run(run_all())
+    for (mode, items), res in zip(requests, answers, strict=False):
+        ref = reference.encode_queries(items, mode=mode, max_new_tokens=MAX_NEW, batch_size=1)
+        _assert_same(_vectors(res.data), ref.embeddings)
+        assert [d.reasoning for d in res.data] == ref.texts
+    _assert_same(_vectors(answers[-1].data), reference.encode_candidates(_candidates()))
+    status, health = cli_server.health()
+    assert status == 200 and health["waiting"] == 0 and health["requests"] >= len(requests) + 1
+    assert health["prefilled_inputs"] >= len(qs) + 3  # the model process's own counters reach /health
+
+
+def _raw_request(server, body: bytes) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    conn.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    return conn
+
+
+def test_max_queue_is_the_fronts_and_a_disconnect_cancels_in_the_model_process(cli_server):
+    """While the model process is stopped (SIGSTOP) a request of 16 inputs fills --max_queue: the next request
+    gets 429 at once. Its client then goes away: the front stops counting it, and the model process, once
+    running again, drops its inputs (its counters, which /health shows, count them as cancelled)."""
+    body = json.dumps({"model": MODEL, "input": [QUERY] * 16, "mode": "always"}).encode()
+    before = cli_server.health()[1].get("cancelled_inputs", 0)
+    with stopped(cli_server.model_pid):
+        conn = _raw_request(cli_server, body)
+        cli_server.wait_for(lambda h: h["waiting"] == 16)
+        res = _post(cli_server, {"model": MODEL, "input": [QUERY]}, key=None)
+        assert res.status_code == 429 and res.headers["Retry-After"] == "1"
+        conn.close()
+        cli_server.wait_for(lambda h: h["waiting"] == 0)
+    assert len(_client(cli_server).embeddings.create(model=MODEL, input=[QUERY]).data) == 1
+    assert cli_server.health()[1]["cancelled_inputs"] > before  # sent with that answer: the cancel came first
+
+
+def test_a_model_process_that_dies_fails_its_requests_and_stops_the_server(planned_checkpoint, tmp_path):
+    server = CliServer(planned_checkpoint, tmp_path / "stderr.log")
+    try:
+        answer = {}
+
+        def send():
+            try:
+                _client(server).embeddings.create(model=MODEL, input=[QUERY] * 4)
+            except openai.APIStatusError as err:
+                answer["error"] = err
+
+        sender = threading.Thread(target=send)
+        with stopped(pid := server.model_pid):
+            sender.start()
+            server.wait_for(lambda h: h["waiting"] == 4)
+            os.kill(pid, signal.SIGKILL)
+        sender.join(60)
+        error = answer["error"]
+        assert error.status_code == 500 and "the model process exited with code -9" in error.message
+        assert server.proc.wait(60) == 1
+        last = server.stderr().strip().splitlines()[-1]
+        assert last.startswith(f"{PROG}: error: the model process exited with code -9"), server.stderr()
+    finally:
+        server.close()
+
+
+def test_a_killed_server_leaves_no_model_process(planned_checkpoint, tmp_path):
+    server = CliServer(planned_checkpoint, tmp_path / "stderr.log")
+    pid = server.model_pid
+    server.proc.kill()
+    server.proc.wait()
+    deadline = time.monotonic() + 10
+    while running(pid):
+        assert time.monotonic() < deadline, f"the model process {pid} outlived its server"
+        time.sleep(0.05)
+    server.close()
+
+
+def test_a_checkpoint_that_cannot_load_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "config.json").write_text("{")
+    res = subprocess.run([sys.executable, "-m", "trainer.serve", "--checkpoint", str(tmp_path), "--port", "0"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"{PROG}: error: --checkpoint {tmp_path}")
