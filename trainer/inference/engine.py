@@ -11,7 +11,10 @@ which rows share a batch. Rows waiting for a slot hold their prefill cache.
 One loop (`QueryEngine.loop`) does all of this for whatever feeds it jobs: a query list (`encode_queries`, via
 ListFeed: a chunk is admitted only while fewer than batch_size rows decode or wait, so at most 2 x batch_size rows
 of KV) or a server's request queue (trainer/serving), whose jobs carry their own mode and may be candidates
-(prefill only: they never wait for a decode to end, only for the step in progress).
+(prefill only: they never wait for a decode to end, only for the step in progress). A feed may hand over the
+processor's batches made elsewhere (Feed's optional `collated`): `run(queries, prepared)` takes a query list's
+chunk batches from trainer/inference/collate.py's query_batches, made ahead in another process, so the model's
+thread neither tokenizes nor processes an image.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from trainer.inference.collate import batch_rows, candidate_batches, chunk_slices
 from trainer.modeling.interface import MODES, CandidateInput, EncodeResult, QueryInput
 
 
@@ -43,7 +47,11 @@ class Job:
 
 
 class Feed(Protocol):
-    """Where the loop's jobs come from and their embeddings go."""
+    """Where the loop's jobs come from and their embeddings go.
+
+    A feed may also have `collated(jobs: list[Job]) -> dict[str, Tensor] | None`, looked up with getattr (a feed
+    without it, like the server's queue, is collated by the loop): the processor's batch of exactly `jobs`, all
+    queries, in that order, left-padded, on any device, as the loop would make it; None: the loop collates."""
 
     def take(self, in_decode: int, steps: int) -> list[Job] | None:
         """Jobs to prefill next (at most batch_size); [] when none now, None when none ever again. `in_decode`:
@@ -143,22 +151,41 @@ def live(rows: Rows | None) -> Rows | None:
 
 
 class ListFeed:
-    """A query list in chunks of batch_size, in order; a chunk is admitted only while fewer than batch_size rows
-    decode or wait for a slot. Embeddings are collected in input order."""
+    """A query list in chunks of batch_size (collate.chunk_slices), in order; a chunk is admitted only while fewer
+    than batch_size rows decode or wait for a slot. Embeddings are collected in input order.
 
-    def __init__(self, queries: Sequence[QueryInput], mode: str, batch_size: int, dim: int):
+    `prepared`: each chunk's batch, made by collate.query_batches (elsewhere, ahead of the model). Every batch the
+    loop asks for is then cut from them (a chunk's own, or a job's rows when a failed chunk is retried job by
+    job), never collated from the queries, whose images may be left out (None)."""
+
+    def __init__(self, queries: Sequence[QueryInput], mode: str, batch_size: int, dim: int,
+                 prepared: Sequence[dict[str, torch.Tensor]] | None = None):
         self.jobs = [Job(q, mode, i) for i, q in enumerate(queries)]
-        self.batch_size, self.next = batch_size, 0
+        self.chunks = [self.jobs[part] for part in chunk_slices(len(self.jobs), batch_size)]
+        if prepared is not None and [len(b["input_ids"]) for b in prepared] != list(map(len, self.chunks)):
+            raise ValueError(f"prepared batches of {[len(b['input_ids']) for b in prepared]} rows do not match the "
+                             f"chunks of {len(self.jobs)} queries by {batch_size}")
+        self.batch_size, self.next, self.prepared = batch_size, 0, prepared
         self.out = torch.zeros(len(self.jobs), dim, dtype=torch.float32)
 
     def take(self, in_decode: int, steps: int) -> list[Job] | None:
-        if self.next >= len(self.jobs):
+        if self.next >= len(self.chunks):
             return None
         if in_decode >= self.batch_size:
             return []
-        chunk = self.jobs[self.next:self.next + self.batch_size]
-        self.next += len(chunk)
-        return chunk
+        self.next += 1
+        return self.chunks[self.next - 1]
+
+    def collated(self, jobs: list[Job]) -> dict[str, torch.Tensor] | None:
+        """The prepared batch of `jobs` (a chunk, or some of one chunk's jobs); None when nothing was prepared."""
+        if self.prepared is None:
+            return None
+        k = jobs[0].ref // self.batch_size
+        if any(job.ref // self.batch_size != k for job in jobs):
+            raise ValueError("jobs of several chunks have no prepared batch")
+        if jobs == self.chunks[k]:
+            return self.prepared[k]
+        return batch_rows(self.prepared[k], [job.ref - k * self.batch_size for job in jobs])
 
     def finish(self, jobs: list[Job], h: torch.Tensor) -> None:
         self.out[[job.ref for job in jobs]] = h.float().cpu()
@@ -187,8 +214,11 @@ class QueryEngine:
         self.steps = 0  # decode steps run
         self.emb_id = embedder.emb_id
 
-    def run(self, queries: Sequence[QueryInput]) -> EncodeResult:
-        feed = ListFeed(queries, self.mode, self.batch_size, self.emb.base.config.text_config.hidden_size)
+    def run(self, queries: Sequence[QueryInput],
+            prepared: Sequence[dict[str, torch.Tensor]] | None = None) -> EncodeResult:
+        """`queries` in mode self.mode. `prepared`: their chunks' batches (collate.query_batches with this engine's
+        batch_size), so the loop collates nothing; the result is the same, bit for bit."""
+        feed = ListFeed(queries, self.mode, self.batch_size, self.emb.base.config.text_config.hidden_size, prepared)
         self.loop(feed)
         return feed.result(self.emb.processor.tokenizer)
 
@@ -231,14 +261,19 @@ class QueryEngine:
                 return None
         return reduce(join, (self._admit([job], feed) for job in jobs), None)
 
-    def _batch(self, jobs: list[Job]) -> tuple[dict[str, torch.Tensor], list[Job]]:
-        """(the processor's batch on the model's device, the jobs in its row order: queries, then candidates)."""
+    def _batch(self, jobs: list[Job], feed: Feed) -> tuple[dict[str, torch.Tensor], list[Job]]:
+        """(the processor's batch on the model's device, the jobs in its row order: queries, then candidates);
+        the feed's own when it has collated them (Feed.collated)."""
         emb = self.emb
-        queries = [job for job in jobs if isinstance(job.item, QueryInput)]
-        cands = [job for job in jobs if not isinstance(job.item, QueryInput)]
-        items = emb.query_items([j.item for j in queries]) + emb.candidate_items([j.item for j in cands])
-        batch = {k: v.to(emb.device) for k, v in emb.processor(items, padding_side="left").items()}
-        jobs = queries + cands
+        collated = getattr(feed, "collated", None)
+        batch = collated(jobs) if collated is not None else None
+        if batch is None:
+            queries = [job for job in jobs if isinstance(job.item, QueryInput)]
+            cands = [job for job in jobs if not isinstance(job.item, QueryInput)]
+            batch = emb.processor(emb.query_items([j.item for j in queries]) +
+                                  emb.candidate_items([j.item for j in cands]), padding_side="left")
+            jobs = queries + cands
+        batch = {k: v.to(emb.device) for k, v in batch.items()}
         for job, n in zip(jobs, batch["attention_mask"].sum(1).tolist(), strict=True):
             job.prompt_tokens = n
         return batch, jobs
@@ -246,7 +281,7 @@ class QueryEngine:
     def _prefill(self, jobs: list[Job], feed: Feed) -> Rows | None:
         """Prefill and route a chunk; returns the rows that go on to decode (None when none do)."""
         emb = self.emb
-        batch, jobs = self._batch(jobs)
+        batch, jobs = self._batch(jobs, feed)
         pos = emb.positions(batch)
         decode = self.max_new > 0 and any(job.mode != "direct" for job in jobs)
         out = emb.base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -307,32 +342,6 @@ class QueryEngine:
         if not keep:
             return None
         return rows if not done else rows.select(keep)
-
-
-def length_order(embedder, candidates: Sequence[CandidateInput]) -> list[int]:
-    """Indices of `candidates` by prompt length (text tokens + image tokens), so batches pad little."""
-    proc = embedder.processor
-    texts = [c.text or "" for c in candidates]
-    text_len = [len(ids) for ids in proc.text_ids(texts)]
-    merge = proc.image_processor.merge_size ** 2
-
-    def image_tokens(img) -> int:
-        if img is None:
-            return 0
-        return proc.image_processor.get_number_of_image_patches(img.height, img.width) // merge
-
-    lengths = [min(t, proc.max_text_tokens) + image_tokens(c.image) for t, c in zip(text_len, candidates,
-                                                                                     strict=True)]
-    return sorted(range(len(candidates)), key=lambda i: lengths[i])
-
-
-def candidate_batches(embedder, candidates: Sequence[CandidateInput], batch_size: int = 32):
-    """(positions in `candidates`, collated batch) in length order: the CPU half of encode_candidates, which may
-    run ahead of the model (trainer/benchmark/prefetch.py runs it in DataLoader workers)."""
-    order = length_order(embedder, candidates)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        yield idx, embedder.processor(embedder.candidate_items([candidates[i] for i in idx]), padding_side="left")
 
 
 def embed_candidate_batch(embedder, batch) -> torch.Tensor:

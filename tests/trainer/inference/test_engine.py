@@ -2,6 +2,7 @@
 leave the decode batch and their slots are refilled."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from PIL import Image
 
 from tests.trainer.modeling.test_model import _manual_greedy
 from trainer.inference.api import TraceEmbedder
-from trainer.inference.engine import Job, QueryEngine
+from trainer.inference.collate import query_batches
+from trainer.inference.engine import Job, ListFeed, QueryEngine
 from trainer.modeling.interface import CandidateInput, QueryInput
 
 MAX_NEW = 6
@@ -226,3 +228,47 @@ def test_a_cancelled_job_leaves_the_decode_batch_unfinished(mixed):
     for job in jobs[1:]:
         assert float(feed.done[job] @ _alone(mixed, job)[0]) >= 0.9999
 
+
+
+def _same(a, b) -> None:
+    assert torch.equal(a.embeddings, b.embeddings)
+    assert (a.generated_tokens, a.reasoned, a.texts) == (b.generated_tokens, b.reasoned, b.texts)
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "direct", "always"])
+def test_prepared_batches_give_the_bits_of_the_loops_own(mixed, mode):
+    """Chunks collated elsewhere (collate.query_batches, as prefetch workers make them) and handed to run: the
+    same embeddings, routes and tokens, bit for bit, though the queries the loop sees have no images left."""
+    qs = _queries()  # 9 queries, 6 with an image: chunks of 4, 4 and 1
+    want = QueryEngine(mixed, mode, MAX_NEW, batch_size=4).run(qs)
+    light = [replace(q, image=None) for q in qs]
+    _same(QueryEngine(mixed, mode, MAX_NEW, batch_size=4).run(light, list(query_batches(mixed, qs, 4))), want)
+    if mode == "adaptive":
+        assert 0 < sum(want.reasoned) < len(qs)
+
+
+def test_a_failed_prepared_chunk_is_retried_from_its_rows(mixed):
+    """A chunk whose prefill fails is retried job by job; with prepared batches each job's row is cut out of its
+    chunk's batch (no image left to collate from): the bits of the loop collating each job alone."""
+
+    def no_batched_prefill(module, args, kwargs):
+        if kwargs.get("cache") is None and kwargs["inputs_embeds"].shape[0] > 1:
+            raise RuntimeError("out of memory (simulated)")
+
+    qs = _queries()
+    handle = mixed.base.model.language_model.register_forward_pre_hook(no_batched_prefill, with_kwargs=True)
+    try:
+        want = QueryEngine(mixed, "adaptive", MAX_NEW, batch_size=3).run(qs)
+        got = QueryEngine(mixed, "adaptive", MAX_NEW, batch_size=3).run([replace(q, image=None) for q in qs],
+                                                                         list(query_batches(mixed, qs, 3)))
+    finally:
+        handle.remove()
+    _same(got, want)
+    alone = mixed.encode_queries(qs, mode="adaptive", max_new_tokens=MAX_NEW, batch_size=3)
+    assert got.generated_tokens == alone.generated_tokens
+
+
+def test_prepared_batches_must_match_the_chunks(mixed):
+    qs = _queries()
+    with pytest.raises(ValueError, match="do not match the chunks of 9 queries by 4"):
+        ListFeed(qs, "direct", 4, 8, prepared=list(query_batches(mixed, qs, 3)))
