@@ -42,7 +42,7 @@ from trainer.benchmark.evalset import (
     read_pair_qrels,
 )
 from trainer.benchmark.jobs import PairQueries, PoolJob, PoolReader, QueryJob, plan
-from trainer.benchmark.prefetch import CandidateBatches
+from trainer.benchmark.prefetch import CandidateBatches, QueryBatches
 from trainer.benchmark.report import format_table, results_tsv
 from trainer.benchmark.sharding import Sharding, check_flags, from_environment, rank_device
 from trainer.modeling.interface import MODES, Embedder
@@ -67,7 +67,8 @@ def pool_meta(reader: PoolReader, run: JobRun) -> dict:
 
 def encode_pair_queries(embedder: Embedder, pair: EvalPair, cfg: EvalConfig, instructions=None) -> PairQueries:
     """Embed a pair's test queries now, uncached (trainer.bench times them); missing images are counted."""
-    job = QueryJob(pair, cfg, "uncached", embedder, instructions or read_instructions(cfg.mbeir_root))
+    batches = QueryBatches(embedder, cfg.mode, cfg.max_new_tokens, cfg.query_batch)
+    job = QueryJob(pair, cfg, "uncached", batches, instructions or read_instructions(cfg.mbeir_root))
     chunks: dict[int, Chunk] = {}
     encode_job(job, range(job.store.total), cfg, show=False, sink=chunks.__setitem__)
     return PairQueries.from_chunks(job, (chunks[i] for i in range(job.store.total)))

@@ -33,7 +33,7 @@ from trainer.benchmark.evalset import (
     read_instructions,
     read_queries,
 )
-from trainer.benchmark.prefetch import CandidateBatches, Piece
+from trainer.benchmark.prefetch import CandidateBatches, Piece, QueryBatches
 from trainer.benchmark.retrieval import file_fingerprint
 from trainer.modeling.interface import Embedder
 
@@ -122,8 +122,8 @@ class QueryJob:
 
     unit, dtype = "queries", np.float32
 
-    def __init__(self, pair: EvalPair, cfg: EvalConfig, model_fp: str, embedder: Embedder, instructions):
-        self.pair, self.name, self.cfg, self.embedder, self.instructions = pair, pair.name, cfg, embedder, instructions
+    def __init__(self, pair: EvalPair, cfg: EvalConfig, model_fp: str, batches: QueryBatches, instructions):
+        self.pair, self.name, self.cfg, self.batches, self.instructions = pair, pair.name, cfg, batches, instructions
         root = Path(cfg.mbeir_root)
         self.read_stats = ReadStats()
         self.records = read_queries(root, pair, self.read_stats)[: cfg.limit]
@@ -148,13 +148,11 @@ class QueryJob:
         for s in range(0, len(records), cfg.read_batch):
             group = records[s:s + cfg.read_batch]
             inputs = query_inputs(cfg.mbeir_root, group, self.instructions, cfg.seed, stats, cfg.image_max_side)
-            yield Piece(unit, list(range(s, s + len(group))), [r.qid for r in group], inputs)
+            yield Piece(unit, list(range(s, s + len(group))), [r.qid for r in group], self.batches.prepare(inputs))
         yield Piece(unit, [], [], end={"stats": stats.as_dict(), "lines": len(records)})
 
     def embed(self, payload) -> tuple[torch.Tensor, dict]:
-        cfg = self.cfg
-        res = self.embedder.encode_queries(payload, mode=cfg.mode, max_new_tokens=cfg.max_new_tokens,
-                                           batch_size=cfg.query_batch)
+        res = self.batches.embed(payload)
         return (torch.as_tensor(res.embeddings).float().cpu(),
                 {"reasoned": [bool(r) for r in res.reasoned], "generated_tokens": [int(t) for t in res.generated_tokens]})
 
@@ -165,12 +163,13 @@ Job = PoolJob | QueryJob
 def plan(embedder: Embedder, model_fp: str, cfg: EvalConfig) -> list[Job]:
     """Every job of the evaluation in its fixed order: the union pool, then per pair its queries and local pool."""
     batches = CandidateBatches(embedder, cfg.cand_batch)
+    queries = QueryBatches(embedder, cfg.mode, cfg.max_new_tokens, cfg.query_batch)
     instructions = read_instructions(cfg.mbeir_root)
     jobs: list[Job] = []
     if "global" in cfg.pools:
         jobs.append(PoolJob("global", layout.union_pool_file(cfg.split), cfg, model_fp, batches))
     for pair in eval_pairs(cfg.pairs, cfg.split):
-        jobs.append(QueryJob(pair, cfg, model_fp, embedder, instructions))
+        jobs.append(QueryJob(pair, cfg, model_fp, queries, instructions))
         if "local" in cfg.pools:
             jobs.append(PoolJob(pair.name, pair.pool_file, cfg, model_fp, batches))
     return jobs

@@ -3,8 +3,9 @@
 A job's chunks are split among `num_workers` worker processes (round-robin); each worker turns its chunks into
 Pieces (a batch ready for the model, with the ids and row positions it covers) and, after a chunk's last batch,
 an end piece carrying the chunk's read counts (bad lines, missing or refused images), which exist only in the
-worker that read it. The model's thread only embeds. Prefetch is bounded: each worker keeps at most
-PREFETCH_BATCHES pieces ready. num_workers 0 runs the same code in the model's thread.
+worker that read it. The model's thread only embeds (CandidateBatches, QueryBatches: for a TraceEmbedder the
+payload is already the processor's batches). Prefetch is bounded: each worker keeps at most PREFETCH_BATCHES pieces
+ready. num_workers 0 runs the same code in the model's thread.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from trainer.modeling.interface import CandidateInput, Embedder
+from trainer.modeling.interface import CandidateInput, Embedder, EncodeResult, QueryInput
 
 PREFETCH_BATCHES = 4  # per worker: enough to hide a slow image, small enough that memory stays a few batches
 MAX_DEFAULT_WORKERS = 8
@@ -76,8 +77,8 @@ class CandidateBatches:
     """Candidate windows as batches: `prepare` runs where the data is read, `embed` on the model's thread.
 
     Any Embedder: a window is one piece, embedded by its encode_candidates. A TraceEmbedder: the window is
-    length-sorted and collated by its processor in the worker (the engine's candidate_batches), so only the
-    forward pass (embed_candidate_batch) is left to the model's thread."""
+    length-sorted and collated by its processor in the worker (trainer/inference/collate.py's candidate_batches),
+    so only the forward pass (the engine's embed_candidate_batch) is left to the model's thread."""
 
     def __init__(self, embedder: Embedder, batch_size: int):
         self.embedder, self.batch_size = embedder, batch_size
@@ -88,7 +89,7 @@ class CandidateBatches:
         if not self.collates:
             yield list(range(len(inputs))), inputs
             return
-        from trainer.inference.engine import candidate_batches
+        from trainer.inference.collate import candidate_batches
 
         yield from candidate_batches(self.embedder, inputs, self.batch_size)
 
@@ -100,3 +101,41 @@ class CandidateBatches:
         from trainer.inference.engine import embed_candidate_batch
 
         return embed_candidate_batch(self.embedder, payload)
+
+
+@dataclass
+class PreparedQueries:
+    """A piece's queries ready for the engine: `batches` are the processor's batches of its prefill chunks
+    (collate.query_batches); the queries come without their images (None), which the batches hold."""
+
+    queries: list[QueryInput]
+    batches: list[dict[str, torch.Tensor]]
+
+
+class QueryBatches:
+    """A piece's queries: `prepare` runs where the data is read, `embed` on the model's thread, in `mode`.
+
+    Any Embedder: the payload is the queries, embedded by its encode_queries. A TraceEmbedder: each prefill chunk
+    (query_batch queries) is tokenized and its images processed in the worker (collate.query_batches), so the
+    model's thread runs only the engine's loop (QueryEngine.run with the prepared batches: the same bits)."""
+
+    def __init__(self, embedder: Embedder, mode: str, max_new_tokens: int, batch_size: int):
+        self.embedder, self.mode, self.max_new_tokens, self.batch_size = embedder, mode, max_new_tokens, batch_size
+        self.collates = all(hasattr(embedder, a) for a in ("processor", "query_items", "emb_id"))
+
+    def prepare(self, inputs: list[QueryInput]) -> list[QueryInput] | PreparedQueries:
+        if not self.collates:
+            return inputs
+        from trainer.inference.collate import query_batches
+
+        return PreparedQueries([replace(q, image=None) for q in inputs],
+                               list(query_batches(self.embedder, inputs, self.batch_size)))
+
+    def embed(self, payload: list[QueryInput] | PreparedQueries) -> EncodeResult:
+        if not self.collates:
+            return self.embedder.encode_queries(payload, mode=self.mode, max_new_tokens=self.max_new_tokens,
+                                                batch_size=self.batch_size)
+        from trainer.inference.engine import QueryEngine
+
+        engine = QueryEngine(self.embedder, self.mode, self.max_new_tokens, self.batch_size)
+        return engine.run(payload.queries, payload.batches)

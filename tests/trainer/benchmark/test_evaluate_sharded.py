@@ -15,6 +15,10 @@ import torch
 
 from pipeline.mbeir import layout
 from trainer.benchmark import evaluate
+from trainer.benchmark.config import EvalConfig
+from trainer.benchmark.evalset import eval_pairs, read_instructions
+from trainer.benchmark.jobs import QueryJob
+from trainer.benchmark.prefetch import PreparedQueries, QueryBatches
 
 PAIRS = ("webqa_task1", "cirr_task7")  # text candidates, and image candidates with (image, text) queries
 QUERIES, POOL_LINES = 4, 12
@@ -210,3 +214,37 @@ def test_worker_batches_are_the_engines_batches(setup):
     for rows, payload in batches.prepare(inputs):
         out[rows] = batches.embed(payload)
     assert torch.equal(out, embedder.encode_candidates(inputs, batch_size=5))
+
+
+class EngineCollates:
+    """The same model behind the plain Embedder contract (no processor): QueryBatches' old path, the queries
+    decoded in the worker and collated by the engine on the model's thread."""
+
+    def __init__(self, embedder):
+        self.encode_queries = embedder.encode_queries
+
+
+@pytest.mark.parametrize("mode", ["direct", "adaptive"])
+def test_query_prompts_collated_in_a_worker_equal_the_model_thread(setup, tmp_path, mode):
+    """cirr_task7's (image, text) queries: collated in a worker process (the payload that crosses holds the
+    processor's batches, no image), in the model's thread, or by the engine itself give the same embeddings,
+    routes and token counts, bit for bit."""
+    root, _, embedder = setup
+    pair = eval_pairs(["cirr_task7"], "test")[0]
+    cfg = EvalConfig(mbeir_root=root, output_dir=tmp_path, pairs=[pair.name], mode=mode, max_new_tokens=2,
+                     query_batch=3, encode_chunk=4, read_batch=4, device="cpu", progress=False)
+    got = {}
+    ways = (("worker", embedder, 1), ("thread", embedder, 0), ("engine", EngineCollates(embedder), 0))
+    for name, model, workers in ways:
+        cfg.num_workers = workers
+        got[name] = evaluate.encode_pair_queries(model, pair, cfg)
+    job = QueryJob(pair, cfg, "test", QueryBatches(embedder, mode, 2, 3), read_instructions(root))
+    payloads = [p.payload for p in job.pieces(0) if p.payload is not None]
+    assert all(isinstance(p, PreparedQueries) and p.queries for p in payloads)
+    assert all(q.image is None for p in payloads for q in p.queries)
+    assert any("pixel_values" in b for p in payloads for b in p.batches)  # the images crossed as pixels only
+    want = got["engine"]
+    assert len(want.qids) == QUERIES and want.stats.as_dict()["missing_images"] == 0
+    for res in (got["worker"], got["thread"]):
+        assert res.qids == want.qids and torch.equal(res.embeddings, want.embeddings)
+        assert (res.reasoned, res.generated_tokens) == (want.reasoned, want.generated_tokens)
