@@ -235,14 +235,31 @@ def _same(a, b) -> None:
     assert (a.generated_tokens, a.reasoned, a.texts) == (b.generated_tokens, b.reasoned, b.texts)
 
 
+class CountingProcessor:
+    """The embedder's processor, counting its calls."""
+
+    def __init__(self, processor):
+        self.processor, self.calls = processor, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.processor(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.processor, name)
+
+
 @pytest.mark.parametrize("mode", ["adaptive", "direct", "always"])
-def test_prepared_batches_give_the_bits_of_the_loops_own(mixed, mode):
+def test_prepared_batches_give_the_bits_of_the_loops_own(mixed, mode, monkeypatch):
     """Chunks collated elsewhere (collate.query_batches, as prefetch workers make them) and handed to run: the
-    same embeddings, routes and tokens, bit for bit, though the queries the loop sees have no images left."""
+    same embeddings, routes and tokens, bit for bit, though the queries the loop sees have no images left, and
+    the loop never calls the processor."""
     qs = _queries()  # 9 queries, 6 with an image: chunks of 4, 4 and 1
     want = QueryEngine(mixed, mode, MAX_NEW, batch_size=4).run(qs)
-    light = [replace(q, image=None) for q in qs]
-    _same(QueryEngine(mixed, mode, MAX_NEW, batch_size=4).run(light, list(query_batches(mixed, qs, 4))), want)
+    light, prepared = [replace(q, image=None) for q in qs], list(query_batches(mixed, qs, 4))
+    monkeypatch.setattr(mixed, "processor", CountingProcessor(mixed.processor))
+    _same(QueryEngine(mixed, mode, MAX_NEW, batch_size=4).run(light, prepared), want)
+    assert mixed.processor.calls == 0
     if mode == "adaptive":
         assert 0 < sum(want.reasoned) < len(qs)
 
