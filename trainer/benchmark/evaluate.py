@@ -66,8 +66,9 @@ def pool_meta(reader: PoolReader, run: JobRun) -> dict:
 
 
 def encode_pair_queries(embedder: Embedder, pair: EvalPair, cfg: EvalConfig, instructions=None) -> PairQueries:
-    """Embed a pair's test queries now, uncached (trainer.bench times them); missing images are counted."""
-    batches = QueryBatches(embedder, cfg.mode, cfg.max_new_tokens, cfg.query_batch)
+    """Embed a pair's test queries now, uncached (trainer.bench times them: online encoding, so the processor is
+    in the timed part, as a server pays it); missing images are counted."""
+    batches = QueryBatches(embedder, cfg.mode, cfg.max_new_tokens, cfg.query_batch, ahead=False)
     job = QueryJob(pair, cfg, "uncached", batches, instructions or read_instructions(cfg.mbeir_root))
     chunks: dict[int, Chunk] = {}
     encode_job(job, range(job.store.total), cfg, show=False, sink=chunks.__setitem__)

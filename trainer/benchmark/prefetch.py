@@ -117,11 +117,13 @@ class QueryBatches:
 
     Any Embedder: the payload is the queries, embedded by its encode_queries. A TraceEmbedder: each prefill chunk
     (query_batch queries) is tokenized and its images processed in the worker (collate.query_batches), so the
-    model's thread runs only the engine's loop (QueryEngine.run with the prepared batches: the same bits)."""
+    model's thread runs only the engine's loop (QueryEngine.run with the prepared batches: the same bits).
+    `ahead=False` leaves the processor to encode_queries on the model's thread, where online encoding pays it
+    (trainer.bench times that)."""
 
-    def __init__(self, embedder: Embedder, mode: str, max_new_tokens: int, batch_size: int):
+    def __init__(self, embedder: Embedder, mode: str, max_new_tokens: int, batch_size: int, ahead: bool = True):
         self.embedder, self.mode, self.max_new_tokens, self.batch_size = embedder, mode, max_new_tokens, batch_size
-        self.collates = all(hasattr(embedder, a) for a in ("processor", "query_items", "emb_id"))
+        self.collates = ahead and all(hasattr(embedder, a) for a in ("processor", "query_items", "emb_id"))
 
     def prepare(self, inputs: list[QueryInput]) -> list[QueryInput] | PreparedQueries:
         if not self.collates:

@@ -216,6 +216,17 @@ def test_worker_batches_are_the_engines_batches(setup):
     assert torch.equal(out, embedder.encode_candidates(inputs, batch_size=5))
 
 
+def encode_queries_of(job: QueryJob, cfg: EvalConfig):
+    """What encode_pair_queries does, with the job's own QueryBatches."""
+    from trainer.benchmark.chunks import Chunk
+    from trainer.benchmark.encode import encode_job
+    from trainer.benchmark.jobs import PairQueries
+
+    chunks: dict[int, Chunk] = {}
+    encode_job(job, range(job.store.total), cfg, show=False, sink=chunks.__setitem__)
+    return PairQueries.from_chunks(job, (chunks[i] for i in range(job.store.total)))
+
+
 class EngineCollates:
     """The same model behind the plain Embedder contract (no processor): QueryBatches' old path, the queries
     decoded in the worker and collated by the engine on the model's thread."""
@@ -234,17 +245,22 @@ def test_query_prompts_collated_in_a_worker_equal_the_model_thread(setup, tmp_pa
     cfg = EvalConfig(mbeir_root=root, output_dir=tmp_path, pairs=[pair.name], mode=mode, max_new_tokens=2,
                      query_batch=3, encode_chunk=4, read_batch=4, device="cpu", progress=False)
     got = {}
-    ways = (("worker", embedder, 1), ("thread", embedder, 0), ("engine", EngineCollates(embedder), 0))
-    for name, model, workers in ways:
+    for name, workers in (("worker", 1), ("thread", 0)):
         cfg.num_workers = workers
-        got[name] = evaluate.encode_pair_queries(model, pair, cfg)
+        got[name] = encode_queries_of(QueryJob(pair, cfg, "test", QueryBatches(embedder, mode, 2, 3),
+                                               read_instructions(root)), cfg)
+    got["online"] = evaluate.encode_pair_queries(embedder, pair, cfg)  # trainer.bench: the processor timed
+    got["engine"] = evaluate.encode_pair_queries(EngineCollates(embedder), pair, cfg)
     job = QueryJob(pair, cfg, "test", QueryBatches(embedder, mode, 2, 3), read_instructions(root))
     payloads = [p.payload for p in job.pieces(0) if p.payload is not None]
     assert all(isinstance(p, PreparedQueries) and p.queries for p in payloads)
     assert all(q.image is None for p in payloads for q in p.queries)
     assert any("pixel_values" in b for p in payloads for b in p.batches)  # the images crossed as pixels only
+    online = QueryJob(pair, cfg, "test", QueryBatches(embedder, mode, 2, 3, ahead=False), read_instructions(root))
+    raw = [p.payload for p in online.pieces(0) if p.payload is not None]  # collated later, on the model's thread
+    assert all(isinstance(p, list) and any(q.image is not None for q in p) for p in raw)
     want = got["engine"]
     assert len(want.qids) == QUERIES and want.stats.as_dict()["missing_images"] == 0
-    for res in (got["worker"], got["thread"]):
+    for res in (got["worker"], got["thread"], got["online"]):
         assert res.qids == want.qids and torch.equal(res.embeddings, want.embeddings)
         assert (res.reasoned, res.generated_tokens) == (want.reasoned, want.generated_tokens)
