@@ -225,13 +225,15 @@ class RequestQueue:
 
 class Scheduler:
     """Owns the model: one thread runs the engine's loop over the request queue until the queue is closed and
-    empty. If the loop itself fails (a decode step), the requests with rows in it fail and the loop restarts."""
+    empty (`start`; or `run` on the caller's thread). If the loop itself fails (a decode step), the requests with
+    rows in it fail and the loop restarts. `queue`: the RequestQueue to run over (its batch_size is the engine's),
+    by default one of batch_size, max_queue and max_wait."""
 
     def __init__(self, embedder, batch_size: int, max_new_tokens: int, max_queue: int, max_wait: float = 0.05,
-                 answer: Callable[[Answers], None] = resolve):
-        self.engine = QueryEngine(embedder, "adaptive", max_new_tokens, batch_size)
-        self.queue = RequestQueue(batch_size, max_queue, embedder.processor.tokenizer, max_wait, answer)
-        self._thread = threading.Thread(target=self._run, name="trace-scheduler", daemon=True)
+                 queue: RequestQueue | None = None):
+        self.queue = queue or RequestQueue(batch_size, max_queue, embedder.processor.tokenizer, max_wait)
+        self.engine = QueryEngine(embedder, "adaptive", max_new_tokens, self.queue.batch_size)
+        self._thread = threading.Thread(target=self.run, name="trace-scheduler", daemon=True)
 
     def start(self) -> Scheduler:
         self._thread.start()
@@ -242,7 +244,7 @@ class Scheduler:
         self.queue.close()
         self._thread.join(timeout)
 
-    def _run(self) -> None:
+    def run(self) -> None:
         while True:
             try:
                 self.engine.loop(self.queue)

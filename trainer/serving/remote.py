@@ -27,7 +27,9 @@ from trainer.serving.protocol import ApiError
 from trainer.serving.queue import QueueClosed, QueueFull, Ticket, resolve
 
 log = logging.getLogger("trainer.serve")
-PIPE_BYTES = 1 << 20  # a request with images rarely blocks the event loop on a full pipe (Linux default 64 KiB)
+# What may wait in a pipe: the model process reads between steps, so the event loop's send blocks only when a
+# step's worth of requests is over this (Linux's default is 64 KiB; raised where the system allows).
+PIPE_BYTES = 1 << 20
 
 
 class RemoteQueue:

@@ -5,6 +5,7 @@ server dying takes the model process with it; a checkpoint that cannot load is o
 
 import asyncio
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -13,13 +14,17 @@ import sys
 import threading
 import time
 
+import numpy as np
 import openai
 import pytest
+import torch
 
 from tests.trainer.inference.test_engine import MAX_NEW, _candidates, _queries
 from tests.trainer.serving.conftest import MODEL, CliServer, running, stopped
 from tests.trainer.serving.test_server import _assert_same, _doc, _item, _post, _vectors
+from trainer.modeling.interface import QueryInput
 from trainer.serving.cli import PROG
+from trainer.serving.worker import ANSWERS, CANCEL, CLOSE, SUBMIT, PipeQueue
 
 QUERY = {"text": "Make the square blue.", "dataset": "cirr", "task_id": 7}
 
@@ -31,6 +36,31 @@ def cli_server(planned_checkpoint, tmp_path_factory):
     yield s
     s.close()
     assert s.proc.returncode == 0, s.stderr()
+
+
+def test_the_model_process_queue_reads_its_pipe_at_each_take():
+    """Without a model: what the parent sent is read when the loop asks for work, in order (a cancel that follows
+    its submit drops it before any prefill), and a step's answers leave as one message with the queue's counters."""
+    ctx = multiprocessing.get_context("spawn")
+    inbox, to_child = ctx.Pipe(duplex=False)
+    from_child, outbox = ctx.Pipe(duplex=False)
+    queue = PipeQueue(inbox, outbox, batch_size=2, max_queue=8, tokenizer=None, max_wait=0)
+    query = QueryInput("q", None, "mscoco", 0)
+    to_child.send((SUBMIT, 7, [query] * 3, "adaptive", False))
+    to_child.send((SUBMIT, 8, [query], "direct", False))
+    to_child.send((CANCEL, 8))
+    first = queue.take(0, 0)
+    assert [job.ref for job in first] == [(queue.keyed[7], 0), (queue.keyed[7], 1)]
+    queue.finish(first, torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    assert not from_child.poll()  # request 7 is not done yet
+    rest = queue.take(0, 1)
+    queue.finish(rest, torch.tensor([[3.0, 4.0]]))
+    kind, answers, snapshot = from_child.recv()
+    assert kind == ANSWERS and [key for key, _ in answers] == [7]
+    assert np.allclose([r.embedding for r in answers[0][1]], [[1, 0], [0, 1], [0.6, 0.8]])
+    assert (snapshot["cancelled_inputs"], snapshot["waiting"], snapshot["prefilled_inputs"]) == (1, 0, 3)
+    to_child.send((CLOSE,))
+    assert queue.take(0, 2) is None
 
 
 def _client(server, cls=openai.OpenAI):
