@@ -3,7 +3,8 @@ per request by default) against the same queries encoded in-process by one encod
 size, on the workloads of `trainer.bench --mix bypass96|bypass38` (built by trainer/benchmark/mix.py). Reports per
 mix and C: queries/s, the ratio to in-process, p50/p99 request latency, the lowest cosine between a served and an
 in-process embedding; then one easy query's p50 latency while clients keep reasoning queries in flight, against
-the same on an idle server; and, for every measurement, how busy the machine's CPUs were with work not ours.
+the same on an idle server; and, for every measurement, the CPU each side spent (the server's HTTP front, its
+model process, the client, in-process) and how busy the machine's CPUs were with work not ours.
 
     .venv/bin/python scripts/bench_serve.py [--checkpoint out/trace-tiny] [--mbeir_root out/mbeir-sample]
         [--queries 1000] [--clients 1 8 64] [--repeats 2] [--json out/bench/serve.json]
@@ -50,20 +51,28 @@ def _cpu_seconds(path: str) -> float:
     return sum(int(x) for x in Path(path).read_text().rsplit(")", 1)[1].split()[11:13]) / _TICK
 
 
-class CpuMeter:
-    """CPU seconds over a `with` block: the whole machine's busy time (/proc/stat), each named process's (threads
-    included) and its main thread's (the server's event loop), and "others": the machine's minus ours, what
-    other work took from the cores meanwhile. Rates in cores are the seconds over the wall time."""
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (the server's: its model process, multiprocessing's resource tracker), the
+    model process first."""
+    kids = [int(k) for task in Path(f"/proc/{pid}/task").iterdir() for k in (task / "children").read_text().split()]
+    return sorted(kids, key=lambda k: b"spawn_main" not in Path(f"/proc/{k}/cmdline").read_bytes())
 
-    def __init__(self, pids: dict[str, int]):
+
+class CpuMeter:
+    """CPU seconds over a `with` block: the whole machine's busy time (/proc/stat), each named group of processes'
+    (threads included) and its first process's main thread's (the server's event loop), and "others": the
+    machine's minus ours, what other work took from the cores meanwhile. Rates in cores are the seconds over the
+    wall time."""
+
+    def __init__(self, pids: dict[str, list[int]]):
         self.pids, self.result = pids, {}
 
     def _read(self) -> dict[str, float]:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         out = {"wall": time.perf_counter(), "machine": (sum(fields) - fields[3] - fields[4]) / _TICK}
-        for name, pid in self.pids.items():
-            out[name] = _cpu_seconds(f"/proc/{pid}/stat")
-            out[f"{name}_main_thread"] = _cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
+        for name, group in self.pids.items():
+            out[name] = sum(_cpu_seconds(f"/proc/{pid}/stat") for pid in group)
+            out[f"{name}_main_thread"] = _cpu_seconds(f"/proc/{group[0]}/task/{group[0]}/stat")
         return out
 
     def __enter__(self) -> CpuMeter:
@@ -92,6 +101,7 @@ def payload(query) -> dict:
 
 @contextmanager
 def server(a: argparse.Namespace) -> Iterator[tuple[str, int]]:
+    """The server's URL and pid; its model runs in a child process (see children)."""
     cmd = [sys.executable, "-m", "trainer.serve", "--checkpoint", a.checkpoint, "--port", "0", "--model_name",
            MODEL, "--batch_size", str(a.batch_size), "--max_new_tokens", str(a.max_new_tokens),
            "--max_queue", str(max(4096, a.queries)), "--threads", str(a.threads),
@@ -191,7 +201,7 @@ def _ms(values: Sequence[float], q: float) -> float | None:
     return round(1000 * percentile(values, q), 2) if values else None
 
 
-def served_run(url: str, pids: dict[str, int], w: Workload, clients: int, a: argparse.Namespace) -> dict:
+def served_run(url: str, pids: dict[str, list[int]], w: Workload, clients: int, a: argparse.Namespace) -> dict:
     """One served run of the workload; with one query a request, latencies also split by the query's route."""
     before = health(url)
     with CpuMeter(pids) as cpu:
@@ -202,6 +212,7 @@ def served_run(url: str, pids: dict[str, int], w: Workload, clients: int, a: arg
            "min_cosine": min_cosine(r["embeddings"], w.reference.embeddings), "cpu": cpu.result,
            "server_cpu_ms_per_query": round(1000 * spent["server"] / n, 3),
            "server_loop_cpu_ms_per_query": round(1000 * spent["server_main_thread"] / n, 3),
+           "model_cpu_ms_per_query": round(1000 * spent["model"] / n, 3),
            "client_cpu_ms_per_query": round(1000 * spent["client"] / n, 3),
            "mean_prefill_chunk": round((after["prefilled_inputs"] - before["prefilled_inputs"])
                                        / max(1, after["prefill_chunks"] - before["prefill_chunks"]), 2)}
@@ -215,7 +226,7 @@ def served_run(url: str, pids: dict[str, int], w: Workload, clients: int, a: arg
 def in_process_run(embedder, queries, a: argparse.Namespace) -> dict:
     from trainer.benchmark import mix
 
-    with CpuMeter({"client": os.getpid()}) as cpu:
+    with CpuMeter({"client": [os.getpid()]}) as cpu:
         run, _ = mix.run_mode(embedder, queries, "adaptive", a.batch_size, a.max_new_tokens)
     return {**run, "cpu": cpu.result, "cpu_ms_per_query": round(1000 * run["cpu_seconds"] / len(queries), 3)}
 
@@ -226,7 +237,7 @@ def _keep_best(best: dict, key: str, run: dict) -> None:
 
 
 def bench_mixes(a: argparse.Namespace, embedder, workloads: dict[str, Workload], url: str,
-                pids: dict[str, int]) -> dict:
+                pids: dict[str, list[int]]) -> dict:
     """Per mix: the in-process run and the served run at each C, best of a.repeats rounds (a round runs them
     all, in-process first), so drift of the shared machine hits both alike."""
     out = {}
@@ -262,7 +273,7 @@ def _row(name: str, m: dict, key: str) -> str:
         f"{r['ratio_to_in_process']:.3f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", split,
         f"{r['min_cosine']:.5f}", f"{r['mean_prefill_chunk']:.1f}",
         f"{r['server_cpu_ms_per_query']:.2f} ({r['server_loop_cpu_ms_per_query']:.2f}) / "
-        f"{r['client_cpu_ms_per_query']:.2f} / {base['cpu_ms_per_query']:.2f}",
+        f"{r['model_cpu_ms_per_query']:.2f} / {r['client_cpu_ms_per_query']:.2f} / {base['cpu_ms_per_query']:.2f}",
         f"{r['cpu']['cores_others']:.2f} ({base['cpu']['cores_others']:.2f})"])
 
 
@@ -271,7 +282,8 @@ def table(result: dict) -> str:
              f"torch threads {result['threads']}, max_batch_wait_ms {result['max_batch_wait_ms']}, openai client on "
              f"{result['transport']}",
              "mix | reasoned % | clients | q/s | in-process q/s | x in-process | p50 ms | p99 ms | direct p50 | p99 | "
-             "reasoning p50 | p99 | min cos | chunk | CPU ms/query: server (event loop) / client / in-process | "
+             "reasoning p50 | p99 | min cos | chunk | CPU ms/query: server front (its event loop) / model process / "
+             "client / in-process | "
              "cores used by others: served run (in-process run)"]
     for name, m in result["mixes"].items():
         lines += [_row(name, m, key) for key in m if key.startswith("c")]
@@ -328,7 +340,8 @@ def _main(argv: Sequence[str]) -> dict:
                                          "max_batch_wait_ms", "transport")}
     with server(a) as (url, pid):
         asyncio.run(drive(url, next(iter(workloads.values())).items[:64], 8, 1, a.transport))  # warm-up
-        result["mixes"] = bench_mixes(a, embedder, workloads, url, {"client": os.getpid(), "server": pid})
+        pids = {"client": [os.getpid()], "server": [pid], "model": children(pid)}
+        result["mixes"] = bench_mixes(a, embedder, workloads, url, pids)
         result["easy"] = bench_easy(a, workloads, url)
     print(table(result))
     if a.json:
