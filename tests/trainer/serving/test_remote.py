@@ -24,6 +24,9 @@ from tests.trainer.serving.conftest import MODEL, CliServer, running, stopped
 from tests.trainer.serving.test_server import _assert_same, _doc, _item, _post, _vectors
 from trainer.modeling.interface import QueryInput
 from trainer.serving.cli import PROG
+from trainer.serving.protocol import ApiError
+from trainer.serving.queue import QueueClosed, QueueFull, Ticket
+from trainer.serving.remote import RemoteQueue
 from trainer.serving.worker import ANSWERS, CANCEL, CLOSE, SUBMIT, PipeQueue
 
 QUERY = {"text": "Make the square blue.", "dataset": "cirr", "task_id": 7}
@@ -59,8 +62,46 @@ def test_the_model_process_queue_reads_its_pipe_at_each_take():
     assert kind == ANSWERS and [key for key, _ in answers] == [7]
     assert np.allclose([r.embedding for r in answers[0][1]], [[1, 0], [0, 1], [0.6, 0.8]])
     assert (snapshot["cancelled_inputs"], snapshot["waiting"], snapshot["prefilled_inputs"]) == (1, 0, 3)
+    to_child.send((SUBMIT, 9, [query], "adaptive", False))
+    [job] = queue.take(0, 2)
+    queue.fail(job, ValueError("broken image"))
+    assert from_child.recv()[1] == [(9, (400, "input[0] could not be encoded: broken image", "input[0]", None))]
     to_child.send((CLOSE,))
-    assert queue.take(0, 2) is None
+    assert queue.take(0, 3) is None
+
+
+def test_the_fronts_queue_bounds_sends_and_rebuilds_answers():
+    """Without a child: --max_queue counts inputs sent and not answered or cancelled; a cancel is sent on; an
+    error crosses as plain data and is an ApiError again; once the model process is gone, waiting requests get
+    500 and new ones are refused with the reason, which /health's snapshot carries."""
+    sent = []
+    queue, loop = RemoteQueue(max_queue=3, send=sent.append), asyncio.new_event_loop()
+    query = QueryInput("q", None, "mscoco", 0)
+    first, second = Ticket([query] * 2, "always", True, loop), Ticket([query], "direct", False, loop)
+    queue.submit(first)
+    queue.submit(second)
+    with pytest.raises(QueueFull):
+        queue.submit(Ticket([query], "adaptive", False, loop))
+    assert sent == [(SUBMIT, first.key, [query] * 2, "always", True), (SUBMIT, second.key, [query], "direct", False)]
+    queue.cancel(first)
+    assert sent[-1] == (CANCEL, first.key) and queue.waiting == 1
+    queue.answered([(first.key, []), (second.key, (400, "bad", "input[0]", "code"))], {"prefill_chunks": 5})
+    with pytest.raises(ApiError) as err:
+        loop.run_until_complete(second.future)
+    assert (err.value.status, err.value.param, err.value.code) == (400, "input[0]", "code")
+    assert not first.future.done() and queue.waiting == 0  # the cancelled request is not answered
+    third = Ticket([query], "adaptive", False, loop)
+    queue.submit(third)
+    queue.fail("the model process exited with code -9")
+    with pytest.raises(ApiError) as err:
+        loop.run_until_complete(third.future)
+    assert err.value.status == 500 and "exited with code -9" in err.value.message
+    with pytest.raises(QueueClosed, match="exited with code -9"):
+        queue.submit(Ticket([query], "adaptive", False, loop))
+    snapshot = queue.snapshot()
+    assert snapshot["error"] == "the model process exited with code -9" and snapshot["prefill_chunks"] == 5
+    assert (snapshot["requests"], snapshot["rejected_requests"], snapshot["waiting"]) == (3, 1, 0)
+    loop.close()
 
 
 def _client(server, cls=openai.OpenAI):
