@@ -3,10 +3,12 @@ scheduler thread, the only thread that touches the model, runs the loop over it.
 flight share prefill batches and one decode batch, and candidates and direct queries wait only for the decode
 step in progress, never for a decode to end.
 
-Pending inputs are prefilled at the next step, unless the decoder already has a full batch waiting behind the
-active one: then they wait for a full chunk, at most --max_batch_wait_ms (RequestQueue._due). Rows that reason
-wait for a decode slot holding their KV cache: the KV held is bounded by --max_queue (inputs accepted and not yet
-answered).
+Prefill first (RequestQueue.take): pending inputs are prefilled at the next step, every full chunk of them at once
+(at most CHUNKS_PER_STEP chunks a decode step, so decoding rows still advance every step), since an input's route,
+and so whether it is answered by its prefill alone, is known only once it is prefilled. A part-full chunk waits
+for more inputs only while the decoder has a full batch waiting behind the active one, and at most
+--max_batch_wait_ms (RequestQueue._due). Prefilled rows that reason wait for a decode slot holding their KV cache:
+the KV held is bounded by --max_queue (inputs accepted and not yet answered), however early they are prefilled.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from trainer.modeling.interface import CandidateInput, QueryInput
 from trainer.serving.protocol import ApiError, Result
 
 log = logging.getLogger("trainer.serve")
+
+CHUNKS_PER_STEP = 2  # prefill chunks a decode step at most while rows decode
+MAX_WAIT = 0.0  # seconds a part-full chunk may wait to fill while the decoder is busy: --max_batch_wait_ms's default
 
 
 class QueueFull(Exception):
@@ -88,17 +93,18 @@ class RequestQueue:
     Finished requests go to `answer` (called on the scheduler's thread, outside the queue's lock, with every
     request a step finished): by default `resolve`, to the tickets' event loops."""
 
-    def __init__(self, batch_size: int, max_queue: int, tokenizer, max_wait: float = 0.05,
-                 answer: Callable[[Answers], None] = resolve):
+    def __init__(self, batch_size: int, max_queue: int, tokenizer, max_wait: float = MAX_WAIT,
+                 answer: Callable[[Answers], None] = resolve, chunks_per_step: int = CHUNKS_PER_STEP):
         self.batch_size, self.max_queue, self.tokenizer = batch_size, max_queue, tokenizer
         self.max_wait = max_wait  # seconds an input may wait for its prefill chunk to fill (see _due)
+        self.chunks_per_step = chunks_per_step
         self.answer = answer
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._tickets: set[Ticket] = set()  # submitted, not yet answered
         self.waiting = 0  # inputs accepted and not yet answered: what --max_queue bounds
         self.closed = False
-        self._given_at = -1  # the decode step count when the last chunk was given
+        self._step, self._given = -1, 0  # the decode step count at the last chunk given, and chunks given since
         self.stats: Counter = Counter()
 
     # ---- the event loop's side ------------------------------------------------------------------------------
@@ -139,25 +145,33 @@ class RequestQueue:
 
     # ---- the scheduler's side (engine.Feed) ---------------------------------------------------------------
     def take(self, in_decode: int, steps: int) -> list[Job] | None:
-        """While rows decode, one chunk a decode step: a stream of requests never starves them."""
+        """The next chunk (oldest inputs first, at most batch_size): while rows decode, at most chunks_per_step
+        chunks a decode step (the loop asks until []), so a stream of requests never starves them; a part-full
+        chunk only once due (_due)."""
         with self._cond:
             while not self._pending and in_decode == 0 and not self.closed:
                 self._cond.wait()
-            if in_decode and steps == self._given_at or self._pending and not self._due(in_decode):
+            if steps != self._step:
+                self._step, self._given = steps, 0
+            if in_decode and self._given >= self.chunks_per_step or self._pending and not self._due(in_decode):
                 return []
-            chunk: list[Job] = []
-            while self._pending and len(chunk) < self.batch_size:
-                job = self._pending.popleft()
-                if not job.cancelled:
-                    job.ref[0].admitted += 1
-                    chunk.append(job)
+            chunk = self._pop_chunk()
             if not chunk and self.closed and not self._pending:
                 return None
             if chunk:
-                self._given_at = steps
+                self._given += 1
                 self.stats["prefill_chunks"] += 1
                 self.stats["prefilled_inputs"] += len(chunk)
             return chunk
+
+    def _pop_chunk(self) -> list[Job]:
+        chunk: list[Job] = []
+        while self._pending and len(chunk) < self.batch_size:
+            job = self._pending.popleft()
+            if not job.cancelled:
+                job.ref[0].admitted += 1
+                chunk.append(job)
+        return chunk
 
     def _due(self, in_decode: int) -> bool:
         """Prefill the pending inputs now, or let their chunk fill? Now when the decoder has less than a full
@@ -229,7 +243,7 @@ class Scheduler:
     rows in it fail and the loop restarts. `queue`: the RequestQueue to run over (its batch_size is the engine's),
     by default one of batch_size, max_queue and max_wait."""
 
-    def __init__(self, embedder, batch_size: int, max_new_tokens: int, max_queue: int, max_wait: float = 0.05,
+    def __init__(self, embedder, batch_size: int, max_new_tokens: int, max_queue: int, max_wait: float = MAX_WAIT,
                  queue: RequestQueue | None = None):
         self.queue = queue or RequestQueue(batch_size, max_queue, embedder.processor.tokenizer, max_wait)
         self.engine = QueryEngine(embedder, "adaptive", max_new_tokens, self.queue.batch_size)

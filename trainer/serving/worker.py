@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from common.errors import ConfigError
 from trainer.inference.engine import Job
 from trainer.serving.protocol import ApiError
-from trainer.serving.queue import Answers, QueueClosed, QueueFull, RequestQueue, Scheduler, Ticket
+from trainer.serving.queue import MAX_WAIT, Answers, QueueClosed, QueueFull, RequestQueue, Scheduler, Ticket
 
 SUBMIT, CANCEL, CLOSE = "submit", "cancel", "close"
 READY, FAILED, ANSWERS = "ready", "failed", "answers"
@@ -45,7 +45,7 @@ class WorkerSpec:
     batch_size: int = 8
     max_new_tokens: int = 128
     max_queue: int = 1024
-    max_wait: float = 0.05  # seconds (--max_batch_wait_ms)
+    max_wait: float = MAX_WAIT  # seconds (--max_batch_wait_ms)
 
 
 def load(checkpoint: str, device: str | None = None, threads: int | None = None):
