@@ -2,9 +2,10 @@
 per request by default) against the same queries encoded in-process by one encode_queries call at the same batch
 size, on the workloads of `trainer.bench --mix bypass96|bypass38` (built by trainer/benchmark/mix.py). Reports per
 mix and C: queries/s, the ratio to in-process, p50/p99 request latency, the lowest cosine between a served and an
-in-process embedding; then one easy query's p50 latency while clients keep reasoning queries in flight, against
-the same on an idle server; and, for every measurement, the CPU each side spent (the server's HTTP front, its
-model process, the client, in-process) and how busy the machine's CPUs were with work not ours.
+in-process embedding; then one easy request's p50 latency (--easy_per_request queries routed direct, one request
+at a time) while clients keep reasoning queries in flight, against the same on an idle server; and, for every
+measurement, the CPU each side spent (the server's HTTP front, its model process, the client, in-process) and how
+busy the machine's CPUs were with work not ours.
 
     .venv/bin/python scripts/bench_serve.py [--checkpoint out/trace-tiny] [--mbeir_root out/mbeir-sample]
         [--queries 1000] [--clients 1 8 64] [--repeats 2] [--json out/bench/serve.json]
@@ -104,8 +105,9 @@ def server(a: argparse.Namespace) -> Iterator[tuple[str, int]]:
     """The server's URL and pid; its model runs in a child process (see children)."""
     cmd = [sys.executable, "-m", "trainer.serve", "--checkpoint", a.checkpoint, "--port", "0", "--model_name",
            MODEL, "--batch_size", str(a.batch_size), "--max_new_tokens", str(a.max_new_tokens),
-           "--max_queue", str(max(4096, a.queries)), "--threads", str(a.threads),
-           "--max_batch_wait_ms", str(a.max_batch_wait_ms)]
+           "--max_queue", str(max(4096, a.queries)), "--threads", str(a.threads)]
+    if a.max_batch_wait_ms is not None:
+        cmd += ["--max_batch_wait_ms", str(a.max_batch_wait_ms)]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -150,9 +152,10 @@ async def drive(url: str, items: list[dict], clients: int, per_request: int, tra
     return {"seconds": seconds, "latency": latency, "embeddings": [v for batch in vectors for v in batch]}
 
 
-async def easy_latency(url: str, easy: list[dict], load: list[dict], load_clients: int, transport: str) -> dict:
-    """Latencies of the easy queries sent one at a time while `load_clients` tasks keep sending reasoning
-    queries (0: an idle server)."""
+async def easy_latency(url: str, easy: list[dict], load: list[dict], load_clients: int, transport: str,
+                       per_request: int = 1) -> dict:
+    """Latencies of the easy queries, per_request a request, sent one request at a time while `load_clients`
+    tasks keep sending reasoning queries (0: an idle server)."""
     client, stop = _client(url, transport), asyncio.Event()
 
     async def loader(start: int) -> int:
@@ -165,9 +168,9 @@ async def easy_latency(url: str, easy: list[dict], load: list[dict], load_client
     tasks = [asyncio.create_task(loader(i * 7)) for i in range(load_clients)]
     await asyncio.sleep(1.0 if load_clients else 0)  # the decode batch fills
     latency = []
-    for item in easy:
+    for i in range(0, len(easy) - per_request + 1, per_request):
         t0 = time.perf_counter()
-        await client.embeddings.create(model=MODEL, input=[item])
+        await client.embeddings.create(model=MODEL, input=easy[i:i + per_request])
         latency.append(time.perf_counter() - t0)
     stop.set()
     sent = sum(await asyncio.gather(*tasks))
@@ -257,10 +260,11 @@ def bench_easy(a: argparse.Namespace, workloads: dict[str, Workload], url: str) 
     """Easy: queries adaptive encodes without reasoning; the load: queries that reason (both from the mixes)."""
     routed = [(item, reasoned) for w in workloads.values()
               for item, reasoned in zip(w.items, w.reference.reasoned, strict=True)]
-    easy = [item for item, reasoned in routed if not reasoned][:a.easy_queries]
+    easy = [item for item, reasoned in routed if not reasoned][:a.easy_queries * a.easy_per_request]
     load = [item for item, reasoned in routed if reasoned]
-    idle = asyncio.run(easy_latency(url, easy, load, 0, a.transport))
-    loaded = [asyncio.run(easy_latency(url, easy, load, n, a.transport)) for n in a.load_clients]
+    idle = asyncio.run(easy_latency(url, easy, load, 0, a.transport, a.easy_per_request))
+    loaded = [asyncio.run(easy_latency(url, easy, load, n, a.transport, a.easy_per_request))
+              for n in a.load_clients]
     return {"idle": idle, "loaded": loaded, "ratio_to_idle": [round(r["p50_ms"] / idle["p50_ms"], 3) for r in loaded]}
 
 
@@ -278,9 +282,9 @@ def _row(name: str, m: dict, key: str) -> str:
 
 
 def table(result: dict) -> str:
+    wait = "the server's default" if result["max_batch_wait_ms"] is None else result["max_batch_wait_ms"]
     lines = [f"batch {result['batch_size']}, {result['queries']} queries a mix, {result['per_request']} a request, "
-             f"torch threads {result['threads']}, max_batch_wait_ms {result['max_batch_wait_ms']}, openai client on "
-             f"{result['transport']}",
+             f"torch threads {result['threads']}, max_batch_wait_ms {wait}, openai client on {result['transport']}",
              "mix | reasoned % | clients | q/s | in-process q/s | x in-process | p50 ms | p99 ms | direct p50 | p99 | "
              "reasoning p50 | p99 | min cos | chunk | CPU ms/query: server front (its event loop) / model process / "
              "client / in-process | "
@@ -288,9 +292,10 @@ def table(result: dict) -> str:
     for name, m in result["mixes"].items():
         lines += [_row(name, m, key) for key in m if key.startswith("c")]
     easy = result["easy"]
-    lines.append(f"easy query p50: idle {easy['idle']['p50_ms']} ms; " + "; ".join(
-        f"{r['load_clients']} reasoning clients {r['p50_ms']} ms ({x}x idle)"
-        for r, x in zip(easy["loaded"], easy["ratio_to_idle"], strict=True)))
+    loaded = "; ".join(f"{r['load_clients']} reasoning clients {r['p50_ms']} ms ({x}x idle)"
+                       for r, x in zip(easy["loaded"], easy["ratio_to_idle"], strict=True))
+    lines.append(f"easy request ({result['easy_per_request']} a request) p50: idle {easy['idle']['p50_ms']} ms; "
+                 f"{loaded}")
     return "\n".join(lines)
 
 
@@ -307,8 +312,10 @@ def parser() -> CliParser:
     p.add_argument("--batch_size", type=positive_int, default=8)
     p.add_argument("--max_new_tokens", type=non_negative_int, default=128)
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads, server and in-process alike")
-    p.add_argument("--max_batch_wait_ms", type=non_negative_int, default=50, help="the server's flag")
-    p.add_argument("--easy_queries", type=positive_int, default=100)
+    p.add_argument("--max_batch_wait_ms", type=non_negative_int, default=None,
+                   help="the server's flag (default: the server's default)")
+    p.add_argument("--easy_queries", type=positive_int, default=100, help="easy requests sent")
+    p.add_argument("--easy_per_request", type=positive_int, default=1, help="easy queries in one request")
     p.add_argument("--load_clients", type=positive_int, nargs="+", default=[8, 64])
     p.add_argument("--json", default=None, help="write the result here too")
     return p
@@ -337,7 +344,7 @@ def _main(argv: Sequence[str]) -> dict:
         ref = embedder.encode_queries(queries, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size)
         workloads[name] = Workload(queries, [payload(q) for q in queries], ref)
     result = {k: getattr(a, k) for k in ("queries", "per_request", "batch_size", "max_new_tokens", "threads",
-                                         "max_batch_wait_ms", "transport")}
+                                         "max_batch_wait_ms", "transport", "easy_per_request")}
     with server(a) as (url, pid):
         asyncio.run(drive(url, next(iter(workloads.values())).items[:64], 8, 1, a.transport))  # warm-up
         pids = {"client": [os.getpid()], "server": [pid], "model": children(pid)}
