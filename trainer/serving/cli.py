@@ -44,10 +44,10 @@ def parser() -> CliParser:
     p.add_argument("--max_new_tokens", type=non_negative_int, default=128)
     p.add_argument("--max_queue", type=positive_int, default=1024,
                    help="inputs accepted and not yet answered; past it a request gets 429 (also bounds the KV held)")
-    p.add_argument("--max_batch_wait_ms", type=non_negative_int, default=0,
+    p.add_argument("--max_batch_wait_ms", type=non_negative_int, default=50,  # queue.MAX_WAIT (that module imports torch)
                    help="while the decoder has a full batch waiting, how long inputs may wait for a full prefill chunk "
-                        "(0: prefilled at the next step, easy queries first; 20-50: fuller chunks, more throughput "
-                        "on reasoning-heavy loads)")
+                        "(default 50: fuller chunks, throughput on reasoning-heavy loads; 0: prefilled at the next "
+                        "step, a lone easy query first even when the server is overloaded)")
     for f in fields(Limits):
         p.add_argument(f"--{f.name}", type=positive_int, default=f.default, help=f.metadata["help"])
     p.add_argument("--api_key_env", default=None,

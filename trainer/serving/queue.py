@@ -30,7 +30,7 @@ from trainer.serving.protocol import ApiError, Result
 log = logging.getLogger("trainer.serve")
 
 CHUNKS_PER_STEP = 2  # prefill chunks a decode step at most while rows decode
-MAX_WAIT = 0.0  # seconds a part-full chunk may wait to fill while the decoder is busy: --max_batch_wait_ms's default
+MAX_WAIT = 0.05  # seconds a part-full chunk may wait to fill while the decoder is busy: --max_batch_wait_ms's default
 
 
 class QueueFull(Exception):
