@@ -5,7 +5,9 @@ model's GIL.
 
 The front owns the --max_queue decision (its `waiting`: inputs sent and not yet answered or cancelled) and the
 request counters; the child's queue statistics (prefill chunks, cancelled inputs, in_queue ...) arrive with each
-answer. A reader thread resolves the tickets' futures, one wake-up of the event loop per message. If the child
+answer. A sender thread writes the requests to the child's pipe, in order, so the event loop never blocks on a
+pipe the child empties only between steps (a request with large images is megabytes of pixels); a reader thread
+resolves the tickets' futures, one wake-up of the event loop per message. If the child
 exits unexpectedly, every waiting request gets a 500, new ones a 503, /health says so, and `on_failure`'s
 callbacks run (the command line stops the server and exits 1).
 """
@@ -16,6 +18,7 @@ import fcntl
 import itertools
 import logging
 import multiprocessing
+import queue
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -27,8 +30,8 @@ from trainer.serving.protocol import ApiError
 from trainer.serving.queue import QueueClosed, QueueFull, Ticket, resolve
 
 log = logging.getLogger("trainer.serve")
-# What may wait in a pipe: the model process reads between steps, so the event loop's send blocks only when a
-# step's worth of requests is over this (Linux's default is 64 KiB; raised where the system allows).
+# What may wait in a pipe: the model process reads between steps, so the sender thread waits only when a step's
+# worth of requests is over this (Linux's default is 64 KiB; raised where the system allows).
 PIPE_BYTES = 1 << 20
 
 
@@ -113,7 +116,9 @@ class ModelProcess:
             _widen(conn)
         self._process = ctx.Process(target=worker.run, args=(spec, self._inbox_child, self._outbox_child),
                                     name="trace-model", daemon=True)
-        self._send_lock, self._failure_lock = threading.Lock(), threading.Lock()
+        self._failure_lock = threading.Lock()
+        self._outgoing: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._write, name="trace-model-sender", daemon=True)
         self._reader = threading.Thread(target=self._read, name="trace-model-reader", daemon=True)
         self._callbacks: list[Callable[[str], None]] = []
         self._stopping = False
@@ -140,6 +145,7 @@ class ModelProcess:
             self._process.join()
             raise ConfigError(detail)
         self.dim, self.queue.remote = detail
+        self._sender.start()
         self._reader.start()
         return self
 
@@ -164,11 +170,18 @@ class ModelProcess:
             callback(reason)
 
     def _send(self, message: tuple) -> None:
-        with self._send_lock:
+        """Queue a message for the child (any thread, never blocks); the sender thread writes them in order."""
+        self._outgoing.put(message)
+
+    def _write(self) -> None:
+        while True:
+            message = self._outgoing.get()
             try:
                 self._inbox.send(message)
             except OSError:  # the child is gone: the reader fails what it held
-                pass
+                return
+            if message[0] == worker.CLOSE:
+                return
 
     def _read(self) -> None:
         while True:

@@ -159,6 +159,36 @@ def test_max_queue_is_the_fronts_and_a_disconnect_cancels_in_the_model_process(c
     assert cli_server.health()[1]["cancelled_inputs"] > before  # sent with that answer: the cancel came first
 
 
+def test_requests_larger_than_the_pipe_never_block_the_front(cli_server):
+    """While the model process is stopped (SIGSTOP) it reads nothing; requests whose decoded images are several
+    times the pipe's capacity still leave the event loop free: /health answers at once, and once the model
+    process runs again every request is answered."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from trainer.serving.remote import PIPE_BYTES
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1500, 1000), (200, 30, 30)).save(buf, format="PNG")  # 4.5 MB of pixels, a few KB of PNG
+    image = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    assert 1500 * 1000 * 3 > 2 * PIPE_BYTES
+    body = json.dumps({"model": MODEL, "input": [{"text": "a red card", "image": image}], "mode": "direct",
+                       "dataset": "cirr", "task_id": 7}).encode()
+    with stopped(cli_server.model_pid):
+        conns = [_raw_request(cli_server, body) for _ in range(3)]
+        cli_server.wait_for(lambda h: h["waiting"] == 3, timeout=20)
+        t = time.monotonic()
+        assert cli_server.health()[0] == 200
+        assert time.monotonic() - t < 5
+    for conn in conns:
+        conn.settimeout(60)
+        assert conn.recv(64).startswith(b"HTTP/1.1 200")
+        conn.close()
+    cli_server.wait_for(lambda h: h["waiting"] == 0)
+
+
 def test_a_model_process_that_dies_fails_its_requests_and_stops_the_server(planned_checkpoint, tmp_path):
     server = CliServer(planned_checkpoint, tmp_path / "stderr.log")
     try:
